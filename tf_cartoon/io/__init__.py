@@ -1,0 +1,1 @@
+"""Checkpoint input/output helpers (no TensorFlow or PyTorch needed here)."""

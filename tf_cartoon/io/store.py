@@ -1,0 +1,271 @@
+"""Checkpoints: reference ``.pt`` files and our converted directories, one loader.
+
+A converted directory holds:
+  config.json             architecture of each network, the reference args, ada_aug_p
+  weights/ckpt-1.*        tf.train.Checkpoint(g_ema=..., g=..., d=...) (whichever exist)
+  optimizer_states.npz    optional: the reference Adam states, reference names and layouts
+
+Directories are written into a temporary sibling and renamed into place, so a
+crash mid-write never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import zipfile
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tf_cartoon.io import reference_keys as rk
+from tf_cartoon.io import torch_pickle
+
+FORMAT = "tf_cartoon/1"
+MODEL_NAMES = ("g_ema", "g", "d")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What ``tf_cartoon.load`` returns. Models are None when the file lacks them."""
+
+    config: dict
+    g_ema: Any = None
+    g: Any = None
+    d: Any = None
+    args: dict = dataclasses.field(default_factory=dict)
+    ada_aug_p: float = 0.0
+    optimizer_states: dict | None = None  # {"g_optim": {...}, "d_optim": {...}} reference names/layouts
+    path: str = ""
+
+    def models(self) -> dict:
+        return {n: m for n in MODEL_NAMES if (m := getattr(self, n)) is not None}
+
+
+# ---------------------------------------------------------------------------
+# Building networks from a config
+# ---------------------------------------------------------------------------
+
+def build_generator(cfg: dict, **overrides):
+    from tf_cartoon.networks import Generator
+
+    cfg = {k: v for k, v in cfg.items() if k != "name"}
+    return Generator(**{**cfg, **overrides})
+
+
+def build_discriminator(cfg: dict, **overrides):
+    from tf_cartoon.networks import Discriminator
+
+    cfg = {k: v for k, v in cfg.items() if k in ("size", "channel_multiplier", "channels", "blur_kernel",
+                                                  "stddev_group")}
+    return Discriminator(**{**cfg, **overrides})
+
+
+# ---------------------------------------------------------------------------
+# Reference .pt
+# ---------------------------------------------------------------------------
+
+def read_reference(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
+    """Load a reference-format ``.pt`` (no torch needed) into Keras models."""
+    obj = torch_pickle.load(path)
+    if not isinstance(obj, dict):
+        raise rk.CheckpointMismatchError(f"{path}: expected a dict at the top level, got {type(obj).__name__}")
+    if "style.1.weight" in obj:  # a bare generator state dict
+        obj = {"g_ema": obj}
+    present = [n for n in MODEL_NAMES if n in obj]
+    if not present:
+        raise rk.CheckpointMismatchError(
+            f"{path}: no 'g_ema', 'g' or 'd' state dict (top-level keys: {sorted(map(str, obj))})")
+    args = _args_dict(obj.get("args"))
+    lr_mlp = float(args.get("lr_mlp", 0.01)) if isinstance(args.get("lr_mlp", 0.01), (int, float)) else 0.01
+    config = {"format": FORMAT}
+    gen_sd = obj.get("g_ema", obj.get("g"))
+    if gen_sd is not None:
+        config["generator"] = rk.infer_generator_config(gen_sd, source=path, lr_mlp=lr_mlp)
+    if "d" in obj:
+        config["discriminator"] = rk.infer_discriminator_config(obj["d"], source=path)
+    _check_size_arg(args, config, path)
+    ckpt = Checkpoint(config=config, args=args, ada_aug_p=float(np.asarray(obj.get("ada_aug_p", 0.0))),
+                      path=str(path))
+    for name in present:
+        if name not in models:
+            continue
+        sd = obj[name]
+        if name == "d":
+            model = build_discriminator(config["discriminator"])
+            rk.load_state_dict(model, sd, rk.discriminator_table, "d", str(path))
+        else:
+            model = build_generator(config["generator"], fused_modconv=fused_modconv, name=name)
+            rk.load_state_dict(model, sd, rk.generator_table, name, str(path))
+        setattr(ckpt, name, model)
+    opt = {k: obj[k] for k in ("g_optim", "d_optim") if isinstance(obj.get(k), dict)}
+    ckpt.optimizer_states = opt or None
+    return ckpt
+
+
+def write_reference(ckpt: Checkpoint, path: str) -> None:
+    """Write a reference-format ``.pt`` (g, g_ema, d, optimizer states if known, args as a
+    plain dict so that ``torch.load(weights_only=True)`` accepts the file)."""
+    obj: dict[str, Any] = {}
+    for name in ("g", "d", "g_ema"):
+        model = getattr(ckpt, name)
+        if model is None:
+            continue
+        if name == "d":
+            obj[name] = rk.state_dict(model, rk.discriminator_table)
+        else:
+            obj[name] = rk.state_dict(model, rk.generator_table)
+    if ckpt.optimizer_states:
+        obj.update(ckpt.optimizer_states)
+    obj["args"] = dict(ckpt.args)
+    obj["ada_aug_p"] = float(ckpt.ada_aug_p)
+    stem = os.path.splitext(os.path.basename(path))[0] or "archive"
+    torch_pickle.save(obj, path, archive_name=stem)
+
+
+def _args_dict(args) -> dict:
+    if args is None:
+        return {}
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if not isinstance(args, dict):
+        return {}
+    return {str(k): v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v)
+            for k, v in args.items()}
+
+
+def _check_size_arg(args, config, path):
+    size = args.get("size")
+    gen = config.get("generator")
+    if isinstance(size, int) and gen is not None and size != gen["size"]:
+        raise rk.CheckpointMismatchError(f"{path}: args.size={size} but the generator weights are for "
+                                         f"{gen['size']} px")
+
+
+# ---------------------------------------------------------------------------
+# Converted directories
+# ---------------------------------------------------------------------------
+
+def write_converted(ckpt: Checkpoint, out_dir: str, overwrite: bool = False) -> str:
+    """Write ``ckpt`` as a converted directory (atomically)."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        models = ckpt.models()
+        config = dict(ckpt.config, format=FORMAT, models=sorted(models), args=ckpt.args,
+                      ada_aug_p=float(ckpt.ada_aug_p))
+        tf.train.Checkpoint(**models).write(os.path.join(tmp, "weights", "ckpt"))
+        if ckpt.optimizer_states:
+            np.savez(os.path.join(tmp, "optimizer_states.npz"), **_flatten_optim(ckpt.optimizer_states))
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        old = f"{out_dir}.old-{os.getpid()}"
+        if os.path.exists(out_dir):
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_converted(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
+    cfg_path = os.path.join(path, "config.json")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: unknown format {config.get('format')!r}, expected {FORMAT!r}")
+    present = [n for n in config.get("models", []) if n in models]
+    built = {}
+    for name in present:
+        if name == "d":
+            built[name] = build_discriminator(config["discriminator"])
+        else:
+            built[name] = build_generator(config["generator"], fused_modconv=fused_modconv, name=name)
+    prefix = os.path.join(path, "weights", "ckpt")
+    try:
+        status = tf.train.Checkpoint(**built).read(prefix)
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError, AssertionError, ValueError) as e:  # missing, truncated, corrupt
+        raise ValueError(f"{path}: cannot restore the TF checkpoint {prefix}: {e}") from None
+    ckpt = Checkpoint(config={k: v for k, v in config.items() if k not in ("args", "ada_aug_p", "models")},
+                      args=config.get("args", {}), ada_aug_p=float(config.get("ada_aug_p", 0.0)), path=str(path),
+                      **built)
+    opt_path = os.path.join(path, "optimizer_states.npz")
+    if os.path.exists(opt_path):
+        with np.load(opt_path) as data:
+            ckpt.optimizer_states = _unflatten_optim(dict(data))
+    return ckpt
+
+
+def _flatten_optim(states: dict) -> dict:
+    """Adam state dicts -> flat npz entries: '<opt>/state/<i>/<field>' and '<opt>/group/<field>'."""
+    flat = {}
+    for opt, sd in states.items():
+        for idx, st in sd.get("state", {}).items():
+            for field, v in st.items():
+                flat[f"{opt}/state/{idx}/{field}"] = np.asarray(v)
+        for g, group in enumerate(sd.get("param_groups", [])):
+            for field, v in group.items():
+                if isinstance(v, (int, float, bool, list, tuple)) and not isinstance(v, str):
+                    flat[f"{opt}/group{g}/{field}"] = np.asarray(v)
+    return flat
+
+
+def _unflatten_optim(flat: dict) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        opt, kind, *rest = key.split("/")
+        sd = out.setdefault(opt, {"state": {}, "param_groups": []})
+        if kind == "state":
+            idx, field = int(rest[0]), rest[1]
+            sd["state"].setdefault(idx, {})[field] = v
+        else:
+            g = int(kind[len("group"):])
+            while len(sd["param_groups"]) <= g:
+                sd["param_groups"].append({})
+            val = v.tolist()
+            sd["param_groups"][g][rest[0]] = val
+    for sd in out.values():
+        sd["state"] = dict(sorted(sd["state"].items()))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# One entry point
+# ---------------------------------------------------------------------------
+
+def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
+    """Load a reference ``.pt`` or a converted directory into ready Keras models.
+
+    ``models`` restricts which networks are built (e.g. ``("g_ema",)``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    models = tuple(models)
+    unknown = set(models) - set(MODEL_NAMES)
+    if unknown:
+        raise ValueError(f"models must be among {MODEL_NAMES}, got {sorted(unknown)}")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "config.json")):
+            return read_converted(path, models, fused_modconv)
+        raise ValueError(f"{path} is a directory without config.json: not a converted tf_cartoon checkpoint "
+                         "(convert a .pt with `python -m tf_cartoon.convert SRC.pt OUT_DIR`)")
+    if zipfile.is_zipfile(path) or path.endswith(".pt") or path.endswith(".pth"):
+        return read_reference(path, models, fused_modconv)
+    raise ValueError(f"{path}: neither a reference .pt checkpoint nor a converted directory")

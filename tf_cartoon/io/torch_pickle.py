@@ -1,0 +1,1101 @@
+"""Read and write PyTorch ``.pt`` checkpoints without PyTorch, safely.
+
+Only numpy and the standard library are used; this module never imports torch
+or TensorFlow.
+
+The file format (``torch.save`` since torch 1.6)
+-----------------------------------------------
+A checkpoint is an uncompressed ("stored") zip archive whose records all sit
+in one top-level folder.  torch names that folder after the file's stem (or
+``archive`` for file objects); the reference fixtures use ``000000``.  Records::
+
+    <folder>/data.pkl               the object tree, a pickle (protocol 2)
+    <folder>/data/<key>             raw bytes of one tensor storage
+    <folder>/byteorder              "little" or "big" (absent in old files:
+                                    little-endian is assumed)
+    <folder>/version                "3\\n" (serialization format version;
+                                    newer torch may use .data/version)
+    <folder>/.format_version        "1"    (torch >= 2.x, optional)
+    <folder>/.storage_alignment     "64"   (torch >= 2.x, optional)
+    <folder>/.data/serialization_id  random id (torch >= 2.x, optional)
+
+torch starts every record's payload on a 64-byte boundary of the file by
+padding the local file header's "extra" field (field id ``FB``), so that the
+storages can be memory-mapped.
+
+Inside ``data.pkl`` tensors are not stored inline.  Each storage is a
+*persistent id*, pickled with BINPERSID as the tuple::
+
+    ('storage', <storage type global>, key: str, location: str, numel: int)
+
+where the storage type is a global such as ``torch.FloatStorage`` (it fixes
+the dtype; ``numel`` counts elements) or, in newer torch for dtypes without a
+legacy storage class, ``torch.storage.UntypedStorage`` (``numel`` then counts
+bytes and the dtype comes from the rebuild call).  The bytes live in
+``<folder>/data/<key>``.  Several tensors may share one storage (views, with an
+element offset and element strides).
+
+A tensor is rebuilt by calling (REDUCE) one of::
+
+    torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
+                                    requires_grad, backward_hooks[, metadata])
+    torch._utils._rebuild_tensor_v3(storage, offset, size, stride,
+                                    requires_grad, backward_hooks, dtype
+                                    [, metadata])          # dtype = torch.uint16 ...
+    torch._utils._rebuild_tensor(storage, offset, size, stride)   # old
+    torch._utils._rebuild_parameter(tensor, requires_grad, backward_hooks)
+    torch._utils._rebuild_parameter_with_state(tensor, requires_grad,
+                                               backward_hooks, state)
+
+``backward_hooks`` is an empty ``collections.OrderedDict``.  A model
+``state_dict()`` is an OrderedDict whose ``_metadata`` attribute is restored
+with BUILD.  Protocol-2 pickles spell ``bytes`` as
+``_codecs.encode(<latin-1 text>, 'latin1')`` and builtins as
+``__builtin__.<name>``.
+
+Why an allow-list
+-----------------
+A ``.pt`` file *is* a pickle, and unpickling can call any importable function
+named in the file (``os.system`` and friends): loading an untrusted
+checkpoint with :mod:`pickle` runs whatever code its author chose.  This module
+therefore does not use :mod:`pickle`'s loader at all.  It runs its own small
+pickle interpreter in which a global name is only ever looked up in a fixed
+table (``_ALLOWED_GLOBALS``), which maps the permitted names onto our own
+local handlers.  No module is imported and no real object is called because a
+file names it.  Anything else raises :class:`UnsafePickleError` the moment the
+name is read, before any call happens.  BUILD (state restore) is only allowed on
+OrderedDict and argparse.Namespace, and only sets plain instance attributes.
+
+Loaded results hold numpy arrays in place of tensors and Parameters (a
+C-contiguous copy with the tensor's shape and dtype; bfloat16 becomes
+float32), tuples in place of ``torch.Size``, and real ``argparse.Namespace``
+and ``OrderedDict`` objects.
+
+:func:`save` writes the same format back, readable by
+``torch.load(path, weights_only=True)`` provided the object only holds
+dicts/OrderedDicts/lists/tuples/primitives/numpy arrays.  An
+``argparse.Namespace`` can be saved too, but torch's ``weights_only=True``
+loader refuses it, so callers should store training arguments as a plain
+dict (``vars(args)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import collections
+import os
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["CheckpointFormatError", "UnsafePickleError", "load", "save"]
+
+
+class UnsafePickleError(ValueError):
+    """The checkpoint's pickle asks for something outside the allow-list."""
+
+
+class CheckpointFormatError(ValueError):
+    """The file is not a readable PyTorch zip checkpoint."""
+
+
+_ALLOWED_SUMMARY = (
+    "only tensors, storages, OrderedDict, dict/list/tuple/primitives and "
+    "argparse.Namespace are allowed"
+)
+
+# Python 2 module names that protocol < 3 pickles use for builtins.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+# pickle of the magic number that starts the legacy (pre-1.6) torch format.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PREFIX = b"\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
+
+_ALIGNMENT = 64
+
+# ---------------------------------------------------------------------------
+# dtype tables
+# ---------------------------------------------------------------------------
+
+# Legacy typed storage class name -> numpy dtype of one element as stored.
+# bfloat16 is read as raw uint16 and widened to float32 afterwards.
+_STORAGE_DTYPES: dict[str, str] = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+}
+_DTYPE_TO_STORAGE = {v: k for k, v in _STORAGE_DTYPES.items()}
+
+# torch dtype globals (``torch.float32`` ...) seen in _rebuild_tensor_v3.
+_TORCH_DTYPES: dict[str, str] = {
+    "float64": "float64", "double": "float64",
+    "float32": "float32", "float": "float32",
+    "float16": "float16", "half": "float16",
+    "bfloat16": "bfloat16",
+    "int64": "int64", "long": "int64",
+    "int32": "int32", "int": "int32",
+    "int16": "int16", "short": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "bool": "bool",
+    "complex64": "complex64", "cfloat": "complex64",
+    "complex128": "complex128", "cdouble": "complex128",
+}
+
+# Element size in bytes of each dtype name used above.
+_ITEMSIZE = {"bfloat16": 2, "bool": 1}
+
+
+def _itemsize(dtype_name: str) -> int:
+    return _ITEMSIZE.get(dtype_name) or np.dtype(dtype_name).itemsize
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+class _Global:
+    """Stand-in for an allow-listed global; the pickle never sees real objects.
+
+    ``call`` implements REDUCE / NEWOBJ / INST / OBJ for the name (``None``:
+    the global may only be passed around, e.g. a storage type or a dtype).
+    """
+
+    __slots__ = ("qualname", "call", "storage_dtype", "torch_dtype")
+
+    def __init__(self, qualname: str, call: Callable[..., Any] | None = None,
+                 storage_dtype: str | None = None, torch_dtype: str | None = None):
+        self.qualname = qualname
+        self.call = call
+        self.storage_dtype = storage_dtype  # for storage types ("" = untyped)
+        self.torch_dtype = torch_dtype      # for torch.<dtype> globals
+
+    def __repr__(self) -> str:
+        return f"<allowed global {self.qualname}>"
+
+
+class _StorageRef:
+    """A storage named by a persistent id; bytes are read on first use."""
+
+    __slots__ = ("key", "dtype", "nbytes", "reader")
+
+    def __init__(self, key: str, dtype: str | None, nbytes: int, reader: "_CheckpointReader"):
+        self.key = key
+        self.dtype = dtype  # None for torch.storage.UntypedStorage
+        self.nbytes = nbytes
+        self.reader = reader
+
+    def __repr__(self) -> str:
+        return f"<storage {self.key!r} dtype={self.dtype} nbytes={self.nbytes}>"
+
+
+def _fail(reader: "_CheckpointReader", what: str) -> CheckpointFormatError:
+    return CheckpointFormatError(f"{reader.path}: {what}")
+
+
+def _check_int(reader, value, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise _fail(reader, f"bad {what} {value!r} in tensor rebuild call")
+    return value
+
+
+def _check_int_seq(reader, value, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)):
+        raise _fail(reader, f"bad {what} {value!r} in tensor rebuild call")
+    return tuple(_check_int(reader, v, what) for v in value)
+
+
+def _make_tensor(reader, storage, offset, size, stride, dtype_name=None) -> np.ndarray:
+    """Turn (storage, offset, size, stride) into a fresh C-contiguous array."""
+    if not isinstance(storage, _StorageRef):
+        raise _fail(reader, f"tensor rebuild call got {type(storage).__name__}, not a storage")
+    dtype_name = dtype_name or storage.dtype
+    if dtype_name is None:
+        raise _fail(reader, f"untyped storage {storage.key!r} used without a dtype")
+    offset = _check_int(reader, offset, "storage offset")
+    size = _check_int_seq(reader, size, "size")
+    stride = _check_int_seq(reader, stride, "stride")
+    if len(size) != len(stride):
+        raise _fail(reader, f"size {size} and stride {stride} differ in length")
+    itemsize = _itemsize(dtype_name)
+    numel = storage.nbytes // itemsize
+    out_dtype = "float32" if dtype_name == "bfloat16" else dtype_name
+    if 0 in size:
+        return np.zeros(size, dtype=out_dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= numel:
+        raise _fail(
+            reader,
+            f"tensor (offset {offset}, size {size}, stride {stride}) reaches element "
+            f"{last} but storage {storage.key!r} holds {numel} {dtype_name} elements",
+        )
+    flat = reader.storage_array(storage, dtype_name)
+    view = np.lib.stride_tricks.as_strided(
+        flat[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
+    )
+    arr = np.array(view, order="C", copy=True)
+    if dtype_name == "bfloat16":
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    elif dtype_name == "bool":
+        arr = arr != 0
+    elif not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def _rebuild_tensor_v2(reader, args):
+    if len(args) not in (6, 7):
+        raise _fail(reader, f"_rebuild_tensor_v2 expects 6 or 7 arguments, got {len(args)}")
+    return _make_tensor(reader, *args[:4])
+
+
+def _rebuild_tensor_v3(reader, args):
+    if len(args) not in (7, 8):
+        raise _fail(reader, f"_rebuild_tensor_v3 expects 7 or 8 arguments, got {len(args)}")
+    dtype = args[6]
+    if not isinstance(dtype, _Global) or dtype.torch_dtype is None:
+        raise _fail(reader, f"_rebuild_tensor_v3 got dtype {dtype!r}")
+    return _make_tensor(reader, *args[:4], dtype_name=dtype.torch_dtype)
+
+
+def _rebuild_tensor(reader, args):
+    if len(args) != 4:
+        raise _fail(reader, f"_rebuild_tensor expects 4 arguments, got {len(args)}")
+    return _make_tensor(reader, *args)
+
+
+def _rebuild_parameter(reader, args):
+    # (data, requires_grad, backward_hooks[, state]): a Parameter is just its data here.
+    if len(args) not in (3, 4) or not isinstance(args[0], np.ndarray):
+        raise _fail(reader, "bad arguments to torch._utils._rebuild_parameter")
+    return args[0]
+
+
+def _make_ordered_dict(reader, args):
+    if not args:
+        return collections.OrderedDict()
+    if len(args) == 1 and isinstance(args[0], (list, tuple, dict)):
+        return collections.OrderedDict(args[0])
+    raise _fail(reader, "bad arguments to collections.OrderedDict")
+
+
+def _make_namespace(reader, args):
+    if args:
+        raise _fail(reader, "argparse.Namespace takes no positional arguments")
+    return argparse.Namespace()
+
+
+def _make_set(kind):
+    def make(reader, args):
+        if not args:
+            return kind()
+        if len(args) == 1 and isinstance(args[0], (list, tuple, set, frozenset)):
+            return kind(args[0])
+        raise _fail(reader, f"bad arguments to {kind.__name__}")
+    return make
+
+
+_LATIN1_NAMES = {"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1"}
+
+
+def _codecs_encode(reader, args):
+    # Protocol-2 pickles write bytes as _codecs.encode(text, 'latin1').
+    if (len(args) in (1, 2) and type(args[0]) is str
+            and (len(args) == 1 or (type(args[1]) is str and args[1].lower() in _LATIN1_NAMES))):
+        return args[0].encode("latin-1")
+    raise UnsafePickleError(
+        f"{reader.path}: refused _codecs.encode call with arguments {args!r}: "
+        "only latin-1 encoding of text is allowed"
+    )
+
+
+def _make_bytes(reader, args):
+    if not args:
+        return b""
+    return _codecs_encode(reader, args)
+
+
+def _make_bytearray(reader, args):
+    return bytearray(_make_bytes(reader, args))
+
+
+def _torch_size(reader, args):
+    if len(args) == 1:
+        return _check_int_seq(reader, args[0], "torch.Size entry")
+    raise _fail(reader, "bad arguments to torch.Size")
+
+
+def _build_allowed_globals() -> dict[tuple[str, str], _Global]:
+    table: dict[tuple[str, str], _Global] = {}
+
+    def add(module, name, call=None, **kw):
+        table[(module, name)] = _Global(f"{module}.{name}", call, **kw)
+
+    add("collections", "OrderedDict", _make_ordered_dict)
+    add("argparse", "Namespace", _make_namespace)
+    add("builtins", "set", _make_set(set))
+    add("builtins", "frozenset", _make_set(frozenset))
+    add("builtins", "bytes", _make_bytes)
+    add("builtins", "bytearray", _make_bytearray)
+    add("_codecs", "encode", _codecs_encode)
+    add("torch", "Size", _torch_size)
+    add("torch._utils", "_rebuild_tensor", _rebuild_tensor)
+    add("torch._utils", "_rebuild_tensor_v2", _rebuild_tensor_v2)
+    add("torch._utils", "_rebuild_tensor_v3", _rebuild_tensor_v3)
+    add("torch._utils", "_rebuild_parameter", _rebuild_parameter)
+    add("torch._utils", "_rebuild_parameter_with_state", _rebuild_parameter)
+    for storage_name, dtype in _STORAGE_DTYPES.items():
+        add("torch", storage_name, storage_dtype=dtype)
+        add("torch.cuda", storage_name, storage_dtype=dtype)
+    add("torch", "UntypedStorage", storage_dtype="")
+    add("torch.storage", "UntypedStorage", storage_dtype="")
+    for torch_name, dtype in _TORCH_DTYPES.items():
+        add("torch", torch_name, torch_dtype=dtype)
+    return table
+
+
+_ALLOWED_GLOBALS = _build_allowed_globals()
+
+
+class _CheckpointReader:
+    """Holds the open zip archive and turns persistent ids into storages."""
+
+    def __init__(self, path: str, zf: zipfile.ZipFile, prefix: str, byteorder: str):
+        self.path = path
+        self.zf = zf
+        self.prefix = prefix
+        self.byteorder = byteorder
+        self._sizes = {info.filename: info.file_size for info in zf.infolist()}
+        self._refs: dict[tuple[str, str | None], _StorageRef] = {}
+        self._raw: dict[str, bytes] = {}
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    # -- pickle hooks ------------------------------------------------------
+    def find_class(self, module: str, name: str) -> _Global:
+        module = _PY2_MODULES.get(module, module)
+        entry = _ALLOWED_GLOBALS.get((module, name))
+        if entry is not None:
+            return entry
+        if module in ("torch", "torch.cuda") and name.endswith("Storage"):
+            raise _fail(self, f"unsupported tensor storage type {module}.{name} (dtype not supported)")
+        if module == "torch" and name.startswith(("float8", "complex32", "qint", "quint")):
+            raise _fail(self, f"unsupported tensor dtype {module}.{name}")
+        raise UnsafePickleError(
+            f"{self.path}: refused to load global '{module}.{name}' from the checkpoint's "
+            f"pickle: {_ALLOWED_SUMMARY} (nothing from the file was executed)"
+        )
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+            raise _fail(self, f"unsupported persistent id {pid!r} (expected a 'storage' tuple)")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _Global) or storage_type.storage_dtype is None:
+            raise _fail(self, f"persistent id names {storage_type!r}, not a storage type")
+        if type(key) is not str or not key or "/" in key or ".." in key:
+            raise _fail(self, f"bad storage key {key!r}")
+        if type(numel) is not int or numel < 0:
+            raise _fail(self, f"bad storage size {numel!r} for storage {key!r}")
+        dtype = storage_type.storage_dtype or None
+        ref = self._refs.get((key, dtype))
+        if ref is not None:
+            return ref
+        nbytes = numel * (_itemsize(dtype) if dtype else 1)
+        record = f"{self.prefix}data/{key}"
+        if record not in self._sizes:
+            raise _fail(self, f"missing storage record '{record}'")
+        if self._sizes[record] < nbytes:
+            raise _fail(
+                self,
+                f"storage record '{record}' is too small: {self._sizes[record]} bytes, "
+                f"{nbytes} expected",
+            )
+        ref = self._refs[(key, dtype)] = _StorageRef(key, dtype, nbytes, self)
+        return ref
+
+    # -- storage data ------------------------------------------------------
+    def storage_array(self, ref: _StorageRef, dtype_name: str) -> np.ndarray:
+        """1-D read-only array over a storage's bytes, in the file's byte order."""
+        cache_key = (ref.key, dtype_name)
+        arr = self._arrays.get(cache_key)
+        if arr is None:
+            raw = self._raw.get(ref.key)
+            if raw is None:
+                raw = self._raw[ref.key] = self.read_record(f"data/{ref.key}")
+            np_name = {"bfloat16": "uint16", "bool": "uint8"}.get(dtype_name, dtype_name)
+            dt = np.dtype(np_name).newbyteorder("<" if self.byteorder == "little" else ">")
+            arr = np.frombuffer(raw, dtype=dt, count=ref.nbytes // dt.itemsize)
+            self._arrays[cache_key] = arr
+        return arr
+
+    def read_record(self, name: str) -> bytes:
+        full = self.prefix + name
+        try:
+            return self.zf.read(full)
+        except KeyError:
+            raise _fail(self, f"missing record '{full}'") from None
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            raise _fail(self, f"cannot read record '{full}' (truncated or corrupt): {exc}") from None
+
+
+def _unpickle(data: bytes, reader: _CheckpointReader) -> Any:
+    """A small pickle interpreter (protocols 0-5) that only builds plain data.
+
+    Every opcode is handled here explicitly; globals go through
+    ``reader.find_class`` (the allow-list) and calls only ever reach our own
+    handlers, so nothing named by the file is imported or executed.
+    """
+    stack: list[Any] = []
+    metastack: list[list[Any]] = []
+    memo: dict[int, Any] = {}
+    pos = 0
+    end = len(data)
+    unpack = struct.unpack_from
+
+    def fail(what: str) -> CheckpointFormatError:
+        return _fail(reader, f"malformed data.pkl at byte {pos}: {what}")
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if n < 0 or pos + n > end:
+            raise fail("unexpected end of pickle data (truncated)")
+        chunk = data[pos:pos + n]
+        pos += n
+        return chunk
+
+    def line() -> bytes:
+        nonlocal pos
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            raise fail("unexpected end of pickle data (truncated)")
+        chunk = data[pos:nl]
+        pos = nl + 1
+        return chunk
+
+    def pop_mark() -> list[Any]:
+        # Rebinds ``stack``: callers must call this *before* touching ``stack``
+        # in the same expression (``stack.append(pop_mark())`` would append to
+        # the discarded inner list).
+        nonlocal stack
+        if not metastack:
+            raise fail("MARK expected")
+        items = stack
+        stack = metastack.pop()
+        return items
+
+    def call(func: Any, args: Any, opname: str) -> Any:
+        if not isinstance(func, _Global) or func.call is None:
+            raise UnsafePickleError(
+                f"{reader.path}: refused {opname} of {func!r}: calls are only allowed to "
+                f"allow-listed constructors; {_ALLOWED_SUMMARY}"
+            )
+        if not isinstance(args, tuple):
+            raise fail(f"{opname} arguments are not a tuple")
+        return func.call(reader, args)
+
+    def build(inst: Any, state: Any) -> None:
+        if type(inst) not in (collections.OrderedDict, argparse.Namespace):
+            raise UnsafePickleError(
+                f"{reader.path}: refused BUILD (state restore) on {type(inst).__name__}: only "
+                "OrderedDict and argparse.Namespace may receive attributes"
+            )
+        slots = None
+        if isinstance(state, tuple) and len(state) == 2:
+            state, slots = state
+        for part in (state, slots):
+            if part is None:
+                continue
+            if type(part) not in (dict, collections.OrderedDict) or not all(
+                    type(k) is str for k in part):
+                raise fail(f"BUILD state for {type(inst).__name__} is not a str-keyed dict")
+            # Plain instance attributes only: writing to __dict__ never invokes
+            # descriptors or methods, so keys like "__class__" stay inert.
+            vars(inst).update(part)
+
+    def set_items(target: Any, items: list[Any]) -> None:
+        if type(target) not in (dict, collections.OrderedDict):
+            raise fail(f"SETITEM(S) on {type(target).__name__}")
+        if len(items) % 2:
+            raise fail("odd number of items for SETITEMS")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def memo_get(idx: int) -> Any:
+        if idx not in memo:
+            raise fail(f"memo key {idx} missing")
+        return memo[idx]
+
+    def memo_put(idx: int) -> None:
+        if not stack:
+            raise fail("PUT on an empty stack")
+        memo[idx] = stack[-1]
+
+    def decode_str(raw: bytes) -> str:
+        return raw.decode("utf-8", "surrogatepass")
+
+    def text_string(raw: bytes) -> str:
+        # Protocol 0 STRING: a quoted Python 2 str literal.
+        if len(raw) < 2 or raw[:1] != raw[-1:] or raw[:1] not in (b"'", b'"'):
+            raise fail("STRING argument is not quoted")
+        return codecs.escape_decode(raw[1:-1])[0].decode("latin-1")
+
+    try:
+        while True:
+            if pos >= end:
+                raise fail("unexpected end of pickle data (no STOP opcode; truncated?)")
+            op = data[pos]
+            pos += 1
+            # -- structure ------------------------------------------------
+            if op == 0x80:  # PROTO
+                proto = take(1)[0]
+                if proto > 5:
+                    raise fail(f"unsupported pickle protocol {proto}")
+            elif op == 0x95:  # FRAME (length is only a hint)
+                take(8)
+            elif op == 0x2E:  # STOP
+                if not stack:
+                    raise fail("STOP with an empty stack")
+                return stack.pop()
+            elif op == 0x28:  # MARK
+                metastack.append(stack)
+                stack = []
+            elif op == 0x30:  # POP
+                if stack:
+                    stack.pop()
+                else:
+                    pop_mark()
+            elif op == 0x31:  # POP_MARK
+                pop_mark()
+            elif op == 0x32:  # DUP
+                stack.append(stack[-1])
+            # -- memo -----------------------------------------------------
+            elif op == 0x70:  # PUT
+                memo_put(int(line()))
+            elif op == 0x71:  # BINPUT
+                memo_put(take(1)[0])
+            elif op == 0x72:  # LONG_BINPUT
+                memo_put(unpack("<I", take(4))[0])
+            elif op == 0x94:  # MEMOIZE
+                memo_put(len(memo))
+            elif op == 0x67:  # GET
+                stack.append(memo_get(int(line())))
+            elif op == 0x68:  # BINGET
+                stack.append(memo_get(take(1)[0]))
+            elif op == 0x6A:  # LONG_BINGET
+                stack.append(memo_get(unpack("<I", take(4))[0]))
+            # -- constants ------------------------------------------------
+            elif op == 0x4E:  # NONE
+                stack.append(None)
+            elif op == 0x88:  # NEWTRUE
+                stack.append(True)
+            elif op == 0x89:  # NEWFALSE
+                stack.append(False)
+            elif op == 0x49:  # INT (text; I00/I01 are bools)
+                raw = line()
+                stack.append(raw == b"01" if raw in (b"00", b"01") else int(raw))
+            elif op == 0x4A:  # BININT
+                stack.append(unpack("<i", take(4))[0])
+            elif op == 0x4B:  # BININT1
+                stack.append(take(1)[0])
+            elif op == 0x4D:  # BININT2
+                stack.append(unpack("<H", take(2))[0])
+            elif op == 0x4C:  # LONG (text)
+                stack.append(int(line().rstrip(b"L")))
+            elif op == 0x8A:  # LONG1
+                stack.append(int.from_bytes(take(take(1)[0]), "little", signed=True))
+            elif op == 0x8B:  # LONG4
+                n = unpack("<i", take(4))[0]
+                stack.append(int.from_bytes(take(n), "little", signed=True))
+            elif op == 0x46:  # FLOAT (text)
+                stack.append(float(line()))
+            elif op == 0x47:  # BINFLOAT
+                stack.append(unpack(">d", take(8))[0])
+            elif op == 0x53:  # STRING
+                stack.append(text_string(line()))
+            elif op == 0x54:  # BINSTRING
+                n = unpack("<i", take(4))[0]
+                stack.append(take(n).decode("latin-1"))
+            elif op == 0x55:  # SHORT_BINSTRING
+                stack.append(take(take(1)[0]).decode("latin-1"))
+            elif op == 0x56:  # UNICODE (raw-unicode-escape text)
+                stack.append(line().decode("raw-unicode-escape"))
+            elif op == 0x58:  # BINUNICODE
+                stack.append(decode_str(take(unpack("<I", take(4))[0])))
+            elif op == 0x8C:  # SHORT_BINUNICODE
+                stack.append(decode_str(take(take(1)[0])))
+            elif op == 0x8D:  # BINUNICODE8
+                stack.append(decode_str(take(unpack("<Q", take(8))[0])))
+            elif op == 0x42:  # BINBYTES
+                stack.append(take(unpack("<I", take(4))[0]))
+            elif op == 0x43:  # SHORT_BINBYTES
+                stack.append(take(take(1)[0]))
+            elif op == 0x8E:  # BINBYTES8
+                stack.append(take(unpack("<Q", take(8))[0]))
+            elif op == 0x96:  # BYTEARRAY8
+                stack.append(bytearray(take(unpack("<Q", take(8))[0])))
+            # -- containers -----------------------------------------------
+            elif op == 0x29:  # EMPTY_TUPLE
+                stack.append(())
+            elif op == 0x74:  # TUPLE
+                items = pop_mark()
+                stack.append(tuple(items))
+            elif op in (0x85, 0x86, 0x87):  # TUPLE1/2/3
+                n = op - 0x84
+                if len(stack) < n:
+                    raise fail("stack underflow")
+                items = tuple(stack[-n:])
+                del stack[-n:]
+                stack.append(items)
+            elif op == 0x5D:  # EMPTY_LIST
+                stack.append([])
+            elif op == 0x6C:  # LIST
+                items = pop_mark()
+                stack.append(items)
+            elif op == 0x61:  # APPEND
+                value = stack.pop()
+                if type(stack[-1]) is not list:
+                    raise fail(f"APPEND to {type(stack[-1]).__name__}")
+                stack[-1].append(value)
+            elif op == 0x65:  # APPENDS
+                items = pop_mark()
+                if type(stack[-1]) is not list:
+                    raise fail(f"APPENDS to {type(stack[-1]).__name__}")
+                stack[-1].extend(items)
+            elif op == 0x7D:  # EMPTY_DICT
+                stack.append({})
+            elif op == 0x64:  # DICT
+                new: dict = {}
+                set_items(new, pop_mark())
+                stack.append(new)
+            elif op == 0x73:  # SETITEM
+                value = stack.pop()
+                key = stack.pop()
+                set_items(stack[-1], [key, value])
+            elif op == 0x75:  # SETITEMS
+                items = pop_mark()
+                set_items(stack[-1], items)
+            elif op == 0x8F:  # EMPTY_SET
+                stack.append(set())
+            elif op == 0x90:  # ADDITEMS
+                items = pop_mark()
+                if type(stack[-1]) is not set:
+                    raise fail(f"ADDITEMS to {type(stack[-1]).__name__}")
+                stack[-1].update(items)
+            elif op == 0x91:  # FROZENSET
+                items = pop_mark()
+                stack.append(frozenset(items))
+            # -- globals, calls, objects ------------------------------------
+            elif op == 0x63:  # GLOBAL "module\nname\n"
+                module = line().decode("utf-8")
+                name = line().decode("utf-8")
+                stack.append(reader.find_class(module, name))
+            elif op == 0x93:  # STACK_GLOBAL
+                name = stack.pop()
+                module = stack.pop()
+                if type(module) is not str or type(name) is not str:
+                    raise fail("STACK_GLOBAL needs two strings")
+                stack.append(reader.find_class(module, name))
+            elif op == 0x52:  # REDUCE
+                args = stack.pop()
+                func = stack.pop()
+                stack.append(call(func, args, "REDUCE"))
+            elif op == 0x81:  # NEWOBJ
+                args = stack.pop()
+                cls = stack.pop()
+                stack.append(call(cls, args, "NEWOBJ"))
+            elif op == 0x92:  # NEWOBJ_EX
+                kwargs = stack.pop()
+                args = stack.pop()
+                cls = stack.pop()
+                if kwargs:
+                    raise fail("NEWOBJ_EX with keyword arguments")
+                stack.append(call(cls, args, "NEWOBJ_EX"))
+            elif op == 0x69:  # INST "module\nname\n" + marked args
+                module = line().decode("utf-8")
+                name = line().decode("utf-8")
+                cls = reader.find_class(module, name)
+                items = pop_mark()
+                stack.append(call(cls, tuple(items), "INST"))
+            elif op == 0x6F:  # OBJ: marked (cls, *args)
+                items = pop_mark()
+                if not items:
+                    raise fail("OBJ without a class")
+                stack.append(call(items[0], tuple(items[1:]), "OBJ"))
+            elif op == 0x62:  # BUILD
+                state = stack.pop()
+                build(stack[-1], state)
+            elif op == 0x50:  # PERSID (text id)
+                stack.append(reader.persistent_load(line().decode("ascii")))
+            elif op == 0x51:  # BINPERSID
+                stack.append(reader.persistent_load(stack.pop()))
+            elif op in (0x82, 0x83, 0x84):  # EXT1/EXT2/EXT4
+                raise UnsafePickleError(
+                    f"{reader.path}: refused pickle extension-registry code (EXT opcode): "
+                    f"{_ALLOWED_SUMMARY}"
+                )
+            elif op in (0x97, 0x98):  # NEXT_BUFFER / READONLY_BUFFER
+                raise fail("out-of-band pickle buffers are not supported")
+            else:
+                raise fail(f"unknown pickle opcode 0x{op:02x}")
+    except (UnsafePickleError, CheckpointFormatError):
+        raise
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError,
+            OverflowError, UnicodeError, struct.error, RecursionError, MemoryError) as exc:
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+
+
+def _open_archive(path: str) -> zipfile.ZipFile:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except IsADirectoryError:
+        raise CheckpointFormatError(f"{path}: is a directory, not a PyTorch zip checkpoint") from None
+    if not head:
+        raise CheckpointFormatError(f"{path}: empty file (0 bytes): not a PyTorch zip checkpoint")
+    if head[:1] == b"\x80" and head[2:2 + len(_LEGACY_PREFIX)] == _LEGACY_PREFIX:
+        raise CheckpointFormatError(
+            f"{path}: legacy (pre-1.6) torch format not supported: re-save with torch>=1.6"
+        )
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        if head.startswith(b"PK"):
+            raise CheckpointFormatError(
+                f"{path}: truncated or corrupt zip archive, not a readable PyTorch zip "
+                f"checkpoint ({exc})"
+            ) from None
+        raise CheckpointFormatError(f"{path}: not a PyTorch zip checkpoint (no zip signature)") from None
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Load a ``torch.save`` zip checkpoint into plain Python + numpy objects.
+
+    Tensors and Parameters become C-contiguous numpy arrays (bfloat16 ->
+    float32), ``torch.Size`` becomes a tuple, OrderedDict and
+    argparse.Namespace are kept.  Raises :class:`UnsafePickleError` if the
+    pickle names any global outside the allow-list (nothing is executed) and
+    :class:`CheckpointFormatError` for anything malformed.
+    """
+    path = os.fspath(path)
+    zf = _open_archive(path)
+    with zf:
+        try:
+            names = zf.namelist()
+        except Exception as exc:  # pragma: no cover - zipfile already parsed it
+            raise CheckpointFormatError(f"{path}: corrupt zip directory: {exc}") from None
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if not pickles:
+            raise CheckpointFormatError(
+                f"{path}: zip archive is not a torch checkpoint: missing '<folder>/data.pkl' record"
+            )
+        if len(pickles) > 1:
+            raise CheckpointFormatError(f"{path}: several data.pkl records: {sorted(pickles)}")
+        prefix = pickles[0][: -len("data.pkl")]
+        reader = _CheckpointReader(path, zf, prefix, "little")
+        if prefix + "byteorder" in names:
+            order = reader.read_record("byteorder").decode("ascii", "replace").strip()
+            if order not in ("little", "big"):
+                raise CheckpointFormatError(f"{path}: bad byteorder record {order!r}")
+            reader.byteorder = order
+        data = reader.read_record("data.pkl")
+        return _unpickle(data, reader)
+
+
+# ---------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------
+
+
+class _PickleWriter:
+    """Emits protocol-2 pickle opcodes for the object kinds we allow."""
+
+    def __init__(self):
+        self.out = bytearray()
+        self.memo: dict[int, int] = {}
+        self.keep_alive: list[Any] = []
+        self.global_memo: dict[tuple[str, str], int] = {}
+        self.storages: list[np.ndarray] = []  # contiguous little-endian arrays
+        self.in_progress: set[int] = set()
+
+    # -- low level -------------------------------------------------------
+    def _put(self) -> int:
+        idx = len(self.memo) + len(self.global_memo)
+        if idx < 256:
+            self.out += b"q" + bytes([idx])
+        else:
+            self.out += b"r" + struct.pack("<I", idx)
+        return idx
+
+    def _get(self, idx: int) -> None:
+        if idx < 256:
+            self.out += b"h" + bytes([idx])
+        else:
+            self.out += b"j" + struct.pack("<I", idx)
+
+    def _memoize(self, obj: Any) -> None:
+        self.memo[id(obj)] = self._put()
+        self.keep_alive.append(obj)
+
+    def _global(self, module: str, name: str) -> None:
+        key = (module, name)
+        if key in self.global_memo:
+            self._get(self.global_memo[key])
+            return
+        self.out += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+        self.global_memo[key] = self._put()
+
+    def _int(self, value: int) -> None:
+        if 0 <= value < 256:
+            self.out += b"K" + bytes([value])
+        elif 0 <= value < 65536:
+            self.out += b"M" + struct.pack("<H", value)
+        elif -(2 ** 31) <= value < 2 ** 31:
+            self.out += b"J" + struct.pack("<i", value)
+        else:
+            raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+            if len(raw) < 256:
+                self.out += b"\x8a" + bytes([len(raw)]) + raw
+            else:
+                self.out += b"\x8b" + struct.pack("<i", len(raw)) + raw
+
+    def _str(self, value: str) -> None:
+        raw = value.encode("utf-8", "surrogatepass")
+        self.out += b"X" + struct.pack("<I", len(raw)) + raw
+
+    def _tuple_of(self, items, where) -> None:
+        if not items:
+            self.out += b")"
+            return
+        self.out += b"("
+        for item in items:
+            self.save(item, where)
+        self.out += b"t"
+
+    # -- objects ---------------------------------------------------------
+    def save(self, obj: Any, where: str = "obj") -> None:
+        if obj is None:
+            self.out += b"N"
+        elif obj is True:
+            self.out += b"\x88"
+        elif obj is False:
+            self.out += b"\x89"
+        elif type(obj) is int:
+            self._int(obj)
+        elif type(obj) is float:
+            self.out += b"G" + struct.pack(">d", obj)
+        elif type(obj) is str:
+            self._str(obj)
+        elif isinstance(obj, np.generic) and not isinstance(obj, (np.object_, np.void)):
+            self.save(obj.item(), where)
+        elif id(obj) in self.memo:
+            self._get(self.memo[id(obj)])
+        elif type(obj) in (bytes, bytearray):
+            # Protocol 2 has no bytes opcode: torch (and CPython) use
+            # _codecs.encode(latin-1 text, 'latin1'), which weights_only allows.
+            self._global("_codecs", "encode")
+            self.out += b"("
+            self._str(bytes(obj).decode("latin-1"))
+            self._str("latin1")
+            self.out += b"tR"
+            self._memoize(obj)
+        elif type(obj) is tuple:
+            if id(obj) in self.in_progress:
+                raise TypeError(f"cannot save recursive tuple at {where}")
+            self.in_progress.add(id(obj))
+            self._tuple_of([*obj], where)
+            self.in_progress.discard(id(obj))
+            self._memoize(obj)
+        elif type(obj) is list:
+            self.out += b"]"
+            self._memoize(obj)
+            if obj:
+                self.out += b"("
+                for i, item in enumerate(obj):
+                    self.save(item, f"{where}[{i}]")
+                self.out += b"e"
+        elif type(obj) in (dict, collections.OrderedDict):
+            if type(obj) is dict:
+                self.out += b"}"
+            else:
+                self._global("collections", "OrderedDict")
+                self.out += b")R"
+            self._memoize(obj)
+            self._items(obj, where)
+            extra = vars(obj) if type(obj) is collections.OrderedDict else None
+            if extra:  # e.g. a state_dict's _metadata attribute
+                self.out += b"}"
+                self._items(extra, f"{where}.__dict__")
+                self.out += b"b"
+        elif type(obj) is argparse.Namespace:
+            self._global("argparse", "Namespace")
+            self.out += b")\x81"
+            self._memoize(obj)
+            self.out += b"}"
+            self._items(vars(obj), where)
+            self.out += b"b"
+        elif type(obj) in (set, frozenset):
+            self._global("__builtin__", type(obj).__name__)
+            self.out += b"("
+            self.out += b"]"
+            if obj:
+                self.out += b"("
+                for item in obj:
+                    self.save(item, f"{where}{{item}}")
+                self.out += b"e"
+            self.out += b"tR"
+            self._memoize(obj)
+        elif isinstance(obj, np.ndarray):
+            self._tensor(obj, where)
+        else:
+            raise TypeError(
+                f"cannot save object of type {type(obj).__module__}.{type(obj).__qualname__} "
+                f"at {where}: only dict/OrderedDict/list/tuple/set, str/int/float/bool/None/"
+                "bytes, numpy arrays and argparse.Namespace are supported"
+            )
+
+    def _items(self, mapping: dict, where: str) -> None:
+        if not mapping:
+            return
+        self.out += b"("
+        count = 0
+        for key, value in mapping.items():
+            self.save(key, where)
+            self.save(value, f"{where}[{key!r}]")
+            count += 1
+            if count % 1000 == 0:  # keep MARK groups bounded, like CPython
+                self.out += b"u("
+        self.out += b"u"
+
+    def _tensor(self, arr: np.ndarray, where: str) -> None:
+        dtype_name = arr.dtype.name
+        if dtype_name not in _DTYPE_TO_STORAGE or dtype_name == "bfloat16":
+            raise TypeError(
+                f"cannot save numpy array of dtype {arr.dtype} at {where}: supported dtypes are "
+                + ", ".join(sorted(k for k in _DTYPE_TO_STORAGE if k != "bfloat16"))
+            )
+        # (np.ascontiguousarray would turn 0-d arrays into 1-d ones.)
+        data = arr if arr.flags.c_contiguous else np.array(arr, order="C")
+        if data.dtype.byteorder == ">":
+            data = data.astype(data.dtype.newbyteorder("<"))
+        key = str(len(self.storages))
+        self.storages.append(data)
+        shape = tuple(int(n) for n in data.shape)
+        stride: list[int] = []
+        step = 1
+        for n in reversed(shape):
+            stride.append(step)
+            step *= max(n, 1)
+        stride.reverse()
+        self._global("torch._utils", "_rebuild_tensor_v2")
+        self.out += b"(("
+        self._str("storage")
+        self._global("torch", _DTYPE_TO_STORAGE[dtype_name])
+        self._str(key)
+        self._str("cpu")
+        self._int(int(data.size))
+        self.out += b"tQ"  # close the persistent id tuple, BINPERSID
+        self._int(0)
+        self._tuple_of(shape, where)
+        self._tuple_of(tuple(stride), where)
+        self.out += b"\x89"  # requires_grad=False
+        self._global("collections", "OrderedDict")
+        self.out += b")R"  # backward_hooks=OrderedDict()
+        self.out += b"tR"
+        self._memoize(arr)
+
+
+def _padding_extra(offset_after_header: int) -> bytes:
+    """Extra field ('FB' + size + filler) that pushes the payload to 64 bytes."""
+    pad = (-(offset_after_header + 4)) % _ALIGNMENT
+    return b"FB" + struct.pack("<H", pad) + b"Z" * pad
+
+
+def _write_record(zf: zipfile.ZipFile, fileobj, name: str, payload) -> None:
+    view = memoryview(payload).cast("B")
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.file_size = view.nbytes
+    zip64 = view.nbytes * 1.05 > zipfile.ZIP64_LIMIT
+    try:
+        name_len = len(name.encode("ascii"))
+    except UnicodeEncodeError:
+        name_len = len(name.encode("utf-8"))
+    header = 30 + name_len + (20 if zip64 else 0)
+    info.extra = _padding_extra(fileobj.tell() + header)
+    with zf.open(info, mode="w", force_zip64=zip64) as out:
+        if fileobj.tell() % _ALIGNMENT:
+            raise RuntimeError(f"internal error: record {name} is not {_ALIGNMENT}-byte aligned")
+        chunk = 1 << 24
+        for start in range(0, view.nbytes, chunk):
+            out.write(view[start:start + chunk])
+
+
+def save(obj: Any, path: str | os.PathLike, archive_name: str | None = None) -> None:
+    """Write ``obj`` as a torch zip checkpoint (``torch.load``-compatible).
+
+    numpy arrays become CPU tensors (float32/float64/float16/int64/int32/
+    int16/int8/uint8/bool/complex; written contiguous, little-endian, one
+    storage each: views sharing memory are written as separate tensors).
+    numpy scalars are saved as Python scalars.  The inner folder is
+    ``archive_name`` (default: the file stem).  ``argparse.Namespace`` values
+    are written, but ``torch.load(weights_only=True)`` refuses them: store
+    arguments as a plain dict instead.
+
+    The file is written to ``<path>.tmp-<pid>`` and moved over ``path`` only
+    when complete, so a failure never leaves a truncated file at ``path``.
+    Raises ``TypeError`` (before touching the file system) for objects that
+    cannot be saved.
+    """
+    path = os.fspath(path)
+    if archive_name is None:
+        archive_name = Path(path).stem or "archive"
+    if not archive_name or any(c in archive_name for c in "/\\") or archive_name in (".", ".."):
+        raise ValueError(f"bad archive_name {archive_name!r}")
+
+    writer = _PickleWriter()
+    writer.out += b"\x80\x02"
+    writer.save(obj)
+    writer.out += b"."
+
+    records: list[tuple[str, Any]] = [
+        ("data.pkl", bytes(writer.out)),
+        (".format_version", b"1"),
+        (".storage_alignment", str(_ALIGNMENT).encode()),
+        ("byteorder", b"little"),
+    ]
+    for key, arr in enumerate(writer.storages):
+        records.append((f"data/{key}", arr.reshape(-1).view(np.uint8)))
+    records.append(("version", b"3\n"))
+    records.append((".data/version", b"3\n"))
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, payload in records:
+                    _write_record(zf, f, f"{archive_name}/{name}", payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

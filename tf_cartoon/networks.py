@@ -1,0 +1,369 @@
+"""StyleGAN2 networks: mapping, skip generator, resnet discriminator (NHWC).
+
+The architecture is rosinality/stylegan2-pytorch's, with the Cartoon-StyleGAN2
+forward options (W+ injection for FreezeSG / freezeFC, feature taps and
+layer swapping). Reads in one sitting:
+
+  z [N, D] --MappingNetwork--> w [N, D] --broadcast / mix / truncate--> W+ [N, n_latent, D]
+  W+ --synthesis--> const 4x4 -> conv1 -> to_rgb1
+                    for each block b (resolution 2^(b+3)):
+                        convs[2b] (upsample) -> convs[2b+1] -> [tap / swap L=b+1] -> to_rgbs[b] (+ skip)
+
+W+ rows: conv1 <- 0, to_rgb1 <- 1; block b: convs[2b] <- 2b+1, convs[2b+1] <- 2b+2,
+to_rgbs[b] <- 2b+3. Noise inputs: 0 -> conv1, 2b+1 and 2b+2 -> block b.
+
+Layout: NHWC everywhere (see layers.py for why); images are [N, H, W, 3],
+the reference's NCHW only appears in tf_cartoon/io (checkpoint conversion).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_cartoon.layers import (DEFAULT_BLUR, ConstantInput, ConvLayer, EqualLinear, MinibatchStddev, PixelNorm,
+                               ResBlock, StyledConv, ToRGB, track_items)
+
+MIN_SIZE, MAX_SIZE = 8, 1024
+
+
+def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
+    """The reference's channel table (config-f at channel_multiplier 2)."""
+    cm = channel_multiplier
+    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
+            1024: 16 * cm}
+
+
+def log2_size(size) -> int:
+    size = int(size)
+    log = int(round(math.log2(size))) if size > 0 else -1
+    if size <= 0 or 2 ** log != size or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be a power of two between {MIN_SIZE} and {MAX_SIZE}, got {size}")
+    return log
+
+
+def resolve_channels(size, channel_multiplier=2, channels=None) -> dict[int, int]:
+    """Channel per resolution 4..size; an explicit map overrides the default table."""
+    log = log2_size(size)
+    table = default_channels(channel_multiplier)
+    if channels:
+        table.update({int(k): int(v) for k, v in channels.items()})
+    out = {}
+    for i in range(2, log + 1):
+        r = 2 ** i
+        if r not in table or table[r] <= 0:
+            raise ValueError(f"channel map has no positive entry for resolution {r}: {channels}")
+        out[r] = table[r]
+    return out
+
+
+class MappingNetwork(keras.layers.Layer):
+    """PixelNorm then n_mlp x EqualLinear(lr_mul) + leaky ReLU.
+
+    Normalises over the LAST axis, so [N, D] and [N, n, D] inputs both work (the
+    reference normalises a 3-D input across rows; we do not reproduce that).
+    """
+
+    def __init__(self, style_dim=512, n_mlp=8, lr_mul=0.01, **kwargs):
+        super().__init__(**kwargs)
+        self.style_dim, self.n_mlp, self.lr_mul = int(style_dim), int(n_mlp), float(lr_mul)
+        self.norm = PixelNorm(name="pixel_norm")
+        self.dense = [EqualLinear(style_dim, style_dim, lr_mul=lr_mul, activation="lrelu", name=f"dense_{i + 1}")
+                      for i in range(self.n_mlp)]
+        track_items(self, "dense", self.dense)
+        self.built = True
+
+    def call(self, z):
+        x = self.norm(z)
+        for layer in self.dense:
+            x = layer(x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "style_dim": self.style_dim, "n_mlp": self.n_mlp, "lr_mul": self.lr_mul}
+
+
+class SynthesisOutput(NamedTuple):
+    image: tf.Tensor  # [N, size, size, 3]
+    features: dict  # swap index L -> feature after convs[2L-1] (before to_rgbs[L-1]), when tapped
+    skips: list  # RGB skip after to_rgb1, to_rgbs[0], ... (resolutions 4, 8, ..., size), when asked
+
+
+class Generator(keras.Model):
+    """StyleGAN2 skip generator.
+
+    ``call`` mirrors the reference's forward with its options; the pieces are also
+    available separately: :meth:`mapping`, :meth:`make_wplus`, :meth:`synthesis`.
+    """
+
+    def __init__(self, size=256, style_dim=512, n_mlp=8, channel_multiplier=2, lr_mlp=0.01, channels=None,
+                 blur_kernel=DEFAULT_BLUR, fused_modconv=False, **kwargs):
+        kwargs.setdefault("name", "generator")
+        super().__init__(**kwargs)
+        self.size, self.style_dim, self.n_mlp = int(size), int(style_dim), int(n_mlp)
+        self.channel_multiplier, self.lr_mlp = int(channel_multiplier), float(lr_mlp)
+        self.blur_kernel = tuple(blur_kernel)
+        self.log_size = log2_size(size)
+        self.channels = resolve_channels(size, channel_multiplier, channels)
+        self.num_layers = (self.log_size - 2) * 2 + 1  # noise inputs
+        self.n_latent = self.log_size * 2 - 2  # W+ rows
+        self.n_blocks = self.log_size - 2  # synthesis blocks above 4x4 = valid swap indices 1..n_blocks
+        ch = self.channels
+
+        self.style = MappingNetwork(style_dim, n_mlp, lr_mlp, name="style")
+        self.const_input = ConstantInput(ch[4], name="input")
+        self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=blur_kernel, fused=fused_modconv,
+                                name="conv1")
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False, fused=fused_modconv, name="to_rgb1")
+        self.convs, self.to_rgbs = [], []
+        in_ch = ch[4]
+        for b in range(self.n_blocks):
+            out_ch = ch[2 ** (b + 3)]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True, blur_kernel=blur_kernel,
+                                         fused=fused_modconv, name=f"convs_{2 * b}"))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel,
+                                         fused=fused_modconv, name=f"convs_{2 * b + 1}"))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, fused=fused_modconv, name=f"to_rgbs_{b}"))
+            in_ch = out_ch
+        # The stored noise maps (reference buffers noises.noise_i), [1, R, R, 1].
+        self.noise_buffers = [
+            self.add_weight(name=f"noise_{i}", shape=(1, self.noise_resolution(i), self.noise_resolution(i), 1),
+                            initializer=keras.initializers.RandomNormal(), trainable=False)
+            for i in range(self.num_layers)
+        ]
+        track_items(self, "convs", self.convs)
+        track_items(self, "to_rgbs", self.to_rgbs)
+        track_items(self, "noise", self.noise_buffers)
+        self._fused = bool(fused_modconv)
+        self.built = True
+
+    # -- configuration -----------------------------------------------------------------------------
+    @staticmethod
+    def noise_resolution(i: int) -> int:
+        return 2 ** ((i + 5) // 2)
+
+    @property
+    def fused_modconv(self) -> bool:
+        return self._fused
+
+    @fused_modconv.setter
+    def fused_modconv(self, value: bool) -> None:
+        """Switch every modulated conv between the fused and the non-fused path (same maths)."""
+        self._fused = bool(value)
+        for layer in [self.conv1, self.to_rgb1, *self.convs, *self.to_rgbs]:
+            layer.conv.fused = self._fused
+
+    def get_config(self):
+        return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
+                "channel_multiplier": self.channel_multiplier, "lr_mlp": self.lr_mlp,
+                "channels": {str(k): v for k, v in self.channels.items()},
+                "blur_kernel": list(self.blur_kernel), "fused_modconv": self._fused, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # -- latents -----------------------------------------------------------------------------------
+    def mapping(self, z):
+        """z [N, D] (or [N, n, D]) -> w of the same shape."""
+        return self.style(z)
+
+    def mean_latent(self, n: int = 4096, seed: int | None = None):
+        """Mean of the mapping over ``n`` N(0, 1) latents, [1, style_dim]."""
+        z = (tf.random.stateless_normal([n, self.style_dim], seed=[seed, 0]) if seed is not None
+             else tf.random.normal([n, self.style_dim]))
+        return tf.reduce_mean(self.style(z), axis=0, keepdims=True)
+
+    def make_wplus(self, styles, input_is_latent=False, truncation=1.0, truncation_latent=None, inject_index=None,
+                   put_latent=None, freeze_fc=None):
+        """Reference latent logic -> W+ [N, n_latent, style_dim].
+
+        styles: a tensor or a list of one or two tensors, each [N, D] (z or w) or
+          [N, n_latent, D] (W+, with ``input_is_latent``).
+        truncation: python float or a tensor (scalar or [N]); applied as
+          ``t + psi * (w - t)`` to the mapped styles when psi < 1 (tensor: always).
+        inject_index: with two styles, rows < index come from the first, the rest
+          from the second; None draws it uniformly in [1, n_latent - 1]. A tensor works.
+        put_latent: FreezeSG (Cartoon fork): with two styles, rows < inject_index come
+          from ``put_latent`` (the source's W+), the rest from the first style.
+        freeze_fc: freezeFC (Cartoon fork): with two styles, the whole W+ is ``freeze_fc``.
+        """
+        if not isinstance(styles, (list, tuple)):
+            styles = [styles]
+        if not 1 <= len(styles) <= 2:
+            raise ValueError(f"styles must hold one or two tensors, got {len(styles)}")
+        styles = [tf.convert_to_tensor(s) for s in styles]
+        for s in styles:
+            if s.shape.rank not in (2, 3) or (s.shape[-1] is not None and s.shape[-1] != self.style_dim):
+                raise ValueError(f"style tensor must be [N, {self.style_dim}] or [N, {self.n_latent}, "
+                                 f"{self.style_dim}], got {s.shape}")
+            if s.shape.rank == 3 and s.shape[1] is not None and s.shape[1] != self.n_latent:
+                raise ValueError(f"W+ input must have {self.n_latent} rows, got shape {s.shape}")
+        if not input_is_latent:
+            styles = [self.style(s) for s in styles]
+        if not (isinstance(truncation, (int, float)) and truncation >= 1):
+            if truncation_latent is None:
+                raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent(4096))")
+            t = tf.cast(truncation_latent, styles[0].dtype)
+            styles = [_truncate(s, t, truncation) for s in styles]
+        n = self.n_latent
+        if len(styles) == 1:
+            s = styles[0]
+            return s if s.shape.rank == 3 else tf.tile(s[:, None, :], [1, n, 1])
+        if freeze_fc is not None:
+            return tf.convert_to_tensor(freeze_fc)
+        if inject_index is None:
+            inject_index = tf.random.uniform([], 1, n, dtype=tf.int32)
+        first = put_latent if put_latent is not None else styles[0]
+        second = styles[0] if put_latent is not None else styles[1]
+        rows = tf.range(n)[None, :, None] < tf.cast(inject_index, tf.int32)
+        return tf.where(rows, _rows(first, n), _rows(second, n))
+
+    # -- synthesis ---------------------------------------------------------------------------------
+    def stored_noise(self):
+        return list(self.noise_buffers)
+
+    def synthesis(self, wplus, noise=None, randomize_noise=True, tap_layers=(), swap_layer=None, swap_feature=None,
+                  return_skips=False, stop_after_layer=None):
+        """W+ [N, n_latent, D] -> SynthesisOutput.
+
+        noise: list of ``num_layers`` maps ([N or 1, R, R, 1] or None entries);
+          None -> fresh N(0, 1) when ``randomize_noise`` else the stored buffers.
+        tap_layers: swap indices L (1..n_blocks) whose feature after convs[2L-1] to return.
+        swap_layer / swap_feature: replace that feature by ``swap_feature`` (layer swapping).
+        stop_after_layer: return right after tapping layer L (no image; for the source side
+          of the structure loss, which needs only low-resolution features).
+        """
+        wplus = tf.convert_to_tensor(wplus)
+        if noise is None:
+            noise = [None] * self.num_layers if randomize_noise else self.stored_noise()
+        if len(noise) != self.num_layers:
+            raise ValueError(f"noise must hold {self.num_layers} maps, got {len(noise)}")
+        tap = {int(t) for t in tap_layers}
+        for L in tap | ({swap_layer} if swap_layer is not None else set()) | (
+                {stop_after_layer} if stop_after_layer is not None else set()):
+            self._check_layer(L)
+        if (swap_layer is None) != (swap_feature is None):
+            raise ValueError("swap_layer and swap_feature go together")
+
+        x = self.const_input(tf.shape(wplus)[0])
+        x = self.conv1(x, wplus[:, 0], noise[0])
+        skip = self.to_rgb1(x, wplus[:, 1])
+        features, skips = {}, [skip] if return_skips else []
+        for b in range(self.n_blocks):
+            L = b + 1
+            x = self.convs[2 * b](x, wplus[:, 2 * b + 1], noise[2 * b + 1])
+            x = self.convs[2 * b + 1](x, wplus[:, 2 * b + 2], noise[2 * b + 2])
+            if L in tap:
+                features[L] = x
+            if L == stop_after_layer:
+                return SynthesisOutput(None, features, skips)
+            if L == swap_layer:
+                x = self._check_swap_feature(swap_feature, x, L)
+            skip = self.to_rgbs[b](x, wplus[:, 2 * b + 3], skip)
+            if return_skips:
+                skips.append(skip)
+        return SynthesisOutput(skip, features, skips)
+
+    def call(self, styles, input_is_latent=False, truncation=1.0, truncation_latent=None, inject_index=None,
+             noise=None, randomize_noise=True, return_latents=False, swap_layer=None, swap_feature=None,
+             put_latent=None, freeze_fc=None, training=None):
+        """The reference forward. Returns the image [N, H, W, 3]; with
+        ``return_latents`` a tuple (image, W+); with ``swap_layer`` a tuple
+        (image, feature at that layer BEFORE the swap), like the reference."""
+        wplus = self.make_wplus(styles, input_is_latent, truncation, truncation_latent, inject_index, put_latent,
+                                freeze_fc)
+        out = self.synthesis(wplus, noise, randomize_noise, tap_layers=() if swap_layer is None else (swap_layer,),
+                             swap_layer=swap_layer if swap_feature is not None else None, swap_feature=swap_feature)
+        if return_latents:
+            return out.image, wplus
+        if swap_layer is not None:
+            return out.image, out.features[swap_layer]
+        return out.image
+
+    def _check_layer(self, L):
+        if not (isinstance(L, (int, np.integer)) and 1 <= L <= self.n_blocks):
+            raise ValueError(f"swap/tap layer must be in 1..{self.n_blocks} for size {self.size}, got {L!r}")
+
+    def _check_swap_feature(self, feature, x, L):
+        feature = tf.cast(tf.convert_to_tensor(feature), x.dtype)
+        if feature.shape.rank != 4 or any(a is not None and b is not None and a != b
+                                          for a, b in zip(feature.shape[1:], x.shape[1:])):
+            raise ValueError(f"swap_feature for layer {L} must be [N, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}], "
+                             f"got {feature.shape}")
+        return feature
+
+
+def _truncate(s, t, psi):
+    psi = tf.cast(psi, s.dtype)
+    if psi.shape.rank == 1:  # per sample
+        psi = tf.reshape(psi, [-1] + [1] * (s.shape.rank - 1))
+    if s.shape.rank == 3 and t.shape.rank == 2:
+        t = t[:, None, :]
+    return t + psi * (s - t)
+
+
+def _rows(s, n):
+    s = tf.convert_to_tensor(s)
+    return s if s.shape.rank == 3 else tf.tile(s[:, None, :], [1, n, 1])
+
+
+class Discriminator(keras.Model):
+    """StyleGAN2 resnet discriminator on NHWC images [N, size, size, 3].
+
+    from-RGB 1x1 -> ResBlocks down to 4x4 -> minibatch stddev -> 3x3 conv ->
+    flatten (NHWC order; the converter permutes the reference's NCHW-ordered
+    ``final_linear.0.weight`` to match) -> linear + lrelu -> linear -> logits [N, 1].
+    """
+
+    def __init__(self, size=256, channel_multiplier=2, channels=None, blur_kernel=DEFAULT_BLUR, stddev_group=4,
+                 **kwargs):
+        kwargs.setdefault("name", "discriminator")
+        super().__init__(**kwargs)
+        self.size, self.channel_multiplier = int(size), int(channel_multiplier)
+        self.blur_kernel, self.stddev_group = tuple(blur_kernel), int(stddev_group)
+        self.log_size = log2_size(size)
+        self.channels = resolve_channels(size, channel_multiplier, channels)
+        ch = self.channels
+        self.convs = [ConvLayer(3, ch[self.size], 1, name="convs_0")]
+        in_ch = ch[self.size]
+        for j, i in enumerate(range(self.log_size, 2, -1)):
+            out_ch = ch[2 ** (i - 1)]
+            self.convs.append(ResBlock(in_ch, out_ch, blur_kernel, name=f"convs_{j + 1}"))
+            in_ch = out_ch
+        self.stddev = MinibatchStddev(stddev_group, 1, name="stddev")
+        self.final_conv = ConvLayer(in_ch + 1, ch[4], 3, name="final_conv")
+        self.final_linear = [EqualLinear(ch[4] * 4 * 4, ch[4], activation="lrelu", name="final_linear_0"),
+                             EqualLinear(ch[4], 1, name="final_linear_1")]
+        track_items(self, "convs", self.convs)
+        track_items(self, "final_linear", self.final_linear)
+        self.built = True
+
+    def get_config(self):
+        return {"size": self.size, "channel_multiplier": self.channel_multiplier,
+                "channels": {str(k): v for k, v in self.channels.items()}, "blur_kernel": list(self.blur_kernel),
+                "stddev_group": self.stddev_group, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def call(self, x, return_activations=False, training=None):
+        """Logits [N, 1]; with ``return_activations`` also a dict of reference-named
+        intermediate outputs ('convs.0' ... 'convs.K', 'final_conv'), NHWC."""
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank != 4 or x.shape[-1] != 3 or (x.shape[1] is not None and x.shape[1] != self.size):
+            raise ValueError(f"discriminator expects NHWC images [N, {self.size}, {self.size}, 3], got {x.shape}")
+        acts = {}
+        for i, layer in enumerate(self.convs):
+            x = layer(x)
+            acts[f"convs.{i}"] = x
+        x = self.final_conv(self.stddev(x))
+        acts["final_conv"] = x
+        x = tf.reshape(x, [-1, x.shape[1] * x.shape[2] * x.shape[3]])
+        x = self.final_linear[1](self.final_linear[0](x))
+        return (x, acts) if return_activations else x
