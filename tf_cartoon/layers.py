@@ -216,10 +216,15 @@ class ModulatedConv2d(_Layer):
         if self.upsample:
             # Transposed stride-2 conv = zero insertion, pad k-1, correlation with the flipped kernel.
             xg = upfirdn2d(xg, np.ones([1, 1], np.float32), up=2, pad=(k - 1, k - 1 - 1), impl="ref")
-            y = tf.nn.conv2d(xg, wg[::-1, ::-1], 1, "VALID")
+            wg, pads = wg[::-1, ::-1], "VALID"
         else:
             p = k // 2
-            y = tf.nn.conv2d(xg, wg, 1, [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID")
+            pads = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
+        if tf.config.list_logical_devices("GPU"):
+            y = tf.nn.conv2d(xg, wg, 1, pads)
+        else:
+            # TF has no CPU gradient for grouped convolutions: same maths as per-sample patches x weights.
+            y = self._grouped_conv_patches(xg, wg, pads, n, cin, cout)
         ys = tf.shape(y)
         y = tf.transpose(tf.reshape(y, tf.stack([ys[1], ys[2], n, cout])), [2, 0, 1, 3])
         if x.shape[0] is not None and x.shape[1] is not None:
@@ -227,6 +232,19 @@ class ModulatedConv2d(_Layer):
             ow = 2 * x.shape[2] + k - 2 if self.upsample else x.shape[2]
             y = tf.ensure_shape(y, [x.shape[0], oh, ow, cout])
         return y
+
+    def _grouped_conv_patches(self, xg, wg, pads, n, cin, cout):
+        """Grouped conv (groups = N) as patches @ per-sample weights; [1, H, W, N*in] -> [1, H', W', N*out]."""
+        k = self.kernel_size
+        if pads != "VALID":
+            xg = tf.pad(xg, pads)
+        s = tf.shape(xg)
+        x = tf.transpose(tf.reshape(xg, tf.stack([s[1], s[2], n, cin])), [2, 0, 1, 3])  # [N, H, W, in]
+        patches = tf.image.extract_patches(x, [1, k, k, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")  # [N,H',W',k*k*in]
+        w = tf.transpose(tf.reshape(wg, tf.stack([k * k * cin, n, cout])), [1, 0, 2])  # [N, k*k*in, out]
+        y = tf.einsum("nhwi,nio->nhwo", patches, w)
+        ys = tf.shape(y)
+        return tf.reshape(tf.transpose(y, [1, 2, 0, 3]), tf.stack([1, ys[1], ys[2], n * cout]))
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,

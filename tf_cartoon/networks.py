@@ -51,7 +51,12 @@ def resolve_channels(size, channel_multiplier=2, channels=None) -> dict[int, int
     log = log2_size(size)
     table = default_channels(channel_multiplier)
     if channels:
-        table.update({int(k): int(v) for k, v in channels.items()})
+        given = {int(k): int(v) for k, v in channels.items()}
+        missing = [2 ** i for i in range(2, log + 1) if 2 ** i not in given]
+        if missing:
+            raise ValueError(f"channel map {channels} has no entry for resolution(s) {missing} "
+                             f"(a {size} px network needs 4..{size})")
+        table.update(given)
     out = {}
     for i in range(2, log + 1):
         r = 2 ** i
@@ -205,7 +210,7 @@ class Generator(keras.Model):
                 raise ValueError(f"W+ input must have {self.n_latent} rows, got shape {s.shape}")
         if not input_is_latent:
             styles = [self.style(s) for s in styles]
-        if not (isinstance(truncation, (int, float)) and truncation >= 1):
+        if not (isinstance(truncation, (int, float, np.number)) and truncation >= 1):
             if truncation_latent is None:
                 raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent(4096))")
             t = tf.cast(truncation_latent, styles[0].dtype)
@@ -235,18 +240,20 @@ class Generator(keras.Model):
           None -> fresh N(0, 1) when ``randomize_noise`` else the stored buffers.
         tap_layers: swap indices L (1..n_blocks) whose feature after convs[2L-1] to return.
         swap_layer / swap_feature: replace that feature by ``swap_feature`` (layer swapping).
-        stop_after_layer: return right after tapping layer L (no image; for the source side
-          of the structure loss, which needs only low-resolution features).
+        stop_after_layer: return after block L (no image): its feature, and with
+          ``return_skips`` its RGB skip; the source side of the structure loss needs
+          only these low-resolution outputs.
         """
         wplus = tf.convert_to_tensor(wplus)
         if noise is None:
             noise = [None] * self.num_layers if randomize_noise else self.stored_noise()
         if len(noise) != self.num_layers:
             raise ValueError(f"noise must hold {self.num_layers} maps, got {len(noise)}")
-        tap = {int(t) for t in tap_layers}
+        tap = set(tap_layers)
         for L in tap | ({swap_layer} if swap_layer is not None else set()) | (
                 {stop_after_layer} if stop_after_layer is not None else set()):
             self._check_layer(L)
+        tap = {int(t) for t in tap}
         if (swap_layer is None) != (swap_feature is None):
             raise ValueError("swap_layer and swap_feature go together")
 
@@ -260,13 +267,15 @@ class Generator(keras.Model):
             x = self.convs[2 * b + 1](x, wplus[:, 2 * b + 2], noise[2 * b + 2])
             if L in tap:
                 features[L] = x
-            if L == stop_after_layer:
-                return SynthesisOutput(None, features, skips)
             if L == swap_layer:
                 x = self._check_swap_feature(swap_feature, x, L)
+            if L == stop_after_layer and not return_skips:
+                return SynthesisOutput(None, features, skips)
             skip = self.to_rgbs[b](x, wplus[:, 2 * b + 3], skip)
             if return_skips:
                 skips.append(skip)
+            if L == stop_after_layer:
+                return SynthesisOutput(None, features, skips)
         return SynthesisOutput(skip, features, skips)
 
     def call(self, styles, input_is_latent=False, truncation=1.0, truncation_latent=None, inject_index=None,

@@ -200,6 +200,7 @@ def read_converted(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
     try:
         status = tf.train.Checkpoint(**built).read(prefix)
         status.assert_existing_objects_matched()
+        status.expect_partial()  # networks not asked for (models=...) stay unread, on purpose
     except (tf.errors.OpError, IndexError, AssertionError, ValueError) as e:  # missing, truncated, corrupt
         raise ValueError(f"{path}: cannot restore the TF checkpoint {prefix}: {e}") from None
     ckpt = Checkpoint(config={k: v for k, v in config.items() if k not in ("args", "ada_aug_p", "models")},

@@ -1,0 +1,50 @@
+"""Freeze options: the exact frozen parameter sets the reference recorded, per case and option."""
+
+from __future__ import annotations
+
+import pytest
+
+import tf_cartoon
+from tf_cartoon import freeze
+from tf_cartoon.io import reference_keys as rk
+from tests.reference_cases import Case, case_names
+
+
+def _options():
+    for name in case_names():
+        for opt, spec in Case(name).meta.get("freeze", {}).get("captured_for_this_architecture", {}).items():
+            yield pytest.param(name, opt, spec, id=f"{name}-{opt}")
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            ck = tf_cartoon.load(Case(name).source_pt, models=("g", "d"))
+            cache[name] = (ck.g, ck.d)
+        return cache[name]
+
+    return get
+
+
+def _frozen(table, trainable):
+    """Reference names of the parameters NOT in ``trainable``, in parameter order."""
+    ids = {id(v) for v in trainable}
+    var_of = {key: var for key, var, _ in table}
+    return [k for k in rk.parameter_keys(table) if id(var_of[k]) not in ids]
+
+
+@pytest.mark.parametrize("name,option,spec", list(_options()))
+def test_frozen_sets_match_reference(name, option, spec, models):
+    g, d = models(name)
+    args = spec["args"]
+    g_frozen = _frozen(rk.generator_table(g), freeze.generator_trainable(g, args.get("freezeG", -1)))
+    d_frozen = _frozen(rk.discriminator_table(d), freeze.discriminator_trainable(d, args.get("freezeD", -1)))
+    assert g_frozen == spec["G_frozen"]
+    assert d_frozen == spec["D_frozen"]
+
+
+def test_there_are_freeze_cases():
+    assert list(_options()), "no freeze option captured in any reference case"
