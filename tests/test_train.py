@@ -1,0 +1,165 @@
+"""The trainer: freezing, the frozen source, resume, NaN, flag validation (tiny 16 px models, CPU)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_cartoon import freeze
+from tf_cartoon.io import store
+from tf_cartoon.training.config import ConfigError, TrainConfig, validate
+from tf_cartoon.training.trainer import Trainer, TrainingDiverged
+from tests.tiny_models import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=3)
+
+
+def _cfg(tiny, workdir, **kw):
+    base = dict(ckpt=tiny, data="synthetic:blobs", batch=4, iter=2, workdir=str(workdir), log_every=1,
+                sample_every=1000, ckpt_every=1000, swap_layers="1,2", seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _ids(variables):
+    return {id(v) for v in variables}
+
+
+def test_freeze_options_train_exactly_the_unfrozen_variables_and_never_the_source(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path / "run", freezeG=1, freezeD=1, freezeStyle=1, structure_loss=2, mixing=1.0,
+               augment=True, ada_every=1, ada_length=1000)
+    t = Trainer(cfg)
+    g0, d0, s0 = _values(t.g.trainable_variables), _values(t.d.trainable_variables), _values(t.source.variables)
+    metrics = t.fit()
+    assert {"d_loss", "g_loss", "r1", "structure_loss", "structure_loss_L1", "structure_loss_L2",
+            "ada_p", "ada_r_t"} <= set(metrics)
+    assert "path_penalty" not in metrics  # freezeG >= 0 switches path length off, as the reference
+    g_train, d_train = _ids(freeze.generator_trainable(t.g, 1)), _ids(freeze.discriminator_trainable(t.d, 1))
+    assert 0 < len(g_train) < len(t.g.trainable_variables) and 0 < len(d_train) < len(t.d.trainable_variables)
+    for before, v in zip(g0, t.g.trainable_variables):
+        if id(v) in g_train:
+            assert not np.array_equal(before, v.numpy()), f"trainable {v.path} did not change"
+        else:
+            assert np.array_equal(before, v.numpy()), f"frozen {v.path} changed"
+    for before, v in zip(d0, t.d.trainable_variables):
+        if id(v) in d_train:
+            assert not np.array_equal(before, v.numpy()), f"trainable {v.path} did not change"
+        else:
+            assert np.array_equal(before, v.numpy()), f"frozen {v.path} changed"
+    for before, v in zip(s0, t.source.variables):
+        assert np.array_equal(before, v.numpy()), f"source {v.path} changed"
+    # The source is the checkpoint's g_ema, loaded (the reference forgets to load it).
+    ref = store.load(tiny, models=("g_ema",)).g_ema
+    for a, b in zip(ref.variables, t.source.variables):
+        assert np.array_equal(a.numpy(), b.numpy())
+    assert 0.0 <= metrics["ada_p"] <= 1.0
+    assert os.path.exists(os.path.join(cfg.workdir, "samples.png"))
+    assert os.listdir(os.path.join(cfg.workdir, "tensorboard"))
+
+
+def test_no_freeze_trains_everything_with_path_length_freezefc_and_rgb_structure(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path / "run", iter=1, freezeFC=True, structure_loss=1, structure_loss_on="rgb",
+               mixing=1.0)
+    t = Trainer(cfg)
+    g0, d0 = _values(t.g.trainable_variables), _values(t.d.trainable_variables)
+    e0 = _values(t.g_ema.trainable_variables)
+    metrics = t.fit()
+    assert "path_penalty" in metrics and "structure_loss_L1" in metrics
+    for before, v in zip(g0 + d0, t.g.trainable_variables + t.d.trainable_variables):
+        assert not np.array_equal(before, v.numpy()), f"{v.path} did not change"
+    # EMA: g_ema moved toward g by exactly (1 - decay)
+    from tf_cartoon.training.trainer import EMA_DECAY
+
+    for e_before, e, g in zip(e0, t.g_ema.trainable_variables, t.g.trainable_variables):
+        np.testing.assert_allclose(e.numpy(), g.numpy() + EMA_DECAY * (e_before - g.numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_with_identical_state_and_nan_keeps_last_good_checkpoint(tiny, tmp_path):
+    run = tmp_path / "run"
+    t = Trainer(_cfg(tiny, run, iter=3, ckpt_every=1, keep_checkpoints=5, augment=True, augment_p=0.3))
+    t.fit()
+    final = _values(t.g.variables + t.d.variables + t.g_ema.variables + t.g_opt.variables + t.d_opt.variables)
+
+    # Pretend the run was interrupted after step 2: drop ckpt-3 and point the state at ckpt-2.
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    ckdir = copy / "checkpoints"
+    for f in os.listdir(ckdir):
+        if f.startswith("ckpt-3"):
+            os.remove(ckdir / f)
+    tf.compat.v1.train.update_checkpoint_state(str(ckdir), str(ckdir / "ckpt-2"))
+    t2 = Trainer(_cfg(tiny, copy, iter=3, ckpt_every=1, keep_checkpoints=5, augment=True, augment_p=0.3))
+    assert t2.restore_or_initialise() == 2
+    t2.fit()
+    assert int(t2.step.numpy()) == 3
+    resumed = _values(t2.g.variables + t2.d.variables + t2.g_ema.variables + t2.g_opt.variables + t2.d_opt.variables)
+    for a, b in zip(final, resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    # A second run of the finished command says so and changes nothing.
+    assert Trainer(_cfg(tiny, copy, iter=3)).fit() == {}
+
+    # NaN: poison a weight, the next step stops with a clear error, the last checkpoint stays good.
+    t3 = Trainer(_cfg(tiny, copy, iter=5, ckpt_every=1, keep_checkpoints=5))
+    t3.restore_or_initialise()
+    t3.restore_or_initialise = lambda: 3
+    v = t3.d.final_linear[1].kernel
+    v.assign(np.full(v.shape, np.nan, np.float32))
+    with pytest.raises(TrainingDiverged, match=r"step 3: .*d_loss=nan.* not finite"):
+        t3.fit()
+    latest = tf.train.latest_checkpoint(str(ckdir))
+    assert latest.endswith("ckpt-3")
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), name
+
+
+# ---------------------------------------------------------------------------
+# flag validation: clear one-line errors naming the flag, before any graph
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("batch", 0, "--batch=0"),
+    ("batch", 6, "multiple of 4"),
+    ("size", 100, "power of two"),
+    ("mixing", 1.5, "--mixing=1.5"),
+    ("augment_p", -0.1, "augment_p"),
+    ("structure_loss_on", "pixels", "features' or 'rgb'"),
+    ("xla", "maybe", "--xla"),
+    ("data", "", "--data"),
+    ("data", "/nonexistent/folder", "no such folder"),
+    ("ckpt", "/nonexistent.pt", "--ckpt"),
+])
+def test_bad_flags_are_clear_errors(flag, value, match, tmp_path):
+    cfg = TrainConfig(**{"data": "synthetic:blobs", "workdir": str(tmp_path), flag: value})
+    with pytest.raises(ConfigError, match=match):
+        validate(cfg)
+
+
+def test_flags_checked_against_the_network(tiny, tmp_path):
+    base = dict(data="synthetic:blobs", workdir=str(tmp_path), ckpt=tiny)
+    with pytest.raises(ConfigError, match="--freezeG=3.*2 synthesis blocks"):
+        validate(TrainConfig(**base, freezeG=3), size=16, n_blocks=2)
+    with pytest.raises(ConfigError, match="--structure_loss=3"):
+        validate(TrainConfig(**base, structure_loss=3), size=16, n_blocks=2)
+    with pytest.raises(ConfigError, match="--size=32.*16 px"):
+        validate(TrainConfig(**base, size=32), size=16, n_blocks=2)
+    with pytest.raises(ConfigError, match="layer 3 is outside 1..2"):
+        validate(TrainConfig(**base, swap_layers="1,3"), size=16, n_blocks=2)
+    with pytest.raises(ConfigError, match="need a source generator"):
+        validate(TrainConfig(data="synthetic:blobs", workdir=str(tmp_path), structure_loss=1))
+    with pytest.raises(ConfigError, match="--size=32"):
+        Trainer(TrainConfig(**base, size=32))

@@ -1,0 +1,1 @@
+"""Training: strategy setup, the step functions and the loop (see trainer.py)."""

@@ -1,0 +1,140 @@
+"""The trainer's settings: one dataclass, validated before any graph is built.
+
+Names and defaults follow the reference's argparse flags (rosinality train.py +
+Cartoon-StyleGAN2's freeze options) where they exist; ours are documented inline.
+train.py defines an absl flag for every field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # --- reference flags -------------------------------------------------------------------------
+    iter: int = 800_000  # total training iterations (steps)
+    batch: int = 16  # GLOBAL batch (split across replicas)
+    size: int = 0  # image size; 0 = from the checkpoint (or 256 from scratch)
+    r1: float = 10.0
+    path_regularize: float = 2.0
+    path_batch_shrink: int = 2
+    d_reg_every: int = 16
+    g_reg_every: int = 4
+    mixing: float = 0.9
+    lr: float = 0.002
+    channel_multiplier: int = 2  # from scratch only
+    latent: int = 512  # style_dim, from scratch only
+    n_mlp: int = 8  # from scratch only
+    augment: bool = False
+    augment_p: float = 0.0  # > 0: fixed p; 0 with --augment: adaptive (ADA)
+    ada_target: float = 0.6
+    ada_length: int = 500_000
+    ada_every: int = 8  # D steps between p updates (the reference hard-codes 8)
+    freezeG: int = -1
+    freezeD: int = -1
+    freezeStyle: int = -1
+    freezeFC: bool = False
+    structure_loss: int = -1
+    n_sample: int = 8  # samples per row of the image grids
+    ckpt: str = ""  # start from: a reference .pt, a converted directory ("" = from scratch)
+    # --- ours ------------------------------------------------------------------------------------
+    source_ckpt: str = ""  # frozen source G ("" = the --ckpt file's g_ema)
+    workdir: str = "runs/default"
+    data: str = ""  # folder | TFRecord pattern | synthetic:<name>
+    structure_loss_on: str = "features"  # features (reference code) | rgb (paper's figure)
+    structure_weight: float = 1.0
+    swap_layers: str = "auto"  # layer-swapped rows of the sample grid ("auto": 1..min(3, blocks))
+    xla: str = "auto"  # auto | on | off: XLA-compile the per-replica forward/backward
+    mixed_precision: bool = False
+    log_every: int = 100
+    sample_every: int = 1000
+    ckpt_every: int = 5000
+    keep_checkpoints: int = 3
+    export_torch: bool = False  # also write the reference .pt format at each checkpoint
+    seed: int = 0
+    fused_modconv: bool = False
+    max_time_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+
+    @property
+    def adaptive_augment(self) -> bool:
+        return self.augment and self.augment_p == 0
+
+    def swap_layer_list(self, n_blocks: int | None = None) -> list[int]:
+        if str(self.swap_layers).strip() in ("auto", ""):
+            return list(range(1, min(3, n_blocks or 3) + 1))
+        try:
+            return [int(s) for s in str(self.swap_layers).split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--swap_layers={self.swap_layers!r}: expected 'auto' or a comma list like 1,2") from None
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and 2 ** int(round(math.log2(n))) == n
+
+
+def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = None, num_replicas: int = 1):
+    """Check every flag; ``size`` / ``n_blocks`` are the network's once known (from the checkpoint)."""
+    def need(cond, flag, msg):
+        if not cond:
+            raise ConfigError(f"--{flag}={getattr(cfg, flag)!r}: {msg}")
+
+    need(cfg.iter > 0, "iter", "must be positive")
+    need(cfg.batch > 0, "batch", "must be positive")
+    need(cfg.batch % num_replicas == 0, "batch",
+         f"the global batch must be divisible by the {num_replicas} replicas")
+    per_replica = cfg.batch // max(num_replicas, 1)
+    need(per_replica <= 4 or per_replica % 4 == 0, "batch",
+         f"the per-replica batch {per_replica} must be <= 4 or a multiple of 4 (minibatch-stddev groups of 4)")
+    need(cfg.size == 0 or (_is_pow2(cfg.size) and 8 <= cfg.size <= 1024), "size",
+         "must be a power of two between 8 and 1024 (or 0 = from the checkpoint)")
+    if size is not None and cfg.size and cfg.ckpt:
+        need(cfg.size == size, "size", f"conflicts with the checkpoint {cfg.ckpt}, which is {size} px "
+             "(leave --size out: it comes from the checkpoint)")
+    for flag in ("r1", "path_regularize", "lr", "structure_weight"):
+        need(getattr(cfg, flag) >= 0, flag, "must be >= 0")
+    need(cfg.lr > 0, "lr", "must be positive")
+    need(cfg.path_batch_shrink >= 1, "path_batch_shrink", "must be >= 1")
+    need(cfg.d_reg_every >= 1, "d_reg_every", "must be >= 1")
+    need(cfg.g_reg_every >= 1, "g_reg_every", "must be >= 1")
+    need(0.0 <= cfg.mixing <= 1.0, "mixing", "must be in [0, 1]")
+    need(0.0 <= cfg.augment_p <= 1.0, "augment_p", "must be in [0, 1]")
+    need(0.0 <= cfg.ada_target <= 1.0, "ada_target", "must be in [0, 1]")
+    need(cfg.ada_length > 0, "ada_length", "must be positive")
+    need(cfg.ada_every >= 1, "ada_every", "must be >= 1")
+    need(cfg.structure_loss_on in ("features", "rgb"), "structure_loss_on", "must be 'features' or 'rgb'")
+    need(cfg.xla in ("auto", "on", "off"), "xla", "must be auto, on or off")
+    for flag in ("log_every", "sample_every", "ckpt_every", "keep_checkpoints", "n_sample"):
+        need(getattr(cfg, flag) >= 1, flag, "must be >= 1")
+    need(bool(cfg.workdir), "workdir", "is required")
+    need(bool(cfg.data), "data", "is required (a folder, a TFRecord pattern or synthetic:<name>)")
+    if not cfg.data.startswith("synthetic:"):
+        import glob
+
+        need(os.path.exists(cfg.data) or bool(glob.glob(cfg.data)), "data", "no such folder or file pattern")
+    needs_source = cfg.freezeStyle >= 0 or cfg.structure_loss > 0 or cfg.freezeFC
+    if needs_source:
+        need(bool(cfg.source_ckpt or cfg.ckpt), "source_ckpt" if not cfg.ckpt else "ckpt",
+             "freezeStyle / freezeFC / structure_loss need a source generator: pass --ckpt or --source_ckpt")
+    for flag in ("source_ckpt", "ckpt"):
+        path = getattr(cfg, flag)
+        need(not path or os.path.exists(path), flag, "no such file or directory")
+    if n_blocks is not None:
+        need(cfg.freezeG <= n_blocks, "freezeG", f"this {size} px generator has {n_blocks} synthesis blocks")
+        need(cfg.freezeD <= n_blocks + 1, "freezeD",
+             f"this {size} px discriminator has {n_blocks + 1} convolution stages")
+        need(cfg.structure_loss <= n_blocks, "structure_loss",
+             f"layers 1..{n_blocks} exist at {size} px")
+        n_latent = 2 * (n_blocks + 2) - 2
+        need(cfg.freezeStyle < n_latent, "freezeStyle", f"must be < the {n_latent} W+ rows at {size} px")
+        for L in cfg.swap_layer_list(n_blocks):
+            if not 1 <= L <= n_blocks:
+                raise ConfigError(f"--swap_layers={cfg.swap_layers!r}: layer {L} is outside 1..{n_blocks} "
+                                  f"at {size} px")
+    return cfg

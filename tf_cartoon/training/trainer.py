@@ -1,0 +1,531 @@
+"""The fine-tuning trainer: one class, the reference's iteration, on tf.distribute.
+
+One iteration (rosinality / Cartoon-StyleGAN2 train.py order):
+  1. D step: logistic loss on (augmented) reals and fakes; ADA statistics.
+  2. R1 every ``d_reg_every`` steps, on un-augmented reals through the augmentation.
+  3. G step: non-saturating loss (+ structure loss against the frozen source).
+  4. Path length every ``g_reg_every`` steps on 1/path_batch_shrink of the batch (off under freezeG).
+  5. EMA of G into g_ema.
+Only the variables that ``freeze.py`` says train are given to ``apply_gradients``; the
+optimizers are built once on all variables (Keras 3 only updates variables it was built with).
+
+Distribution: every replica computes its share of the GLOBAL batch. Random draws
+(latents, noise maps, mixing decisions) are made for the global batch from a seed that
+depends only on (seed, step, purpose) and each replica takes the samples r, r+R, r+2R, ...
+(strided, so minibatch-stddev groups coincide with a single-device run's). Losses are
+scaled by 1/R so the summed gradients equal the global-batch mean's. Randomness is
+therefore a pure function of the step: resuming reproduces the same draws.
+
+Known, documented deviations from the reference (the method's intent, not its bugs):
+  * the source generator is LOADED (reference: random) and frozen;
+  * structure loss: source and target see the same z, mixing and noise maps, and the
+    target's features come from the same forward as its adversarial loss;
+  * the path-length mean is per replica, as in the reference's distributed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_cartoon import freeze, losses
+from tf_cartoon.io import store
+from tf_cartoon.training import strategy as strategy_lib
+from tf_cartoon.training.config import TrainConfig, validate
+
+log = logging.getLogger("tf_cartoon.train")
+
+EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # the reference's accumulate(g_ema, g, 0.5 ** (32 / 10000))
+
+# Seed purposes (second seed word = step * N_PURPOSES + purpose).
+_D, _R1, _G, _PL, _AUG_D, _AUG_R1, _AUG_G, _SRC = range(8)
+N_PURPOSES = 8
+
+
+def _dense_grads(grads, variables):
+    """None -> zeros. The reference adds ``0 * output`` to the R1 and path-length losses, so every
+    parameter gets a (zero) gradient and Adam's state advances for all of them; we match that."""
+    return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None):
+        self.cfg = cfg
+        self.strategy = strategy or strategy_lib.make_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.chief = strategy_lib.is_chief(self.strategy)
+        validate(cfg, num_replicas=self.replicas)
+        log.info(strategy_lib.describe(self.strategy, cfg.batch))
+
+        start = store.load(cfg.ckpt) if cfg.ckpt else None
+        gen_cfg, dis_cfg = self._architecture(start)
+        self.size = gen_cfg["size"]
+        n_blocks = int(math.log2(self.size)) - 2
+        validate(cfg, size=self.size, n_blocks=n_blocks, num_replicas=self.replicas)
+        self.per_replica_batch = cfg.batch // self.replicas
+        self.swap_layers = cfg.swap_layer_list(n_blocks)
+        self.use_xla = {"on": True, "off": False}.get(cfg.xla, bool(tf.config.list_logical_devices("GPU")))
+        needs_source = cfg.freezeStyle >= 0 or cfg.structure_loss > 0 or cfg.freezeFC
+        source_path = cfg.source_ckpt or cfg.ckpt
+
+        with self.strategy.scope():
+            fused = cfg.fused_modconv
+            self.g = store.build_generator(gen_cfg, fused_modconv=fused, name="g")
+            self.g_ema = store.build_generator(gen_cfg, fused_modconv=fused, name="g_ema")
+            self.d = store.build_discriminator(dis_cfg)
+            self.source = None
+            if source_path:
+                src = store.load(source_path, models=("g_ema",), fused_modconv=fused).g_ema
+                if src is None:
+                    raise ValueError(f"--source_ckpt {source_path} holds no generator")
+                if src.size != self.size or src.style_dim != self.g.style_dim:
+                    raise ValueError(f"source {source_path} is {src.size} px / style_dim {src.style_dim}, "
+                                     f"the trained generator {self.size} px / {self.g.style_dim}")
+                self.source = store.build_generator(src.get_config(), name="source")
+                _copy(src, self.source)
+            elif needs_source:
+                raise ValueError("freezeStyle / freezeFC / structure_loss need a source generator")
+            if start is not None:
+                _copy(start.g if start.g is not None else start.g_ema, self.g)
+                _copy(start.g_ema if start.g_ema is not None else start.g, self.g_ema)
+                if start.d is not None:
+                    _copy(start.d, self.d)
+                else:
+                    log.warning("%s has no discriminator: D starts from random weights", cfg.ckpt)
+            else:
+                _copy(self.g, self.g_ema)
+            g_ratio = cfg.g_reg_every / (cfg.g_reg_every + 1)
+            d_ratio = cfg.d_reg_every / (cfg.d_reg_every + 1)
+            self.g_opt = keras.optimizers.Adam(cfg.lr * g_ratio, beta_1=0.0, beta_2=0.99 ** g_ratio, epsilon=1e-8)
+            self.d_opt = keras.optimizers.Adam(cfg.lr * d_ratio, beta_1=0.0, beta_2=0.99 ** d_ratio, epsilon=1e-8)
+            self.g_opt.build(self.g.trainable_variables)
+            self.d_opt.build(self.d.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.mean_path_length = tf.Variable(0.0, trainable=False, name="mean_path_length",
+                                                aggregation=tf.VariableAggregation.MEAN)
+            self.ada = None
+            if cfg.augment:
+                from tf_cartoon.augment import AdaptiveAugment
+
+                self.ada = AdaptiveAugment(target=cfg.ada_target, ada_length=cfg.ada_length,
+                                           update_every=cfg.ada_every, augment_p=cfg.augment_p,
+                                           adaptive=cfg.adaptive_augment)
+        if start is not None and cfg.adaptive_augment:
+            self.ada.p.assign(float(start.ada_aug_p))
+
+        self.g_train_vars = freeze.generator_trainable(self.g, cfg.freezeG)
+        self.d_train_vars = freeze.discriminator_trainable(self.d, cfg.freezeD)
+        self.structure_layers = tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
+        self.do_path_length = cfg.freezeG < 0 and cfg.path_regularize > 0
+
+        tracked = dict(g=self.g, g_ema=self.g_ema, d=self.d, g_optim=self.g_opt, d_optim=self.d_opt,
+                       step=self.step, mean_path_length=self.mean_path_length)
+        if self.ada is not None:
+            tracked["ada"] = tf.train.Checkpoint(**self.ada.state_variables())
+        self.checkpoint = tf.train.Checkpoint(**tracked)
+        ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
+        if not self.chief:  # non-chief workers write to a scratch dir (MultiWorker saving protocol)
+            ckpt_dir = os.path.join(cfg.workdir, f"worker_tmp_{self.strategy.cluster_resolver.task_id}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
+        self._build_step_functions()
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------------------------------
+    # set-up helpers
+    # ------------------------------------------------------------------------------------------
+    def _architecture(self, start):
+        cfg = self.cfg
+        if start is not None:
+            gen_cfg = dict(start.config["generator"])
+            dis_cfg = start.config.get("discriminator") or {"size": gen_cfg["size"], "channels": gen_cfg["channels"],
+                                                            "blur_kernel": gen_cfg.get("blur_kernel", [1, 3, 3, 1])}
+            validate(cfg, size=gen_cfg["size"], num_replicas=self.replicas)
+            return gen_cfg, dis_cfg
+        size = cfg.size or 256
+        gen_cfg = {"size": size, "style_dim": cfg.latent, "n_mlp": cfg.n_mlp,
+                   "channel_multiplier": cfg.channel_multiplier}
+        return gen_cfg, {"size": size, "channel_multiplier": cfg.channel_multiplier}
+
+    def restore_or_initialise(self) -> int:
+        """Resume from the workdir's latest checkpoint if any; returns the step to continue at."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            status = self.checkpoint.restore(latest)
+            status.assert_existing_objects_matched()  # everything this run tracks was in the checkpoint
+            status.expect_partial()  # state of options this run does not use (e.g. ADA) may stay unread
+            log.info("resumed from step %d (%s)", int(self.step.numpy()), latest)
+        return int(self.step.numpy())
+
+    # ------------------------------------------------------------------------------------------
+    # randomness: global draws, strided per-replica slices
+    # ------------------------------------------------------------------------------------------
+    def _seed(self, step, purpose):
+        return tf.stack([tf.constant(self.cfg.seed, tf.int64), tf.cast(step, tf.int64) * N_PURPOSES + purpose])
+
+    def _replica_slice(self, x):
+        ctx = tf.distribute.get_replica_context()
+        rid = ctx.replica_id_in_sync_group if ctx is not None else 0
+        return x[rid::self.replicas]
+
+    def _latents(self, step, purpose, per_replica):
+        """z1, z2 [n, D] for this replica, whether mixing fired, the inject index (n_latent = no mixing)."""
+        n_global = per_replica * self.replicas
+        seed = self._seed(step, purpose)
+        z = tf.random.stateless_normal([2, n_global, self.g.style_dim], seed=seed)
+        z1, z2 = self._replica_slice(z[0]), self._replica_slice(z[1])
+        u = tf.random.stateless_uniform([3], seed=seed + [0, 7919])
+        mixed = u[0] < self.cfg.mixing
+        n_lat = self.g.n_latent
+        index = 1 + tf.cast(tf.floor(u[1] * (n_lat - 1)), tf.int32)
+        src_index = 1 + tf.cast(tf.floor(u[2] * (n_lat - 1)), tf.int32)  # the source mixes at its own index
+        inject = tf.where(mixed, index, n_lat)
+        return z1, z2, mixed, inject, tf.where(mixed, src_index, n_lat)
+
+    def _noise(self, step, purpose, per_replica):
+        n_global = per_replica * self.replicas
+        seed = self._seed(step, purpose) + [0, 104729]
+        return [self._replica_slice(tf.random.stateless_normal([n_global, r, r, 1], seed=seed + [0, i]))
+                for i, r in enumerate(self.g.noise_resolution(i) for i in range(self.g.num_layers))]
+
+    def _fake_wplus(self, z1, z2, mixed, inject, src_inject, for_d):
+        """W+ of the trained generator with FreezeSG / freezeFC as the reference does them."""
+        cfg = self.cfg
+        w = self.g.make_wplus([z1, z2], inject_index=inject)
+        if cfg.freezeStyle >= 0 or (cfg.freezeFC and for_d):
+            src_w = tf.stop_gradient(self.source.make_wplus([z1, z2], inject_index=src_inject))
+            if cfg.freezeStyle >= 0:  # rows < k from the source when mixing fired (D and G steps)
+                k = tf.where(mixed, cfg.freezeStyle, 0)
+                w = self.g.make_wplus([z1, z2], inject_index=k, put_latent=src_w)
+            else:  # freezeFC: the whole W+ from the source, D step only
+                w = tf.where(mixed, src_w, w)
+        return w
+
+    def _augment(self, x, step, purpose):
+        if self.ada is None:
+            return x
+        from tf_cartoon.augment import augment
+
+        ctx = tf.distribute.get_replica_context()
+        rid = tf.cast(ctx.replica_id_in_sync_group if ctx is not None else 0, tf.int64)
+        return augment(x, self.ada.p, seed=self._seed(step, purpose) + tf.stack([rid * 7, 0]))
+
+    # ------------------------------------------------------------------------------------------
+    # per-replica computations (XLA-compiled when --xla)
+    # ------------------------------------------------------------------------------------------
+    def _d_compute(self, real, step):
+        b = self.per_replica_batch
+        z1, z2, mixed, inject, src_inject = self._latents(step, _D, b)
+        w = self._fake_wplus(z1, z2, mixed, inject, src_inject, for_d=True)
+        fake = tf.stop_gradient(self.g.synthesis(w, self._noise(step, _D, b)).image)
+        fake = self._augment(fake, step, _AUG_D)
+        real_aug = self._augment(real, step, _AUG_D + 100)
+        with tf.GradientTape() as tape:
+            real_pred = self.d(real_aug)
+            fake_pred = self.d(fake)
+            loss = losses.d_logistic_loss(real_pred, fake_pred)
+            scaled = loss / self.replicas  # (inside the tape: the division must be recorded)
+        grads = tape.gradient(scaled, self.d_train_vars)
+        metrics = {"d_loss": loss, "real_score": tf.reduce_mean(real_pred), "fake_score": tf.reduce_mean(fake_pred)}
+        return grads, metrics, real_pred
+
+    def _r1_compute(self, real, step):
+        with tf.GradientTape() as tape:
+            r1, _ = losses.r1_penalty(lambda x: self.d(self._augment(x, step, _AUG_R1)), real)
+            scaled = self.cfg.r1 / 2 * r1 * self.cfg.d_reg_every / self.replicas
+        grads = _dense_grads(tape.gradient(scaled, self.d_train_vars), self.d_train_vars)
+        return grads, {"r1": r1}
+
+    def _g_compute(self, step):
+        cfg = self.cfg
+        b = self.per_replica_batch
+        z1, z2, mixed, inject, src_inject = self._latents(step, _G, b)
+        noise = self._noise(step, _G, b)
+        layers = self.structure_layers
+        rgb = cfg.structure_loss_on == "rgb"
+        metrics = {}
+        with tf.GradientTape() as tape:
+            w = self._fake_wplus(z1, z2, mixed, inject, src_inject, for_d=False)
+            out = self.g.synthesis(w, noise, tap_layers=() if rgb else layers, return_skips=rgb and bool(layers))
+            fake = self._augment(out.image, step, _AUG_G)
+            loss = losses.g_nonsaturating_loss(self.d(fake))
+            metrics["g_loss"] = loss
+            total = loss
+            if layers:
+                src_w = self.source.make_wplus([z1, z2], inject_index=inject)
+                src = self.source.synthesis(src_w, noise, tap_layers=() if rgb else layers, return_skips=rgb,
+                                            stop_after_layer=max(layers))
+                if rgb:  # skips[0] is the 4x4 RGB; skip after to_rgbs[L-1] is skips[L]
+                    s_t, t_t = ({L: o.skips[L] for L in layers} for o in (src, out))
+                else:
+                    s_t, t_t = src.features, out.features
+                struct, per_layer = losses.structure_loss(s_t, t_t, layers)
+                total = total + cfg.structure_weight * struct
+                metrics["structure_loss"] = struct
+                metrics.update({f"structure_loss_L{L}": v for L, v in per_layer.items()})
+            metrics["g_total"] = total
+            scaled = total / self.replicas
+        grads = tape.gradient(scaled, self.g_train_vars)
+        return grads, metrics
+
+    def _pl_compute(self, step):
+        cfg = self.cfg
+        b = max(1, self.per_replica_batch // cfg.path_batch_shrink)
+        z1, z2, mixed, inject, _ = self._latents(step, _PL, b)
+        noise = self._noise(step, _PL, b)
+        y = self._replica_slice(tf.random.stateless_normal([b * self.replicas, self.size, self.size, 3],
+                                                           seed=self._seed(step, _PL) + [0, 31]))
+        with tf.GradientTape() as tape:
+            w = self.g.make_wplus([z1, z2], inject_index=inject)
+            pen, path_mean, lengths = losses.path_length_penalty(
+                lambda x: self.g.synthesis(x, noise).image, w, self.mean_path_length, noise=y)
+            scaled = cfg.path_regularize * cfg.g_reg_every * pen / self.replicas
+        grads = _dense_grads(tape.gradient(scaled, self.g_train_vars), self.g_train_vars)
+        return grads, {"path_penalty": pen, "path_length": tf.reduce_mean(lengths)}, path_mean
+
+    def _build_step_functions(self):
+        jit = self.use_xla
+        # Our code branches on Python values only: autograph would just slow tracing down.
+        d_compute = tf.function(self._d_compute, jit_compile=jit, autograph=False)
+        r1_compute = tf.function(self._r1_compute, jit_compile=jit, autograph=False)
+        g_compute = tf.function(self._g_compute, jit_compile=jit, autograph=False)
+        pl_compute = tf.function(self._pl_compute, jit_compile=jit, autograph=False)
+        strategy = self.strategy
+
+        def d_replica(real, step):
+            grads, metrics, real_pred = d_compute(real, step)
+            self.d_opt.apply_gradients(zip(grads, self.d_train_vars))
+            if self.ada is not None and self.ada.adaptive:
+                self.ada.accumulate(real_pred)
+            return metrics
+
+        def r1_replica(real, step):
+            grads, metrics = r1_compute(real, step)
+            self.d_opt.apply_gradients(zip(grads, self.d_train_vars))
+            return metrics
+
+        def g_replica(step):
+            grads, metrics = g_compute(step)
+            self.g_opt.apply_gradients(zip(grads, self.g_train_vars))
+            return metrics
+
+        def pl_replica(step):
+            grads, metrics, path_mean = pl_compute(step)
+            self.g_opt.apply_gradients(zip(grads, self.g_train_vars))
+            self.mean_path_length.assign(path_mean)
+            return metrics
+
+        def reduce(metrics):
+            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
+
+        self.d_step = tf.function(lambda real, step: reduce(strategy.run(d_replica, args=(real, step))),
+                                  autograph=False)
+        self.r1_step = tf.function(lambda real, step: reduce(strategy.run(r1_replica, args=(real, step))),
+                                   autograph=False)
+        self.g_step = tf.function(lambda step: reduce(strategy.run(g_replica, args=(step,))), autograph=False)
+        self.pl_step = tf.function(lambda step: reduce(strategy.run(pl_replica, args=(step,))), autograph=False)
+
+        g_vars, ema_vars = self.g.trainable_variables, self.g_ema.trainable_variables
+
+        @tf.function(autograph=False)
+        def ema_update():
+            for e, v in zip(ema_vars, g_vars):
+                e.assign(v + EMA_DECAY * (e - v))
+
+        self.ema_update = ema_update
+
+    # ------------------------------------------------------------------------------------------
+    # one iteration
+    # ------------------------------------------------------------------------------------------
+    def train_step(self, real, step: int) -> dict:
+        """One full iteration on a distributed real batch; returns host metrics."""
+        cfg = self.cfg
+        s = tf.constant(step, tf.int64)
+        metrics = self.d_step(real, s)
+        if self.ada is not None and self.ada.adaptive and (step + 1) % cfg.ada_every == 0:
+            self.ada.update()
+        if step % cfg.d_reg_every == 0:
+            metrics.update(self.r1_step(real, s))
+        metrics.update(self.g_step(s))
+        if self.do_path_length and step % cfg.g_reg_every == 0:
+            metrics.update(self.pl_step(s))
+        self.ema_update()
+        self.step.assign(step + 1)
+        out = {k: float(v.numpy()) for k, v in metrics.items()}
+        bad = [k for k, v in out.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDiverged(f"step {step}: {', '.join(f'{k}={out[k]}' for k in bad)} is not finite; "
+                                   f"stopping without saving (the last good checkpoint in "
+                                   f"{self.manager.directory} is intact)")
+        if self.ada is not None:
+            out["ada_p"] = float(self.ada.p.numpy())
+            if self.ada.adaptive:
+                out["ada_r_t"] = float(self.ada.r_t.numpy())
+        out["mean_path_length"] = float(self.mean_path_length.numpy())
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # data, samples, checkpoints, the loop
+    # ------------------------------------------------------------------------------------------
+    def make_data(self, start_step: int = 0):
+        """Distributed real batches; a resumed run continues the same stream at ``start_step``."""
+        from tf_cartoon.data import make_dataset
+
+        cfg = self.cfg
+
+        def fn(ctx):
+            return make_dataset(cfg.data, self.size, ctx.get_per_replica_batch_size(cfg.batch), seed=cfg.seed,
+                                input_context=ctx, start_batch=start_step)
+
+        return self.strategy.distribute_datasets_from_function(fn)
+
+    def sample_grid(self, n: int | None = None) -> np.ndarray:
+        """Fixed latents -> rows source | target (g_ema) | layer-swapped at each swap layer; uint8 HWC grid."""
+        n = n or self.cfg.n_sample
+        z = tf.random.stateless_normal([n, self.g.style_dim], seed=[self.cfg.seed, 2 ** 31 - 1])
+        noise = [tf.constant(v.numpy()) for v in self.g_ema.noise_buffers]
+        rows = []
+        tgt_w = self.g_ema.make_wplus(z)
+        if self.source is not None:
+            src_w = self.source.make_wplus(z)
+            src = self.source.synthesis(src_w, noise, tap_layers=self.swap_layers)
+            rows.append(src.image)
+        rows.append(self.g_ema.synthesis(tgt_w, noise).image)
+        if self.source is not None:
+            for L in self.swap_layers:
+                rows.append(self.g_ema.synthesis(tgt_w, noise, swap_layer=L, swap_feature=src.features[L]).image)
+        return to_grid(rows)
+
+    def save(self, reason: str = "") -> str:
+        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        if self.cfg.export_torch and self.chief:
+            pt = os.path.join(self.cfg.workdir, "checkpoints", f"step_{int(self.step.numpy()):08d}.pt")
+            store.write_reference(store.Checkpoint(config={}, g=self.g, g_ema=self.g_ema, d=self.d,
+                                                   args=_jsonable(vars_of(self.cfg)),
+                                                   ada_aug_p=float(self.ada.p.numpy()) if self.ada else 0.0), pt)
+        log.info("saved checkpoint %s%s", path, f" ({reason})" if reason else "")
+        return path
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            log.warning("signal %d: saving a checkpoint after this step and stopping", signum)
+            self._stop_requested = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
+
+    def fit(self) -> dict:
+        """Run (or resume) the training loop until ``iter`` steps; returns the latest value of every
+        metric (lazy regularisers keep the value of their last step)."""
+        cfg = self.cfg
+        os.makedirs(cfg.workdir, exist_ok=True)
+        start = self.restore_or_initialise()
+        if start >= cfg.iter:
+            log.info("already finished: step %d of %d in %s", start, cfg.iter, cfg.workdir)
+            return {}
+        writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tensorboard")) if self.chief \
+            else tf.summary.create_noop_writer()
+        if self.chief:
+            with open(os.path.join(cfg.workdir, "flags.json"), "w") as f:
+                json.dump(_jsonable(vars_of(cfg)), f, indent=2, sort_keys=True)
+            with writer.as_default():
+                tf.summary.text("flags", json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True), step=start)
+        self._install_signal_handlers()
+        data = iter(self.make_data(start))
+        t_start = time.time()
+        t_last, step_last = t_start, start
+        metrics = {}
+        for step in range(start, cfg.iter):
+            real = next(data)
+            metrics.update(self.train_step(real, step))
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.iter:
+                now = time.time()
+                sec_per_step = (now - t_last) / max(done - step_last, 1)
+                metrics["images_per_s"] = cfg.batch / sec_per_step
+                metrics["sec_per_kimg"] = sec_per_step * 1000 / cfg.batch
+                metrics["lr_g"] = float(self.g_opt.learning_rate.numpy())
+                metrics["lr_d"] = float(self.d_opt.learning_rate.numpy())
+                eta = sec_per_step * (cfg.iter - done)
+                log.info("step %d/%d  %s  %.1f img/s  ETA %s", done, cfg.iter,
+                         "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
+                                   if k in ("d_loss", "g_loss", "r1", "path_penalty", "structure_loss", "ada_p")),
+                         metrics["images_per_s"], _hms(eta))
+                with writer.as_default():
+                    for k, v in metrics.items():
+                        tf.summary.scalar(k, v, step=done)
+                t_last, step_last = now, done
+            if self.chief and (done % cfg.sample_every == 0 or done == cfg.iter):
+                with writer.as_default():
+                    tf.summary.image("samples/source_target_swapped", self.sample_grid()[None], step=done)
+                    local = self.strategy.experimental_local_results(real)[0]
+                    tf.summary.image("real", to_grid([local])[None], step=done)
+            timed_out = cfg.max_time_minutes and time.time() - t_start > cfg.max_time_minutes * 60
+            if done % cfg.ckpt_every == 0 or done == cfg.iter or self._stop_requested or timed_out:
+                self.save("signal" if self._stop_requested else "")
+                if self._stop_requested or timed_out:
+                    log.warning("stopped at step %d; rerun the same command to resume", done)
+                    break
+        writer.flush()
+        if self.chief:
+            _write_png(os.path.join(cfg.workdir, "samples.png"), self.sample_grid())
+        return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+def _copy(src, dst):
+    sv, dv = src.variables, dst.variables
+    if len(sv) != len(dv):
+        raise ValueError(f"cannot copy {src.name} into {dst.name}: {len(sv)} vs {len(dv)} variables")
+    for a, b in zip(sv, dv):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"cannot copy {src.name} into {dst.name}: {a.path} {a.shape} vs {b.path} {b.shape}")
+        b.assign(a.numpy() if hasattr(a, "numpy") else a)
+
+
+def to_grid(rows) -> np.ndarray:
+    """List of [N, H, W, 3] batches in about [-1, 1] -> one uint8 image, one batch per row."""
+    rows = [np.asarray(r) for r in rows]
+    n, h, w, _ = rows[0].shape
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    return np.clip((grid + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _write_png(path, image):
+    from PIL import Image
+
+    tmp = path + ".tmp.png"
+    Image.fromarray(image).save(tmp)
+    os.replace(tmp, path)
+
+
+def vars_of(cfg) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in d.items()}
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
