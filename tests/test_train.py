@@ -66,12 +66,23 @@ def test_freeze_options_train_exactly_the_unfrozen_variables_and_never_the_sourc
     assert 0.0 <= metrics["ada_p"] <= 1.0
     assert os.path.exists(os.path.join(cfg.workdir, "samples.png"))
     assert os.listdir(os.path.join(cfg.workdir, "tensorboard"))
+    # A training workdir is a checkpoint the other tools load directly.
+    import tf_cartoon
+
+    loaded = tf_cartoon.load(cfg.workdir, models=("g_ema",)).g_ema
+    for a, b in zip(loaded.variables, t.g_ema.variables):
+        assert np.array_equal(a.numpy(), b.numpy())
 
 
-def test_no_freeze_trains_everything_with_path_length_freezefc_and_rgb_structure(tiny, tmp_path):
+def test_no_freeze_trains_everything_with_path_length_freezefc_rgb_structure_and_bf16(tiny, tmp_path):
+    import keras
+
     cfg = _cfg(tiny, tmp_path / "run", iter=1, freezeFC=True, structure_loss=1, structure_loss_on="rgb",
-               mixing=1.0)
+               mixing=1.0, mixed_precision=True)
     t = Trainer(cfg)
+    assert t.g.convs[0].compute_dtype == "bfloat16" and t.d.convs[1].compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in t.g.variables + t.d.variables)
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process-wide policy is restored
     g0, d0 = _values(t.g.trainable_variables), _values(t.d.trainable_variables)
     e0 = _values(t.g_ema.trainable_variables)
     metrics = t.fit()
@@ -87,8 +98,15 @@ def test_no_freeze_trains_everything_with_path_length_freezefc_and_rgb_structure
 
 def test_resume_continues_with_identical_state_and_nan_keeps_last_good_checkpoint(tiny, tmp_path):
     run = tmp_path / "run"
-    t = Trainer(_cfg(tiny, run, iter=3, ckpt_every=1, keep_checkpoints=5, augment=True, augment_p=0.3))
+    t = Trainer(_cfg(tiny, run, iter=3, ckpt_every=1, keep_checkpoints=5, augment=True, augment_p=0.3,
+                     export_torch=True))
     t.fit()
+    # --export_torch: the reference format beside each checkpoint, loadable by every tool (and by torch).
+    import tf_cartoon
+
+    pt = tf_cartoon.load(str(run / "checkpoints" / "step_00000003.pt"))
+    for a, b in zip(pt.g_ema.variables + pt.d.variables, t.g_ema.variables + t.d.variables):
+        assert np.array_equal(a.numpy(), b.numpy())
     final = _values(t.g.variables + t.d.variables + t.g_ema.variables + t.g_opt.variables + t.d_opt.variables)
 
     # Pretend the run was interrupted after step 2: drop ckpt-3 and point the state at ckpt-2.

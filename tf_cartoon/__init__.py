@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def load(path, models=("g_ema", "g", "d"), fused_modconv=False):
-    """Load a reference ``.pt`` checkpoint or a converted directory.
+    """Load a reference ``.pt`` checkpoint, a converted directory or a training workdir.
 
     Returns a :class:`tf_cartoon.io.store.Checkpoint` with ready Keras models
     ``g_ema``, ``g``, ``d`` (None where the file has none), ``args`` (dict),

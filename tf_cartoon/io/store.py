@@ -247,11 +247,50 @@ def _unflatten_optim(flat: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Training workdirs (tf_cartoon.train): model_config.json + checkpoints/ckpt-N
+# ---------------------------------------------------------------------------
+
+WORKDIR_CONFIG = "model_config.json"
+
+
+def write_workdir_config(workdir: str, generator: dict, discriminator: dict, args: dict) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, WORKDIR_CONFIG + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": FORMAT, "generator": generator, "discriminator": discriminator, "args": args}, f,
+                  indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(workdir, WORKDIR_CONFIG))
+
+
+def read_workdir(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
+    """The latest checkpoint of a training workdir (g, g_ema, d; optimizers are not loaded)."""
+    with open(os.path.join(path, WORKDIR_CONFIG)) as f:
+        config = json.load(f)
+    latest = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
+    if latest is None:
+        raise ValueError(f"{path}: training workdir without a checkpoint yet (checkpoints/ is empty)")
+    built = {}
+    for name in models:
+        if name == "d":
+            built[name] = build_discriminator(config["discriminator"])
+        else:
+            built[name] = build_generator(config["generator"], fused_modconv=fused_modconv, name=name)
+    try:
+        status = tf.train.Checkpoint(**built).read(latest)
+        status.assert_existing_objects_matched()
+        status.expect_partial()  # optimizers, step, ADA state: not needed to use the networks
+    except (tf.errors.OpError, IndexError, AssertionError, ValueError) as e:
+        raise ValueError(f"{path}: cannot restore {latest}: {e}") from None
+    return Checkpoint(config={k: config[k] for k in ("generator", "discriminator")}, args=config.get("args", {}),
+                      path=str(path), **built)
+
+
+# ---------------------------------------------------------------------------
 # One entry point
 # ---------------------------------------------------------------------------
 
 def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
-    """Load a reference ``.pt`` or a converted directory into ready Keras models.
+    """Load a reference ``.pt``, a converted directory or a training workdir into ready Keras models.
 
     ``models`` restricts which networks are built (e.g. ``("g_ema",)``).
     """
@@ -265,8 +304,10 @@ def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoi
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):
             return read_converted(path, models, fused_modconv)
-        raise ValueError(f"{path} is a directory without config.json: not a converted tf_cartoon checkpoint "
-                         "(convert a .pt with `python -m tf_cartoon.convert SRC.pt OUT_DIR`)")
+        if os.path.exists(os.path.join(path, WORKDIR_CONFIG)):
+            return read_workdir(path, models, fused_modconv)
+        raise ValueError(f"{path} is a directory without config.json or {WORKDIR_CONFIG}: neither a converted "
+                         "checkpoint (python -m tf_cartoon.convert SRC.pt OUT_DIR) nor a training workdir")
     if zipfile.is_zipfile(path) or path.endswith(".pt") or path.endswith(".pth"):
         return read_reference(path, models, fused_modconv)
     raise ValueError(f"{path}: neither a reference .pt checkpoint nor a converted directory")

@@ -50,6 +50,11 @@ _D, _R1, _G, _PL, _AUG_D, _AUG_R1, _AUG_G, _SRC = range(8)
 N_PURPOSES = 8
 
 
+def _f32(x):
+    """Losses and statistics in float32 whatever the compute dtype (mixed precision)."""
+    return tf.cast(x, tf.float32)
+
+
 def _dense_grads(grads, variables):
     """None -> zeros. The reference adds ``0 * output`` to the R1 and path-length losses, so every
     parameter gets a (zero) gradient and Adam's state advances for all of them; we match that."""
@@ -80,6 +85,35 @@ class Trainer:
         needs_source = cfg.freezeStyle >= 0 or cfg.structure_loss > 0 or cfg.freezeFC
         source_path = cfg.source_ckpt or cfg.ckpt
 
+        # Mixed precision: bfloat16 compute, float32 variables and losses. bfloat16 keeps float32's
+        # range, so no loss scaling is needed (float16 would need it for R1 and path length).
+        previous_policy = keras.mixed_precision.global_policy()
+        if cfg.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            self._build(cfg, start, gen_cfg, dis_cfg, source_path, needs_source)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+
+        self.g_train_vars = freeze.generator_trainable(self.g, cfg.freezeG)
+        self.d_train_vars = freeze.discriminator_trainable(self.d, cfg.freezeD)
+        self.structure_layers = tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
+        self.do_path_length = cfg.freezeG < 0 and cfg.path_regularize > 0
+
+        tracked = dict(g=self.g, g_ema=self.g_ema, d=self.d, g_optim=self.g_opt, d_optim=self.d_opt,
+                       step=self.step, mean_path_length=self.mean_path_length)
+        if self.ada is not None:
+            tracked["ada"] = tf.train.Checkpoint(**self.ada.state_variables())
+        self.checkpoint = tf.train.Checkpoint(**tracked)
+        ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
+        if not self.chief:  # non-chief workers write to a scratch dir (MultiWorker saving protocol)
+            ckpt_dir = os.path.join(cfg.workdir, f"worker_tmp_{self.strategy.cluster_resolver.task_id}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
+        self._build_step_functions()
+        self._stop_requested = False
+
+    def _build(self, cfg, start, gen_cfg, dis_cfg, source_path, needs_source):
+        """Networks (the source loaded and frozen), optimizers and training state, in the strategy scope."""
         with self.strategy.scope():
             fused = cfg.fused_modconv
             self.g = store.build_generator(gen_cfg, fused_modconv=fused, name="g")
@@ -124,23 +158,6 @@ class Trainer:
                                            adaptive=cfg.adaptive_augment)
         if start is not None and cfg.adaptive_augment:
             self.ada.p.assign(float(start.ada_aug_p))
-
-        self.g_train_vars = freeze.generator_trainable(self.g, cfg.freezeG)
-        self.d_train_vars = freeze.discriminator_trainable(self.d, cfg.freezeD)
-        self.structure_layers = tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
-        self.do_path_length = cfg.freezeG < 0 and cfg.path_regularize > 0
-
-        tracked = dict(g=self.g, g_ema=self.g_ema, d=self.d, g_optim=self.g_opt, d_optim=self.d_opt,
-                       step=self.step, mean_path_length=self.mean_path_length)
-        if self.ada is not None:
-            tracked["ada"] = tf.train.Checkpoint(**self.ada.state_variables())
-        self.checkpoint = tf.train.Checkpoint(**tracked)
-        ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
-        if not self.chief:  # non-chief workers write to a scratch dir (MultiWorker saving protocol)
-            ckpt_dir = os.path.join(cfg.workdir, f"worker_tmp_{self.strategy.cluster_resolver.task_id}")
-        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
-        self._build_step_functions()
-        self._stop_requested = False
 
     # ------------------------------------------------------------------------------------------
     # set-up helpers
@@ -228,12 +245,12 @@ class Trainer:
         b = self.per_replica_batch
         z1, z2, mixed, inject, src_inject = self._latents(step, _D, b)
         w = self._fake_wplus(z1, z2, mixed, inject, src_inject, for_d=True)
-        fake = tf.stop_gradient(self.g.synthesis(w, self._noise(step, _D, b)).image)
+        fake = tf.stop_gradient(_f32(self.g.synthesis(w, self._noise(step, _D, b)).image))
         fake = self._augment(fake, step, _AUG_D)
         real_aug = self._augment(real, step, _AUG_D + 100)
         with tf.GradientTape() as tape:
-            real_pred = self.d(real_aug)
-            fake_pred = self.d(fake)
+            real_pred = _f32(self.d(real_aug))
+            fake_pred = _f32(self.d(fake))
             loss = losses.d_logistic_loss(real_pred, fake_pred)
             scaled = loss / self.replicas  # (inside the tape: the division must be recorded)
         grads = tape.gradient(scaled, self.d_train_vars)
@@ -242,7 +259,7 @@ class Trainer:
 
     def _r1_compute(self, real, step):
         with tf.GradientTape() as tape:
-            r1, _ = losses.r1_penalty(lambda x: self.d(self._augment(x, step, _AUG_R1)), real)
+            r1, _ = losses.r1_penalty(lambda x: _f32(self.d(self._augment(x, step, _AUG_R1))), real)
             scaled = self.cfg.r1 / 2 * r1 * self.cfg.d_reg_every / self.replicas
         grads = _dense_grads(tape.gradient(scaled, self.d_train_vars), self.d_train_vars)
         return grads, {"r1": r1}
@@ -258,8 +275,8 @@ class Trainer:
         with tf.GradientTape() as tape:
             w = self._fake_wplus(z1, z2, mixed, inject, src_inject, for_d=False)
             out = self.g.synthesis(w, noise, tap_layers=() if rgb else layers, return_skips=rgb and bool(layers))
-            fake = self._augment(out.image, step, _AUG_G)
-            loss = losses.g_nonsaturating_loss(self.d(fake))
+            fake = self._augment(_f32(out.image), step, _AUG_G)
+            loss = losses.g_nonsaturating_loss(_f32(self.d(fake)))
             metrics["g_loss"] = loss
             total = loss
             if layers:
@@ -270,7 +287,8 @@ class Trainer:
                     s_t, t_t = ({L: o.skips[L] for L in layers} for o in (src, out))
                 else:
                     s_t, t_t = src.features, out.features
-                struct, per_layer = losses.structure_loss(s_t, t_t, layers)
+                struct, per_layer = losses.structure_loss({L: _f32(v) for L, v in s_t.items()},
+                                                          {L: _f32(v) for L, v in t_t.items()}, layers)
                 total = total + cfg.structure_weight * struct
                 metrics["structure_loss"] = struct
                 metrics.update({f"structure_loss_L{L}": v for L, v in per_layer.items()})
@@ -287,9 +305,9 @@ class Trainer:
         y = self._replica_slice(tf.random.stateless_normal([b * self.replicas, self.size, self.size, 3],
                                                            seed=self._seed(step, _PL) + [0, 31]))
         with tf.GradientTape() as tape:
-            w = self.g.make_wplus([z1, z2], inject_index=inject)
+            w = _f32(self.g.make_wplus([z1, z2], inject_index=inject))
             pen, path_mean, lengths = losses.path_length_penalty(
-                lambda x: self.g.synthesis(x, noise).image, w, self.mean_path_length, noise=y)
+                lambda x: _f32(self.g.synthesis(x, noise).image), w, self.mean_path_length, noise=y)
             scaled = cfg.path_regularize * cfg.g_reg_every * pen / self.replicas
         grads = _dense_grads(tape.gradient(scaled, self.g_train_vars), self.g_train_vars)
         return grads, {"path_penalty": pen, "path_length": tf.reduce_mean(lengths)}, path_mean
@@ -407,12 +425,16 @@ class Trainer:
                 rows.append(self.g_ema.synthesis(tgt_w, noise, swap_layer=L, swap_feature=src.features[L]).image)
         return to_grid(rows)
 
+    def _run_args(self) -> dict:
+        """The flags with the architecture filled in (what a reference checkpoint's args hold)."""
+        return _jsonable({**vars_of(self.cfg), "size": self.size, "latent": self.g.style_dim, "n_mlp": self.g.n_mlp})
+
     def save(self, reason: str = "") -> str:
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
         if self.cfg.export_torch and self.chief:
             pt = os.path.join(self.cfg.workdir, "checkpoints", f"step_{int(self.step.numpy()):08d}.pt")
             store.write_reference(store.Checkpoint(config={}, g=self.g, g_ema=self.g_ema, d=self.d,
-                                                   args=_jsonable(vars_of(self.cfg)),
+                                                   args=self._run_args(),
                                                    ada_aug_p=float(self.ada.p.numpy()) if self.ada else 0.0), pt)
         log.info("saved checkpoint %s%s", path, f" ({reason})" if reason else "")
         return path
@@ -440,6 +462,7 @@ class Trainer:
         writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tensorboard")) if self.chief \
             else tf.summary.create_noop_writer()
         if self.chief:
+            store.write_workdir_config(cfg.workdir, self.g.get_config(), self.d.get_config(), self._run_args())
             with open(os.path.join(cfg.workdir, "flags.json"), "w") as f:
                 json.dump(_jsonable(vars_of(cfg)), f, indent=2, sort_keys=True)
             with writer.as_default():
