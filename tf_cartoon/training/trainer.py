@@ -37,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cartoon import freeze, losses
+from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import store
 from tf_cartoon.training import strategy as strategy_lib
 from tf_cartoon.training.config import TrainConfig, validate
@@ -423,7 +424,7 @@ class Trainer:
         if self.source is not None:
             for L in self.swap_layers:
                 rows.append(self.g_ema.synthesis(tgt_w, noise, swap_layer=L, swap_feature=src.features[L]).image)
-        return to_grid(rows)
+        return make_grid(rows)
 
     def _run_args(self) -> dict:
         """The flags with the architecture filled in (what a reference checkpoint's args hold)."""
@@ -496,7 +497,7 @@ class Trainer:
                 with writer.as_default():
                     tf.summary.image("samples/source_target_swapped", self.sample_grid()[None], step=done)
                     local = self.strategy.experimental_local_results(real)[0]
-                    tf.summary.image("real", to_grid([local])[None], step=done)
+                    tf.summary.image("real", make_grid([local])[None], step=done)
             timed_out = cfg.max_time_minutes and time.time() - t_start > cfg.max_time_minutes * 60
             if done % cfg.ckpt_every == 0 or done == cfg.iter or self._stop_requested or timed_out:
                 self.save("signal" if self._stop_requested else "")
@@ -505,7 +506,7 @@ class Trainer:
                     break
         writer.flush()
         if self.chief:
-            _write_png(os.path.join(cfg.workdir, "samples.png"), self.sample_grid())
+            save_png(os.path.join(cfg.workdir, "samples.png"), self.sample_grid())
         return metrics
 
 
@@ -521,22 +522,6 @@ def _copy(src, dst):
         if tuple(a.shape) != tuple(b.shape):
             raise ValueError(f"cannot copy {src.name} into {dst.name}: {a.path} {a.shape} vs {b.path} {b.shape}")
         b.assign(a.numpy() if hasattr(a, "numpy") else a)
-
-
-def to_grid(rows) -> np.ndarray:
-    """List of [N, H, W, 3] batches in about [-1, 1] -> one uint8 image, one batch per row."""
-    rows = [np.asarray(r) for r in rows]
-    n, h, w, _ = rows[0].shape
-    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    return np.clip((grid + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _write_png(path, image):
-    from PIL import Image
-
-    tmp = path + ".tmp.png"
-    Image.fromarray(image).save(tmp)
-    os.replace(tmp, path)
 
 
 def vars_of(cfg) -> dict:

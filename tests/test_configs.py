@@ -1,0 +1,67 @@
+"""Every flagfile in configs/ documents itself and validates against its network."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from tf_cartoon.training.config import TrainConfig, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
+
+
+def parse_flagfile(path) -> dict:
+    """absl flagfile lines (--name=value, --flag, --noflag) -> TrainConfig kwargs."""
+    fields = {f: type(v) for f, v in vars(TrainConfig()).items()}
+    out = {}
+    for line in open(path):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert line.startswith("--"), f"{path}: bad line {line!r}"
+        name, _, value = line[2:].partition("=")
+        if not _ and name.startswith("no") and name[2:] in fields:
+            out[name[2:]] = False
+            continue
+        assert name in fields, f"{path}: unknown flag --{name}"
+        kind = fields[name]
+        out[name] = True if (kind is bool and not _) else (value.lower() in ("1", "true") if kind is bool
+                                                            else kind(value))
+    return out
+
+
+def test_there_are_configs():
+    names = {os.path.basename(c) for c in CONFIGS}
+    assert {"tiny_cpu.cfg", "freezeD_ada.cfg", "freezeG.cfg", "freezeSG.cfg", "structure_loss.cfg",
+            "pretrain_source.cfg"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])
+def test_config_header_and_flags(path, tmp_path):
+    text = open(path).read()
+    name = os.path.basename(path)
+    assert text.startswith("#"), f"{name} must open with a comment"
+    header = text.split("\n--", 1)[0]
+    assert f"python -m tf_cartoon.train --flagfile=configs/{name}" in header
+    assert "Expected runtime" in header
+    kwargs = parse_flagfile(path)
+    # Paths the recipe names (a converted FFHQ checkpoint, a data folder) are the user's: stand in for them.
+    for flag in ("ckpt", "source_ckpt"):
+        if kwargs.get(flag):
+            kwargs[flag] = str(tmp_path)
+    if kwargs.get("data") and not kwargs["data"].startswith("synthetic:"):
+        kwargs["data"] = str(tmp_path)
+    cfg = TrainConfig(**kwargs)
+    size = cfg.size or (32 if name == "tiny_cpu.cfg" else 256)
+    n_blocks = size.bit_length() - 3
+    validate(cfg, size=size, n_blocks=n_blocks)
+
+
+def test_paper_recipes_match_the_paper():
+    sg = parse_flagfile(os.path.join(ROOT, "configs", "freezeSG.cfg"))
+    assert (sg["freezeStyle"], sg["freezeG"], sg["freezeD"], sg["augment"]) == (4, 4, 4, True)
+    sl = parse_flagfile(os.path.join(ROOT, "configs", "structure_loss.cfg"))
+    assert (sl["structure_loss"], sl["freezeD"], sl["augment"]) == (3, 3, True) and "freezeG" not in sl

@@ -1,0 +1,406 @@
+"""Sample images from a (fine-tuned) generator, with layer swapping, style mixing and interpolation.
+
+    python -m tf_cartoon.generate --ckpt TARGET --seeds 0-15 --out samples
+    python -m tf_cartoon.generate --ckpt TARGET --source SOURCE --swap_layer 1,2 --seeds 0-7 --out swap
+    python -m tf_cartoon.generate --ckpt TARGET --mixing --mix_rows 0-3 --mix_cols 4-7 --mix_layers 0-3 --out mix
+    python -m tf_cartoon.generate --ckpt TARGET --source SOURCE --interpolate --frames 30 --seeds 0-3 --out walk
+
+Determinism: the latent of seed s is ``np.random.RandomState(s).randn(style_dim)``
+(as StyleGAN's generate scripts draw it), the noise inputs are the generator's
+stored buffers, and each generator truncates toward ITS OWN mean latent, the
+mean of its mapping over ``truncation_samples`` z drawn from a fixed seed. The
+same flags therefore give the same PNG bytes on every run.
+
+Layer swapping at l (1..n_blocks; Cartoon-StyleGAN2's inference trick): the
+source runs up to convs.{2l-1}; that feature replaces the target's own feature
+there, and the target's to_rgbs.{l-1} (on top of its own lower-resolution RGB
+skip) and all higher blocks finish the image. Each generator maps and
+truncates the same z itself. No weights are merged.
+
+Outputs under --out DIR: ``seedNNNN.png`` (target), ``grid.png`` (rows: target,
+or source | target | swap_l{l}... with --source; one column per seed),
+``source/`` and ``swap_l{l}/`` per-seed images with --source, ``mixing.png``
+with --mixing, ``interpolation.gif`` with --interpolate.
+
+The library functions (:func:`sample`, :func:`swap_images`, :func:`style_mixing`,
+:func:`interpolation_frames`, ...) return float images in about [-1, 1] (NHWC)
+unless said; :mod:`tf_cartoon.images` turns them into files. The module itself
+imports no TensorFlow (the generators bring it), so flag errors come back fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NamedTuple
+
+import numpy as np
+
+from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_gif, save_png, to_uint8
+
+MEAN_LATENT_SEED = 0  # seed of the z batch behind every generator's mean latent
+DEFAULT_SWAP_LAYERS = (1, 2)  # what the paper's demos use (clipped to n_blocks)
+
+
+# ---------------------------------------------------------------------------
+# Latents
+# ---------------------------------------------------------------------------
+
+def seed_z(seeds, style_dim: int) -> np.ndarray:
+    """z for each seed: ``np.random.RandomState(seed).randn(style_dim)``, float32 [N, style_dim]."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        return np.zeros([0, int(style_dim)], np.float32)
+    return np.stack([np.random.RandomState(s).randn(int(style_dim)) for s in seeds]).astype(np.float32)
+
+
+def mean_latent(g, truncation_samples: int = 4096) -> np.ndarray:
+    """The generator's own mean latent over ``truncation_samples`` z from a fixed seed, [1, style_dim]."""
+    n = int(truncation_samples)
+    if n < 1:
+        raise ValueError(f"truncation_samples must be >= 1, got {n}")
+    return np.asarray(g.mean_latent(n, seed=MEAN_LATENT_SEED))
+
+
+def truncate(g, w, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096) -> np.ndarray:
+    """``mean + psi * (w - mean)`` toward ``g``'s own mean (computed when not given); psi 1 returns w."""
+    w = np.asarray(w, np.float32)
+    psi = float(truncation)
+    if not np.isfinite(psi):
+        raise ValueError(f"truncation must be finite, got {truncation}")
+    if psi == 1.0:
+        return w
+    t = mean_latent(g, truncation_samples) if truncation_latent is None else np.asarray(truncation_latent,
+                                                                                        np.float32)
+    if w.ndim == 3 and t.ndim == 2:
+        t = t[:, None, :]
+    return (t + np.float32(psi) * (w - t)).astype(np.float32)
+
+
+def latents(g, seeds, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096) -> np.ndarray:
+    """Truncated w of each seed through ``g``'s own mapping, float32 [N, style_dim]."""
+    z = seed_z(seeds, g.style_dim)
+    w = np.asarray(g.mapping(z)) if len(z) else np.zeros_like(z)
+    return truncate(g, w, truncation, truncation_latent, truncation_samples)
+
+
+def to_wplus(g, w) -> np.ndarray:
+    """w [N, D] -> W+ [N, n_latent, D] (every slot the same); W+ passes through."""
+    w = np.asarray(w, np.float32)
+    if w.ndim == 3:
+        if w.shape[1:] != (g.n_latent, g.style_dim):
+            raise ValueError(f"W+ must be [N, {g.n_latent}, {g.style_dim}], got {w.shape}")
+        return w
+    if w.ndim != 2 or w.shape[1] != g.style_dim:
+        raise ValueError(f"w must be [N, {g.style_dim}], got {w.shape}")
+    return np.repeat(w[:, None, :], g.n_latent, axis=1)
+
+
+def lerp_path(w, frames: int, closed: bool = True) -> np.ndarray:
+    """Linear walk through the rows of ``w`` ([K, ...]), ``frames`` steps per consecutive pair.
+
+    closed: also walk from the last row back to the first (a seamless loop):
+    K * frames points. Open: (K - 1) * frames + 1 points ending on the last row.
+    """
+    w = np.asarray(w, np.float32)
+    frames = int(frames)
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if len(w) < 2:
+        raise ValueError(f"interpolation needs at least two seeds, got {len(w)}")
+    t = (np.arange(frames, dtype=np.float32) / frames).reshape([-1] + [1] * (w.ndim - 1))
+    ends = np.concatenate([w[1:], w[:1]]) if closed else w[1:]
+    path = [a[None] + t * (b - a)[None] for a, b in zip(w, ends)]
+    if not closed:
+        path.append(w[-1:])
+    return np.concatenate(path).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+class Rendered(NamedTuple):
+    images: np.ndarray  # [N, H, W, 3] float32 in about [-1, 1]
+    features: dict  # swap index L -> [N, h, w, C] float32, for the tapped layers
+
+
+def render(g, wplus, batch: int = 8, tap_layers=(), swap_layer=None, swap_feature=None) -> Rendered:
+    """W+ (or w) -> images with the stored noise, ``batch`` samples per synthesis call.
+
+    tap_layers / swap_layer / swap_feature: as :meth:`Generator.synthesis` (swap_feature [N, ...]).
+    """
+    wplus = to_wplus(g, wplus)
+    batch = int(batch)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    tap_layers = tuple(int(t) for t in tap_layers)
+    images, features = [], {t: [] for t in tap_layers}
+    for i in range(0, len(wplus), batch):
+        kw = {}
+        if swap_layer is not None:
+            kw = dict(swap_layer=int(swap_layer), swap_feature=swap_feature[i:i + batch])
+        out = g.synthesis(wplus[i:i + batch], randomize_noise=False, tap_layers=tap_layers, **kw)
+        images.append(np.asarray(out.image))
+        for t in tap_layers:
+            features[t].append(np.asarray(out.features[t]))
+    if not images:
+        raise ValueError("nothing to render (no seeds)")
+    return Rendered(np.concatenate(images), {t: np.concatenate(f) for t, f in features.items()})
+
+
+def sample(g, seeds, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096,
+           batch: int = 8) -> np.ndarray:
+    """Images of ``seeds`` from ``g`` (stored noise, truncation toward ``g``'s own mean), [N, H, W, 3]."""
+    w = latents(g, seeds, truncation, truncation_latent, truncation_samples)
+    return render(g, w, batch).images
+
+
+# ---------------------------------------------------------------------------
+# Layer swapping
+# ---------------------------------------------------------------------------
+
+class SwapImages(NamedTuple):
+    source: np.ndarray  # [N, H, W, 3]
+    target: np.ndarray  # [N, H, W, 3]
+    swapped: dict  # swap layer l -> [N, H, W, 3]
+
+
+def check_layers(g, layers) -> tuple[int, ...]:
+    """Swap layers as ints in 1..n_blocks, else ValueError."""
+    out = []
+    for layer in layers:
+        if not (isinstance(layer, (int, np.integer)) and 1 <= layer <= g.n_blocks):
+            raise ValueError(f"swap layer must be in 1..{g.n_blocks} for a {g.size} px generator, got {layer!r}")
+        out.append(int(layer))
+    return tuple(out)
+
+
+def check_pair(source, target, layers=()) -> tuple[int, ...]:
+    """Source and target must agree on size, style_dim and the swapped features' channels."""
+    if source.size != target.size:
+        raise ValueError(f"source and target sizes differ: {source.size} px vs {target.size} px")
+    if source.style_dim != target.style_dim:
+        raise ValueError(f"source and target style_dim differ: {source.style_dim} vs {target.style_dim}")
+    layers = check_layers(target, layers)
+    for layer in layers:
+        res = 2 ** (layer + 2)
+        if source.channels[res] != target.channels[res]:
+            raise ValueError(f"cannot swap at layer {layer}: source has {source.channels[res]} channels at "
+                             f"{res} px, target {target.channels[res]}")
+    return layers
+
+
+def swap_from_w(source, target, source_w, target_w, layers, batch: int = 8) -> SwapImages:
+    """Source, target and layer-swapped images for given (already truncated) latents.
+
+    source_w / target_w: [N, D] w or [N, n_latent, D] W+ of each generator.
+    """
+    layers = check_pair(source, target, layers)
+    src = render(source, source_w, batch, tap_layers=layers)
+    target_wplus = to_wplus(target, target_w)
+    tgt = render(target, target_wplus, batch).images
+    swapped = {l: render(target, target_wplus, batch, swap_layer=l, swap_feature=src.features[l]).images
+               for l in layers}
+    return SwapImages(src.images, tgt, swapped)
+
+
+def swap_images(source, target, seeds, layers=DEFAULT_SWAP_LAYERS, truncation: float = 0.7, source_mean=None,
+                target_mean=None, truncation_samples: int = 4096, batch: int = 8) -> SwapImages:
+    """For each seed: the source image, the target image and the target with the source's feature at
+    each swap layer. Each generator maps the seed's z and truncates toward its own mean latent
+    (``source_mean`` / ``target_mean`` when given)."""
+    layers = check_pair(source, target, layers)
+    src_w = latents(source, seeds, truncation, source_mean, truncation_samples)
+    tgt_w = latents(target, seeds, truncation, target_mean, truncation_samples)
+    return swap_from_w(source, target, src_w, tgt_w, layers, batch)
+
+
+def swap_grid_rows(result: SwapImages) -> list[np.ndarray]:
+    """Grid rows: source, target, then one per swap layer (ascending)."""
+    return [result.source, result.target, *(result.swapped[l] for l in sorted(result.swapped))]
+
+
+# ---------------------------------------------------------------------------
+# Style mixing
+# ---------------------------------------------------------------------------
+
+class Mixing(NamedTuple):
+    row_images: np.ndarray  # [R, H, W, 3]
+    col_images: np.ndarray  # [C, H, W, 3]
+    mixed: np.ndarray  # [R, C, H, W, 3]: row r's W+ with the mix_layers slots from column c's w
+
+
+def check_slots(g, slots) -> tuple[int, ...]:
+    out = []
+    for s in slots:
+        if not (isinstance(s, (int, np.integer)) and 0 <= s < g.n_latent):
+            raise ValueError(f"mix layers are W+ slots in 0..{g.n_latent - 1} for a {g.size} px generator, "
+                             f"got {s!r}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def style_mixing(g, row_seeds, col_seeds, mix_layers, truncation: float = 0.7, truncation_latent=None,
+                 truncation_samples: int = 4096, batch: int = 8) -> Mixing:
+    """StyleGAN's style-mixing figure: each row seed's W+ with slots ``mix_layers`` replaced by each
+    column seed's w (all truncated toward ``g``'s own mean)."""
+    slots = list(check_slots(g, mix_layers))
+    if truncation != 1.0 and truncation_latent is None:
+        truncation_latent = mean_latent(g, truncation_samples)
+    w_rows = latents(g, row_seeds, truncation, truncation_latent)
+    w_cols = latents(g, col_seeds, truncation, truncation_latent)
+    n_rows, n_cols = len(w_rows), len(w_cols)
+    wplus = np.repeat(to_wplus(g, w_rows)[:, None], n_cols, axis=1)  # [R, C, n_latent, D]
+    wplus[:, :, slots] = w_cols[None, :, None, :]
+    mixed = render(g, wplus.reshape([n_rows * n_cols, g.n_latent, g.style_dim]), batch).images
+    return Mixing(render(g, w_rows, batch).images, render(g, w_cols, batch).images,
+                  mixed.reshape([n_rows, n_cols, *mixed.shape[1:]]))
+
+
+def mixing_figure(m: Mixing, pad: int = 0) -> np.ndarray:
+    """HWC uint8: the top row holds a blank cell then the column images; each further row the row
+    image then its mixes. (R + 1) x (C + 1) cells."""
+    blank = np.full((1, *m.row_images.shape[1:]), 255, np.uint8)
+    rows = [np.concatenate([blank, to_uint8(m.col_images)])]
+    rows += [np.concatenate([to_uint8(m.row_images[r:r + 1]), to_uint8(m.mixed[r])]) for r in range(len(m.mixed))]
+    return make_grid(rows, pad=pad, pad_value=255)
+
+
+# ---------------------------------------------------------------------------
+# Interpolation
+# ---------------------------------------------------------------------------
+
+def interpolation_frames(target, seeds, frames: int = 30, truncation: float = 0.7, source=None, layers=(),
+                         source_mean=None, target_mean=None, truncation_samples: int = 4096,
+                         batch: int = 8) -> list[np.ndarray]:
+    """HWC uint8 frames walking linearly in W from seed to seed and back to the first
+    (``frames`` per pair, ``frames * len(seeds)`` in all). With a source, each frame is
+    source | target | swap_l{l}... side by side (each generator walks its own W)."""
+    layers = check_pair(source, target, layers) if source is not None else ()
+    tgt_path = lerp_path(latents(target, seeds, truncation, target_mean, truncation_samples), frames)
+    src_path = (lerp_path(latents(source, seeds, truncation, source_mean, truncation_samples), frames)
+                if source is not None else None)
+    out = []
+    for i in range(0, len(tgt_path), int(batch)):
+        if source is None:
+            cells = [render(target, tgt_path[i:i + batch], batch).images]
+        else:
+            cells = swap_grid_rows(swap_from_w(source, target, src_path[i:i + batch], tgt_path[i:i + batch],
+                                               layers, batch))
+        out.extend(to_uint8(np.concatenate(cells, axis=2)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tf_cartoon.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="target generator: reference .pt, converted dir or workdir")
+    p.add_argument("--source", default=None, help="source generator (e.g. ffhq256.pt) for layer swapping")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-15 or 0-3,7 (default 0-7)")
+    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (1 = none; default 0.7)")
+    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    p.add_argument("--swap_layer", default=None,
+                   help="swap layers in 1..n_blocks, e.g. 1,2 (needs --source; default 1,2 where valid)")
+    p.add_argument("--mixing", action="store_true", help="also write a style-mixing grid mixing.png")
+    p.add_argument("--mix_rows", default="0-3", help="row seeds of the mixing grid")
+    p.add_argument("--mix_cols", default="4-7", help="column seeds of the mixing grid")
+    p.add_argument("--mix_layers", default="0-3", help="W+ slots taken from the column seeds")
+    p.add_argument("--interpolate", action="store_true", help="also write interpolation.gif through --seeds")
+    p.add_argument("--frames", type=int, default=30, help="interpolation frames per pair of seeds")
+    p.add_argument("--frame_ms", type=int, default=40, help="GIF frame duration in milliseconds")
+    p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
+    p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    return p
+
+
+def _load_g(path: str, what: str):
+    import tf_cartoon
+
+    g = tf_cartoon.load(path, models=("g_ema",)).g_ema
+    if g is None:
+        raise ValueError(f"{what} {path} holds no g_ema generator")
+    return g
+
+
+def _prepare(args):
+    """Parse and validate everything that can fail on the user's input; load the generators."""
+    seeds = parse_seeds(args.seeds)
+    mix = (parse_seeds(args.mix_rows), parse_seeds(args.mix_cols), parse_range(args.mix_layers, "mix layers"))
+    layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else None
+    for name in ("batch", "frames", "frame_ms", "truncation_samples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.pad < 0:
+        raise ValueError(f"--pad must be >= 0, got {args.pad}")
+    if not np.isfinite(args.truncation):
+        raise ValueError(f"--truncation must be finite, got {args.truncation}")
+    if layers is not None and args.source is None:
+        raise ValueError("--swap_layer needs --source (the generator whose features are swapped in)")
+    if args.interpolate and len(seeds) < 2:
+        raise ValueError("--interpolate needs at least two seeds")
+    for path, flag in ((args.ckpt, "--ckpt"), (args.source, "--source")):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{flag} {path} does not exist")
+    target = _load_g(args.ckpt, "--ckpt")
+    source = None
+    if args.source is not None:
+        source = _load_g(args.source, "--source")
+        if layers is None:
+            layers = [l for l in DEFAULT_SWAP_LAYERS if l <= target.n_blocks]
+        layers = check_pair(source, target, layers)
+    if args.mixing:
+        check_slots(target, mix[2])
+    os.makedirs(args.out, exist_ok=True)
+    return seeds, mix, layers, source, target
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        seeds, (mix_rows, mix_cols, mix_layers), layers, source, target = _prepare(args)
+    except (OSError, ValueError) as e:  # load errors (format, mismatch, unsafe pickle) are ValueErrors
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+    out, psi = args.out, args.truncation
+    t_mean = mean_latent(target, args.truncation_samples) if psi != 1.0 else None
+    s_mean = mean_latent(source, args.truncation_samples) if psi != 1.0 and source is not None else None
+    written = []
+    if source is None:
+        images = sample(target, seeds, psi, t_mean, batch=args.batch)
+        rows = [images]
+    else:
+        result = swap_images(source, target, seeds, layers, psi, s_mean, t_mean, batch=args.batch)
+        images, rows = result.target, swap_grid_rows(result)
+        for s, image in zip(seeds, result.source):
+            save_png(os.path.join(out, "source", f"seed{s:04d}.png"), image)
+        for l, batch_images in sorted(result.swapped.items()):
+            for s, image in zip(seeds, batch_images):
+                save_png(os.path.join(out, f"swap_l{l}", f"seed{s:04d}.png"), image)
+        written += ["source/", *(f"swap_l{l}/" for l in sorted(result.swapped))]
+    for s, image in zip(seeds, images):
+        save_png(os.path.join(out, f"seed{s:04d}.png"), image)
+    save_png(os.path.join(out, "grid.png"), make_grid(rows, pad=args.pad))
+    written += [f"{len(seeds)} seed PNGs", "grid.png"]
+    if args.mixing:
+        m = style_mixing(target, mix_rows, mix_cols, mix_layers, psi, t_mean, batch=args.batch)
+        save_png(os.path.join(out, "mixing.png"), mixing_figure(m, pad=args.pad))
+        written.append("mixing.png")
+    if args.interpolate:
+        frames = interpolation_frames(target, seeds, args.frames, psi, source, layers or (), s_mean, t_mean,
+                                      batch=args.batch)
+        save_gif(os.path.join(out, "interpolation.gif"), frames, args.frame_ms)
+        written.append(f"interpolation.gif ({len(frames)} frames)")
+    print(f"wrote {out}: {', '.join(written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
