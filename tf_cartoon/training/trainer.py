@@ -451,7 +451,7 @@ class Trainer:
             except ValueError:  # not in the main thread
                 pass
 
-    def fit(self) -> dict:
+    def fit(self) -> dict:  # noqa: C901 (the loop reads best in one piece)
         """Run (or resume) the training loop until ``iter`` steps; returns the latest value of every
         metric (lazy regularisers keep the value of their last step)."""
         cfg = self.cfg
@@ -469,6 +469,8 @@ class Trainer:
             with writer.as_default():
                 tf.summary.text("flags", json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True), step=start)
         self._install_signal_handlers()
+        from tf_cartoon.data import stats as data_stats
+
         data = iter(self.make_data(start))
         t_start = time.time()
         t_last, step_last = t_start, start
@@ -482,6 +484,7 @@ class Trainer:
                 sec_per_step = (now - t_last) / max(done - step_last, 1)
                 metrics["images_per_s"] = cfg.batch / sec_per_step
                 metrics["sec_per_kimg"] = sec_per_step * 1000 / cfg.batch
+                metrics["data_skipped_files"] = float(data_stats().skipped)  # unreadable images, logged once each
                 metrics["lr_g"] = float(self.g_opt.learning_rate.numpy())
                 metrics["lr_d"] = float(self.d_opt.learning_rate.numpy())
                 eta = sec_per_step * (cfg.iter - done)
