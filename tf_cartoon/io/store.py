@@ -190,19 +190,7 @@ def read_converted(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
     if config.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: unknown format {config.get('format')!r}, expected {FORMAT!r}")
     present = [n for n in config.get("models", []) if n in models]
-    built = {}
-    for name in present:
-        if name == "d":
-            built[name] = build_discriminator(config["discriminator"])
-        else:
-            built[name] = build_generator(config["generator"], fused_modconv=fused_modconv, name=name)
-    prefix = os.path.join(path, "weights", "ckpt")
-    try:
-        status = tf.train.Checkpoint(**built).read(prefix)
-        status.assert_existing_objects_matched()
-        status.expect_partial()  # networks not asked for (models=...) stay unread, on purpose
-    except (tf.errors.OpError, IndexError, AssertionError, ValueError) as e:  # missing, truncated, corrupt
-        raise ValueError(f"{path}: cannot restore the TF checkpoint {prefix}: {e}") from None
+    built = _restore_networks(config, present, fused_modconv, os.path.join(path, "weights", "ckpt"), path)
     ckpt = Checkpoint(config={k: v for k, v in config.items() if k not in ("args", "ada_aug_p", "models")},
                       args=config.get("args", {}), ada_aug_p=float(config.get("ada_aug_p", 0.0)), path=str(path),
                       **built)
@@ -211,6 +199,23 @@ def read_converted(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
         with np.load(opt_path) as data:
             ckpt.optimizer_states = _unflatten_optim(dict(data))
     return ckpt
+
+
+def _restore_networks(config: dict, names, fused_modconv: bool, prefix: str, path: str) -> dict:
+    """Build the named networks from ``config`` and restore them from the TF checkpoint ``prefix``.
+
+    Whatever else the checkpoint holds (networks not asked for, optimizers, step, ADA state) stays
+    unread on purpose; everything we built must be found in it.
+    """
+    built = {name: build_discriminator(config["discriminator"]) if name == "d"
+             else build_generator(config["generator"], fused_modconv=fused_modconv, name=name) for name in names}
+    try:
+        status = tf.train.Checkpoint(**built).read(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()
+    except (tf.errors.OpError, IndexError, AssertionError, ValueError) as e:  # missing, truncated, corrupt
+        raise ValueError(f"{path}: cannot restore the TF checkpoint {prefix}: {e}") from None
+    return built
 
 
 def _flatten_optim(states: dict) -> dict:
@@ -269,18 +274,7 @@ def read_workdir(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> 
     latest = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
     if latest is None:
         raise ValueError(f"{path}: training workdir without a checkpoint yet (checkpoints/ is empty)")
-    built = {}
-    for name in models:
-        if name == "d":
-            built[name] = build_discriminator(config["discriminator"])
-        else:
-            built[name] = build_generator(config["generator"], fused_modconv=fused_modconv, name=name)
-    try:
-        status = tf.train.Checkpoint(**built).read(latest)
-        status.assert_existing_objects_matched()
-        status.expect_partial()  # optimizers, step, ADA state: not needed to use the networks
-    except (tf.errors.OpError, IndexError, AssertionError, ValueError) as e:
-        raise ValueError(f"{path}: cannot restore {latest}: {e}") from None
+    built = _restore_networks(config, models, fused_modconv, latest, path)
     return Checkpoint(config={k: config[k] for k in ("generator", "discriminator")}, args=config.get("args", {}),
                       path=str(path), **built)
 
