@@ -1,0 +1,415 @@
+"""Export a generator as a TF Serving SavedModel (deterministic signatures, plain TF ops).
+
+    python -m tf_cartoon.export --ckpt TARGET [--source SOURCE] --out export/cartoon \
+        [--version N] [--truncation_samples 4096] [--seed 0]
+
+TARGET / SOURCE: anything ``tf_cartoon.load`` reads (a reference .pt, a converted
+directory, a training workdir); their ``g_ema`` is exported. The SavedModel goes
+to ``<out>/<version>/`` (TF Serving's layout: one integer folder per version);
+the version defaults to 1 + the largest integer folder already there (or 1). It
+is written into a hidden temporary folder under ``<out>`` and renamed into place,
+so a server watching ``<out>`` never sees half a model; an existing version is
+never overwritten. ``<out>/<version>/assets.extra/tf_cartoon_export.json``
+describes the export (signatures, sizes, checkpoints, conventions).
+
+Signatures (batch size free; every one is deterministic):
+
+  serving_default  z float32 [B, style_dim], truncation_psi float32 [B]
+                   -> image uint8 [B, H, W, 3]
+  from_latent      wplus float32 [B, n_latent, style_dim] -> image uint8 [B, H, W, 3]
+  png              z, truncation_psi -> png_bytes string [B] (one PNG file per image)
+  swap             z, truncation_psi, swap_layer int32 [] (a scalar: one layer per request)
+                   -> image uint8 [B, H, W, 3] (target with the source's feature swapped in),
+                      source_image uint8 [B, H, W, 3]          (only with --source)
+
+Conventions:
+  * Noise: the generators' stored noise buffers (the reference's randomize_noise=False).
+  * Truncation, per sample: w' = t + psi * (w - t) with t the generator's own mean
+    latent (mean of the mapping over ``--truncation_samples`` N(0, 1) latents drawn
+    with the stateless seed ``--seed``, computed once at export and stored in the
+    SavedModel as the variables ``mean_latents``). psi = 1 means no truncation.
+    In ``swap`` the source is truncated toward ITS mean, the target toward its own,
+    and each maps z with its own mapping network.
+  * uint8 images: ``clip((x + 1) * 127.5 + 0.5, 0, 255)`` truncated to an integer,
+    i.e. [-1, 1] -> [0, 255] rounded half up (torchvision's save_image convention).
+  * swap_layer L (1..n_blocks) replaces the target's feature after convs.{2L-1}
+    (the block at resolution 2^(L+2)) by the source's; an L outside that range fails
+    with an InvalidArgumentError naming swap_layer and the valid range.
+  * The PNG output is named ``png_bytes`` because TF Serving's REST API base64-encodes
+    (``{"b64": ...}``) exactly the string outputs whose name ends in ``_bytes``.
+  * Shapes are checked inside the graph (EnsureShape: "Shape of tensor z [2,5] is not
+    compatible with expected shape [?,512]"; z and truncation_psi must agree on the batch
+    size), since ``tf.saved_model.load(...).signatures[...]`` feeds tensors without checking
+    them against the signature's TensorSpecs (and a server may too).
+
+Only plain TF ops are exported (tf_cartoon.ops runs its "tf" paths during the
+export), so stock TF Serving / ``saved_model_cli`` load the model without this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+FORMAT = "tf_cartoon_export/1"
+METADATA_FILE = "tf_cartoon_export.json"
+METADATA_DIR = "assets.extra"
+
+
+class ExportError(Exception):
+    """A user error (bad arguments, existing version, incompatible checkpoints)."""
+
+
+# ---------------------------------------------------------------------------
+# Versions
+# ---------------------------------------------------------------------------
+
+def existing_versions(base: str) -> list[int]:
+    """Integer subfolders of ``base`` (TF Serving's model versions), sorted."""
+    if not os.path.isdir(base):
+        return []
+    return sorted(int(n) for n in os.listdir(base) if n.isdigit() and os.path.isdir(os.path.join(base, n)))
+
+
+def next_version(base: str) -> int:
+    versions = existing_versions(base)
+    return versions[-1] + 1 if versions else 1
+
+
+# ---------------------------------------------------------------------------
+# The serving graph
+# ---------------------------------------------------------------------------
+
+def to_uint8(image):
+    """[-1, 1] float image -> uint8: clip((x + 1) * 127.5 + 0.5, 0, 255), truncated."""
+    import tensorflow as tf
+
+    x = tf.cast(image, tf.float32)
+    return tf.cast(tf.clip_by_value((x + 1.0) * 127.5 + 0.5, 0.0, 255.0), tf.uint8)
+
+
+@contextlib.contextmanager
+def plain_tf_ops():
+    """Run tf_cartoon.ops on their plain-TF paths (no custom ops), restoring the previous choice."""
+    from tf_cartoon.ops import dispatch
+
+    previous = dispatch._default
+    dispatch.set_default_impl("tf")
+    try:
+        yield
+    finally:
+        dispatch._default = previous
+
+
+def check_compatible(target, source) -> None:
+    """Source and target must share the synthesis shapes for their features to be swapped."""
+    for attr in ("size", "style_dim", "n_latent", "n_blocks", "channels"):
+        a, b = getattr(target, attr), getattr(source, attr)
+        if a != b:
+            raise ExportError(f"source and target generators differ in {attr} ({b} vs {a}); "
+                              "layer swapping needs the same architecture")
+
+
+class CartoonServing:
+    """The exported computations as plain methods (usable eagerly too).
+
+    ``target`` / ``source`` are Generators; their mean latents are computed here, once,
+    and kept as non-trainable variables ``target_mean`` / ``source_mean`` ([1, style_dim];
+    the SavedModel's ``mean_latents`` list).
+    """
+
+    def __init__(self, target, source=None, truncation_samples: int = 4096, seed: int = 0):
+        import tensorflow as tf
+
+        self.target, self.source = target, source
+        if source is not None:
+            check_compatible(target, source)
+        self.size, self.style_dim = int(target.size), int(target.style_dim)
+        self.n_latent, self.n_blocks = int(target.n_latent), int(target.n_blocks)
+        self.truncation_samples, self.seed = int(truncation_samples), int(seed)
+        self.target_mean = tf.Variable(target.mean_latent(self.truncation_samples, seed=self.seed),
+                                       trainable=False, name="target_mean_latent")
+        self.source_mean = None
+        if source is not None:
+            self.source_mean = tf.Variable(source.mean_latent(self.truncation_samples, seed=self.seed),
+                                           trainable=False, name="source_mean_latent")
+        # The target's synthesis W+ -> float image, traced once and called by serving_default,
+        # from_latent and png (one copy in the graph, a third of the tracing time).
+        wplus_spec = tf.TensorSpec([None, self.n_latent, self.style_dim], tf.float32)
+        self._synthesize = tf.function(self._target_synthesis, input_signature=[wplus_spec], autograph=False)
+
+    def _target_synthesis(self, wplus):
+        return self.target.synthesis(wplus, noise=None, randomize_noise=False).image
+
+    # -- input specs -------------------------------------------------------------------------------
+    def specs(self) -> dict:
+        import tensorflow as tf
+
+        z = tf.TensorSpec([None, self.style_dim], tf.float32, name="z")
+        psi = tf.TensorSpec([None], tf.float32, name="truncation_psi")
+        out = {"serving_default": [z, psi],
+               "from_latent": [tf.TensorSpec([None, self.n_latent, self.style_dim], tf.float32, name="wplus")],
+               "png": [z, psi]}
+        if self.source is not None:
+            out["swap"] = [z, psi, tf.TensorSpec([], tf.int32, name="swap_layer")]
+        return out
+
+    def functions(self) -> dict:
+        fns = {"serving_default": self.generate, "from_latent": self.from_latent, "png": self.png}
+        if self.source is not None:
+            fns["swap"] = self.swap
+        return fns
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _check_z(self, z, truncation_psi):
+        import tensorflow as tf
+
+        z = tf.ensure_shape(tf.convert_to_tensor(z, tf.float32), [None, self.style_dim],
+                            name="check_z_shape")
+        psi = tf.ensure_shape(tf.convert_to_tensor(truncation_psi, tf.float32), [None],
+                              name="check_truncation_psi_shape")
+        check = tf.debugging.assert_equal(
+            tf.shape(psi)[0], tf.shape(z)[0],
+            message=f"truncation_psi must hold one value per row of z (z is [batch, {self.style_dim}], "
+                    "truncation_psi is [batch])")
+        with tf.control_dependencies([check]):
+            return tf.identity(z), tf.identity(psi)
+
+    @staticmethod
+    def _wplus(g, z, psi, mean):
+        # Per-sample truncation t + psi * (w - t) toward ``mean`` (psi = 1: no truncation).
+        return g.make_wplus(z, input_is_latent=False, truncation=psi, truncation_latent=mean)
+
+    def _image(self, z, truncation_psi):
+        z, psi = self._check_z(z, truncation_psi)
+        return self._synthesize(self._wplus(self.target, z, psi, self.target_mean))
+
+    # -- signatures --------------------------------------------------------------------------------
+    def generate(self, z, truncation_psi):
+        return {"image": to_uint8(self._image(z, truncation_psi))}
+
+    def from_latent(self, wplus):
+        import tensorflow as tf
+
+        wplus = tf.ensure_shape(tf.convert_to_tensor(wplus, tf.float32), [None, self.n_latent, self.style_dim],
+                                name="check_wplus_shape")
+        return {"image": to_uint8(self._synthesize(wplus))}
+
+    def png(self, z, truncation_psi):
+        import tensorflow as tf
+
+        images = to_uint8(self._image(z, truncation_psi))
+        encoded = tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.TensorSpec([], tf.string))
+        return {"png_bytes": encoded}
+
+    def swap(self, z, truncation_psi, swap_layer):
+        import tensorflow as tf
+
+        if self.source is None:
+            raise ValueError("swap needs a source generator")
+        z, psi = self._check_z(z, truncation_psi)
+        n = self.n_blocks
+        layer = tf.convert_to_tensor(swap_layer, tf.int32)
+        valid = tf.debugging.Assert(
+            tf.logical_and(layer >= 1, layer <= n),
+            [f"swap_layer must be an integer in 1..{n} (the synthesis blocks of this {self.size} px "
+             f"generator: L swaps the feature after convs.{{2L-1}}), got", layer])
+        with tf.control_dependencies([valid]):
+            index = tf.identity(layer) - 1
+        # One source pass gives its image and the feature at every swap point.
+        src = self.source.synthesis(self._wplus(self.source, z, psi, self.source_mean), noise=None,
+                                    randomize_noise=False, tap_layers=tuple(range(1, n + 1)))
+        tgt_wplus = self._wplus(self.target, z, psi, self.target_mean)
+
+        def branch(L):
+            return lambda: self.target.synthesis(tgt_wplus, noise=None, randomize_noise=False, swap_layer=L,
+                                                 swap_feature=src.features[L]).image
+
+        image = tf.switch_case(index, [branch(L) for L in range(1, n + 1)], name="swap_layer_case")
+        return {"image": to_uint8(image), "source_image": to_uint8(src.image)}
+
+    # -- description -------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        h = self.size
+        img = {"dtype": "uint8", "shape": [None, h, h, 3]}
+        z = {"dtype": "float32", "shape": [None, self.style_dim]}
+        psi = {"dtype": "float32", "shape": [None]}
+        sigs = {
+            "serving_default": {
+                "inputs": {"z": z, "truncation_psi": psi}, "outputs": {"image": img},
+                "description": "target image from z, truncated per sample toward the target's mean latent"},
+            "from_latent": {
+                "inputs": {"wplus": {"dtype": "float32", "shape": [None, self.n_latent, self.style_dim]}},
+                "outputs": {"image": img}, "description": "target image from a W+ latent (no truncation)"},
+            "png": {
+                "inputs": {"z": z, "truncation_psi": psi},
+                "outputs": {"png_bytes": {"dtype": "string", "shape": [None]}},
+                "description": "serving_default's images, each PNG-encoded (REST: {\"b64\": ...})"},
+        }
+        if self.source is not None:
+            sigs["swap"] = {
+                "inputs": {"z": z, "truncation_psi": psi, "swap_layer": {"dtype": "int32", "shape": []}},
+                "outputs": {"image": img, "source_image": img},
+                "description": f"layer swapping: the target with the source's feature after convs.{{2L-1}} "
+                               f"swapped in at swap_layer L (a scalar, 1..{self.n_blocks}); each generator maps "
+                               "z with its own mapping and truncates toward its own mean latent"}
+        return sigs
+
+
+# ---------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------
+
+def _load_generator(path: str, role: str):
+    import tf_cartoon
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{role} checkpoint not found: {path}")
+    ckpt = tf_cartoon.load(path, models=("g_ema",))
+    if ckpt.g_ema is None:
+        raise ExportError(f"{role} checkpoint {path} holds no g_ema generator")
+    return ckpt.g_ema
+
+
+def build_archive(serving: CartoonServing):
+    """A keras.export.ExportArchive with every signature of ``serving``."""
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(serving.target)
+    if serving.source is not None:
+        archive.track(serving.source)
+    specs = serving.specs()
+    for name, fn in serving.functions().items():  # serving_default first
+        archive.add_endpoint(name, fn, input_signature=specs[name])
+    means = [serving.target_mean] + ([serving.source_mean] if serving.source_mean is not None else [])
+    archive.add_variable_collection("mean_latents", means)
+    return archive
+
+
+def export(ckpt: str, out: str, source: str | None = None, version: int | None = None,
+           truncation_samples: int = 4096, seed: int = 0) -> str:
+    """Write ``<out>/<version>/`` (SavedModel + assets.extra/tf_cartoon_export.json); returns its path.
+
+    Raises FileNotFoundError (missing checkpoint), FileExistsError (version exists)
+    or ExportError / ValueError (bad arguments or checkpoints).
+    """
+    if truncation_samples < 1:
+        raise ExportError(f"--truncation_samples must be >= 1, got {truncation_samples}")
+    if version is not None and version < 1:
+        raise ExportError(f"--version must be a positive integer, got {version}")
+    for role, path in (("target", ckpt), ("source", source)):
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"{role} checkpoint not found: {path}")
+    out = os.path.abspath(out)
+    if version is None:
+        version = next_version(out)
+    final = os.path.join(out, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"version {version} already exists at {final}; refusing to overwrite "
+                              "(pick another --version or leave it out for the next free one)")
+
+    with plain_tf_ops():
+        target = _load_generator(ckpt, "target")
+        src = _load_generator(source, "source") if source is not None else None
+        serving = CartoonServing(target, src, truncation_samples, seed)
+        archive = build_archive(serving)
+        os.makedirs(out, exist_ok=True)
+        # Hidden, non-integer name: TF Serving ignores it while it is being written.
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=out)
+        try:
+            archive.write_out(tmp, verbose=False)
+            meta = _metadata(serving, ckpt, source, version)
+            os.makedirs(os.path.join(tmp, METADATA_DIR), exist_ok=True)
+            with open(os.path.join(tmp, METADATA_DIR, METADATA_FILE), "w") as f:
+                json.dump(meta, f, indent=2)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+            if os.path.exists(final):  # appeared while we were writing
+                raise FileExistsError(f"version {version} already exists at {final}; refusing to overwrite")
+            try:
+                os.rename(tmp, final)  # atomic; fails if a non-empty folder took the name meanwhile
+            except OSError:
+                if os.path.exists(final):
+                    raise FileExistsError(f"version {version} already exists at {final}; "
+                                          "refusing to overwrite") from None
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: int) -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "version": version,
+        "target": os.path.abspath(ckpt),
+        "source": os.path.abspath(source) if source is not None else None,
+        "size": serving.size, "height": serving.size, "width": serving.size, "channels": 3,
+        "style_dim": serving.style_dim, "n_latent": serving.n_latent, "n_blocks": serving.n_blocks,
+        "swap_layers": list(range(1, serving.n_blocks + 1)) if serving.source is not None else [],
+        "truncation": {"formula": "w' = t + truncation_psi * (w - t), per sample; psi = 1: none",
+                       "mean_latent": "mean of the mapping of truncation_samples stateless N(0, 1) z (seed), "
+                                      "per generator; stored as the variables mean_latents",
+                       "truncation_samples": serving.truncation_samples, "seed": serving.seed},
+        "noise": "stored noise buffers (deterministic)",
+        "image_encoding": "uint8 = clip((x + 1) * 127.5 + 0.5, 0, 255) truncated, x the [-1, 1] NHWC image",
+        "signatures": serving.describe(),
+        "tensorflow": tf.__version__, "keras": keras.__version__,
+    }
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+def _user_error(e: Exception) -> bool:
+    """Errors the CLI reports in one line with exit code 2 (no traceback)."""
+    # OSError: missing checkpoint, existing version, unwritable --out. Checked before importing
+    # anything heavy, so these messages come out before TensorFlow starts.
+    if isinstance(e, (OSError, ExportError, ValueError)):
+        return True
+    from tf_cartoon.io.reference_keys import CheckpointMismatchError
+    from tf_cartoon.io.torch_pickle import CheckpointFormatError, UnsafePickleError
+
+    return isinstance(e, (CheckpointFormatError, UnsafePickleError, CheckpointMismatchError))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tf_cartoon.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="target checkpoint (.pt, converted dir or training workdir)")
+    p.add_argument("--source", default=None, help="source checkpoint; adds the 'swap' signature")
+    p.add_argument("--out", required=True, help="model base path (TF Serving --model_base_path)")
+    p.add_argument("--version", type=int, default=None, help="version folder (default: 1 + the largest existing)")
+    p.add_argument("--truncation_samples", type=int, default=4096, help="latents averaged for each mean latent")
+    p.add_argument("--seed", type=int, default=0, help="seed of those latents")
+    args = p.parse_args(argv)
+
+    try:
+        path = export(args.ckpt, args.out, source=args.source, version=args.version,
+                      truncation_samples=args.truncation_samples, seed=args.seed)
+    except Exception as e:
+        if not _user_error(e):
+            raise
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+    with open(os.path.join(path, METADATA_DIR, METADATA_FILE)) as f:
+        meta = json.load(f)
+    print(f"wrote {path}: signatures {', '.join(meta['signatures'])}; {meta['size']} px, style_dim "
+          f"{meta['style_dim']}, n_latent {meta['n_latent']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
