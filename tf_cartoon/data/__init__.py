@@ -3,7 +3,8 @@
     from tf_cartoon import data
     ds = data.make_dataset("/data/faces", 256, 8)                 # a folder of images (recursive)
     ds = data.make_dataset("/data/shards/*.tfrecord", 256, 8)     # shards from python -m tf_cartoon.prepare_data
-    ds = data.make_dataset("synthetic:blobs", 32, 8)              # a registered synthetic domain
+    ds = data.make_dataset("synthetic:faces", 64, 8)              # a registered synthetic domain
+                                                                  # (built in: faces, cartoon, blobs)
     data.stats().skipped                                          # unreadable files skipped so far
 
 Every spec yields float32 NHWC batches ``[batch_size, size, size, 3]`` in [-1, 1] (``x / 127.5 - 1``).
@@ -23,6 +24,7 @@ from tf_cartoon.data.folder import (IMAGE_EXTENSIONS, DataStats, load_image, res
 from tf_cartoon.data.synthetic import (SYNTHETIC_EPOCH_IMAGES, SYNTHETIC_PREFIX, available_synthetic,
                                        get_synthetic, register_synthetic)
 from tf_cartoon.data.tfrecord import TFRECORD_EXTENSIONS, resolve_tfrecord_files
+from tf_cartoon.data import faces as _faces  # noqa: F401,E402  (registers synthetic:faces / synthetic:cartoon)
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -78,7 +80,8 @@ def make_dataset(spec: str, size: int, batch_size: int, *, shuffle: bool = True,
       * TFRecords from ``python -m tf_cartoon.prepare_data``: a glob (``/data/shards/*.tfrecord``), a
         .tfrecord/.tfrec file, or a directory holding such files. Files are interleaved in parallel; records
         stored at another resolution are resized on the fly (one WARNING).
-      * ``synthetic:NAME``: a domain of ``register_synthetic`` (built in: ``blobs``), drawn per batch by seed;
+      * ``synthetic:NAME``: a domain of ``register_synthetic`` (built in: ``faces`` and ``cartoon``, the
+        parameter-sharing photo/cartoon face pair of data/faces.py, and ``blobs``), drawn per batch by seed;
         infinite, or SYNTHETIC_EPOCH_IMAGES images when ``repeat=False``. ``shuffle`` does not apply.
 
     batch_size: images per batch of THIS input pipeline. Under ``strategy.distribute_datasets_from_function``
