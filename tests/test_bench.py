@@ -1,0 +1,94 @@
+"""tf_cartoon.bench: JSON lines with the required keys, and the analytic FLOP count."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tf_cartoon import bench
+
+REQUIRED = {"what", "size", "batch", "ms_per_batch", "images_per_s", "gflops", "peak_gflops", "peak_ratio", "xla",
+            "fused", "layout", "device", "tf_version"}
+TINY = dict(size=16, batch=2, repeats=1, warmup=1, style_dim=32, n_mlp=2, channels_small=True)
+
+
+def _check_row(row, cfg):
+    assert REQUIRED <= row.keys(), REQUIRED - row.keys()
+    assert row["what"] == cfg.what and row["size"] == cfg.size and row["batch"] == cfg.batch
+    for key in ("ms_per_batch", "images_per_s", "gflops", "peak_gflops", "peak_ratio"):
+        assert isinstance(row[key], float) and row[key] > 0 and math.isfinite(row[key]), (key, row[key])
+    assert row["peak_ratio"] == pytest.approx(row["gflops"] / row["peak_gflops"], rel=1e-2)
+    assert row["images_per_s"] == pytest.approx(cfg.batch / row["ms_per_batch"] * 1e3, rel=1e-2)
+    assert row["layout"] == "NHWC" and isinstance(row["xla"], bool) and isinstance(row["fused"], bool)
+    assert "reference_ms" not in row and "speedup_vs_reference" not in row  # no reference for tiny configs
+
+
+def test_all_combinations_in_process():
+    cfg = bench.Config(**TINY)
+    lines = []
+    rows = bench.run(cfg, all_combinations=True, emit=lambda d: lines.append(json.dumps(d)))
+    assert len(rows) == len(lines) == 5
+    parsed = [json.loads(line) for line in lines]
+    assert {(r["xla"], r["fused"]) for r in parsed[:4]} == {(False, False), (False, True), (True, False),
+                                                            (True, True)}
+    for row in parsed[:4]:
+        _check_row(row, cfg)
+    summary = parsed[4]
+    assert summary["what"] == "g_forward" and summary["default"]["xla"] is False
+    assert summary["default"]["fused"] is False  # the library default on CPU
+    fastest = min(parsed[:4], key=lambda r: r["ms_per_batch"])
+    assert summary["best"]["ms_per_batch"] == fastest["ms_per_batch"]
+    assert summary["default_is_fastest"] == (summary["best"] == summary["default"])
+
+
+def test_cli_prints_only_json_lines():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    args = [sys.executable, "-m", "tf_cartoon.bench", "--what", "g_forward", "--size", "16", "--batch", "2",
+            "--repeats", "1", "--warmup", "1", "--style_dim", "32", "--n_mlp", "2", "--channels_small", "--noxla",
+            "--nofused"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    _check_row(json.loads(lines[0]), bench.Config(**TINY))
+
+
+def test_flops_by_hand_size8():
+    # size 8, channels {4: 8, 8: 4}, style_dim 16, n_mlp 2, per image, in MACs:
+    mapping = 2 * 16 * 16                       # 512
+    modulation = 16 * (8 + 8 + 8 + 4 + 4)      # conv1, to_rgb1, up conv (in 8), conv (in 4), to_rgb (in 4) = 512
+    conv1 = 4 * 4 * 9 * 8 * 8                  # 9216
+    to_rgb1 = 4 * 4 * 8 * 3                    # 384
+    up = 4 * 4 * 9 * 8 * 4                     # transposed: every input pixel x 9 taps = 4608
+    conv = 8 * 8 * 9 * 4 * 4                   # 9216
+    to_rgb = 8 * 8 * 4 * 3                     # 768
+    macs = mapping + modulation + conv1 + to_rgb1 + up + conv + to_rgb
+    assert macs == 25216
+    got = bench.generator_flops(8, style_dim=16, n_mlp=2, channels={4: 8, 8: 4}, batch=3)
+    assert got == 2 * macs * 3
+
+
+def test_flops_match_model_weights():
+    """Count again from the built model's kernels (an independent walk) for a small generator."""
+    from tf_cartoon.networks import Generator
+    size, d, n_mlp, channels = 32, 8, 3, {4: 8, 8: 6, 16: 4, 32: 2}
+    g = Generator(size, d, n_mlp, channels=channels)
+    macs = sum(int(l.kernel.shape[0]) * int(l.kernel.shape[1]) for l in g.style.dense)
+    res = 4
+    layers = [(g.conv1.conv, 4), (g.to_rgb1.conv, 4)]
+    for b in range(g.n_blocks):
+        res *= 2
+        layers += [(g.convs[2 * b].conv, res // 2), (g.convs[2 * b + 1].conv, res), (g.to_rgbs[b].conv, res)]
+    for conv, in_res in layers:  # an upsampling conv runs its kernel over its INPUT pixels
+        kh, kw, cin, cout = conv.kernel.shape
+        macs += in_res * in_res * kh * kw * cin * cout
+        macs += conv.modulation.kernel.shape[0] * conv.modulation.kernel.shape[1]
+    assert bench.generator_flops(size, d, n_mlp, channels=channels, batch=2) == 2 * 2 * macs
+
+
+def test_reference_only_for_known_key():
+    assert bench.REFERENCE_MS == {("g_forward", 256, 4): 6900.0}

@@ -1,0 +1,358 @@
+"""Benchmarks: ``python -m tf_cartoon.bench --what g_forward --size 256 --batch 4``.
+
+Prints ONE JSON line per measurement on stdout (logs go to stderr), e.g.
+
+  {"what": "g_forward", "size": 256, "batch": 4, "xla": false, "fused": false,
+   "ms_per_batch": ..., "images_per_s": ..., "gflops": ..., "peak_gflops": ...,
+   "peak_ratio": ..., "layout": "NHWC", "device": "CPU", "tf_version": "2.21.0", ...}
+
+``--all`` runs every xla x fused combination and then prints a summary line
+``{"what", "best", "default", "default_is_fastest"}``.
+
+Adding a benchmark: write ``fn(cfg: Config) -> list[dict]`` (use :func:`result`
+for the common keys) and register it in ``WHAT``.
+
+FLOP counting (:func:`generator_flops`): analytic, from the architecture, counted
+as 2 * multiply-adds, per image, times the batch:
+  mapping MLP                n_mlp * D * D
+  modulation linears         D * C_in                 for every modulated conv (incl. to_rgb)
+  conv1 (3x3 at 4x4)         4^2 * 9 * C_4 * C_4
+  block at resolution R      (R/2)^2 * 9 * C_{R/2} * C_R   upsampling conv (transposed, stride 2:
+                                                       every INPUT pixel meets all 9 taps once)
+                             R^2 * 9 * C_R * C_R          3x3 conv
+  to_rgb at R = 4..size      R^2 * C_R * 3                1x1 conv
+Not counted (all < 1 %): the FIR blurs, demodulation, noise / bias / activation,
+the style-to-weight products. The fused path's zero-inserted upsampling conv does
+~4x the MACs of the transposed one; it is still credited with the useful count.
+
+``peak_gflops`` is the machine's practical peak, measured in the same process:
+a chain of plain NHWC 3x3 ``tf.nn.conv2d`` (graph mode, no XLA) with the
+generator's own conv shapes (each upsampling conv is replaced by a 3x3 conv at
+its input resolution, which has the same MACs, followed by a nearest 2x
+upsample), FLOPs = those convs' MACs * 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app, flags, logging
+
+# Measured on this (2-core CPU) machine by the project lead with the paper's
+# PyTorch code (rosinality/stylegan2-pytorch Generator, batch 4, 256 px, G forward,
+# float32): about 6900 ms per batch (~52 GFLOP/s).
+REFERENCE_MS = {("g_forward", 256, 4): 6900.0}
+
+SMALL_CHANNELS = 16  # --channels_small: every resolution gets this many channels (tests)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    what: str = "g_forward"
+    size: int = 256
+    batch: int = 4
+    xla: bool = False
+    fused: bool = False
+    repeats: int = 3
+    warmup: int = 1
+    style_dim: int = 512
+    n_mlp: int = 8
+    channel_multiplier: int = 2
+    channels_small: bool = False
+    seed: int = 0
+    wait_idle: float = 0.0  # seconds to wait (per timed round) for other processes to leave the CPU idle
+
+    def channels(self):
+        if not self.channels_small:
+            return None
+        from tf_cartoon.networks import log2_size
+        return {2 ** i: SMALL_CHANNELS for i in range(2, log2_size(self.size) + 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs
+# ---------------------------------------------------------------------------------------------
+
+def generator_flops(size, style_dim=512, n_mlp=8, channel_multiplier=2, channels=None, batch=1):
+    """Conv / matmul FLOPs (2 * MACs) of one generator forward z -> image (module docstring)."""
+    from tf_cartoon.networks import resolve_channels
+    ch = resolve_channels(size, channel_multiplier, channels)
+    d = style_dim
+    macs = n_mlp * d * d  # mapping
+    macs += d * ch[4] * 2 + 4 * 4 * 9 * ch[4] * ch[4] + 4 * 4 * ch[4] * 3  # conv1, to_rgb1
+    r = 8
+    while r <= size:
+        cin, cout = ch[r // 2], ch[r]
+        macs += d * (cin + cout + cout)  # modulation of the up conv, the conv, to_rgb
+        macs += (r // 2) ** 2 * 9 * cin * cout + r * r * 9 * cout * cout + r * r * cout * 3
+        r *= 2
+    return 2 * macs * batch
+
+
+def conv_chain_shapes(size, channel_multiplier=2, channels=None):
+    """(resolution the 3x3 conv runs at, C_in, C_out, upsample after) of the generator's 3x3 convs."""
+    from tf_cartoon.networks import resolve_channels
+    ch = resolve_channels(size, channel_multiplier, channels)
+    shapes = [(4, ch[4], ch[4], False)]
+    r = 8
+    while r <= size:
+        shapes += [(r // 2, ch[r // 2], ch[r], True), (r, ch[r], ch[r], False)]
+        r *= 2
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing helpers
+# ---------------------------------------------------------------------------------------------
+
+def cpu_idle_fraction(window_s=0.5):
+    """Fraction of the machine's CPU time idle over ``window_s`` (/proc/stat); None if unknown."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        i0, t0 = read()
+        time.sleep(window_s)
+        i1, t1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_for_idle(max_wait_s, threshold=0.85):
+    """On a shared machine: wait (at most ``max_wait_s``) until other processes leave the CPU idle."""
+    deadline = time.monotonic() + max_wait_s
+    idle = cpu_idle_fraction()
+    while idle is not None and idle < threshold and time.monotonic() < deadline:
+        idle = cpu_idle_fraction()
+    return idle
+
+
+def time_fns(fns, repeats, warmup, wait_idle_s=0.0):
+    """Median wall-clock ms of each ``fn() -> tensors`` (forced to host), after ``warmup`` calls.
+
+    The functions run interleaved, round after round, so that load from other
+    processes on a shared machine hits all of them alike (the peak chain and the
+    model see the same contention, which keeps ``peak_ratio`` meaningful).
+    Also returns the median process CPU ms (all threads; less sensitive to other
+    processes than wall-clock, though it counts the thread pools' spinning too).
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            _to_host(fn())
+    times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    idle = []
+    for _ in range(max(1, repeats)):
+        if wait_idle_s > 0:
+            idle.append(wait_for_idle(wait_idle_s))
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            _to_host(fn())
+            times[name].append((time.perf_counter() - t0) * 1e3)
+            cpu[name].append((time.process_time() - c0) * 1e3)
+    return ({name: statistics.median(t) for name, t in times.items()}, times,
+            {name: statistics.median(t) for name, t in cpu.items()}, idle)
+
+
+def _to_host(out):
+    import tensorflow as tf
+    for t in tf.nest.flatten(out):
+        t.numpy()
+
+
+def onednn_enabled():
+    """Whether TF runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS; off by default on CPUs without AVX-512)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
+def device_name():
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    return "CPU"
+
+
+def peak_chain(cfg: Config):
+    """(fn, FLOPs): plain NHWC 3x3 conv chain of the generator's shapes, tf.function, no XLA."""
+    import tensorflow as tf
+    shapes = conv_chain_shapes(cfg.size, cfg.channel_multiplier, cfg.channels())
+    rng = tf.random.Generator.from_seed(cfg.seed + 1)
+    kernels = [rng.normal([3, 3, cin, cout]) / (3.0 * cin ** 0.5) for _, cin, cout, _ in shapes]
+    x0 = rng.normal([cfg.batch, 4, 4, shapes[0][1]])
+
+    @tf.function(jit_compile=False)
+    def chain(x):
+        for k, (_, _, _, up) in zip(kernels, shapes):
+            x = tf.nn.conv2d(x, k, 1, "SAME")
+            if up:  # nearest 2x: the next conv runs at the generator's next resolution
+                n, h, w, c = x.shape
+                x = tf.reshape(tf.broadcast_to(x[:, :, None, :, None, :], [n, h, 2, w, 2, c]), [n, 2 * h, 2 * w, c])
+        return x
+
+    flops = sum(2 * cfg.batch * r * r * 9 * cin * cout for r, cin, cout, _ in shapes)
+    return (lambda: chain(x0)), flops
+
+
+def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
+    """The common keys of one measurement."""
+    import tensorflow as tf
+    gflops = flops / ms / 1e6
+    peak = peak_flops / peak_ms / 1e6
+    out = {"what": cfg.what, "size": cfg.size, "batch": cfg.batch, "xla": cfg.xla, "fused": cfg.fused,
+           "ms_per_batch": round(ms, 3), "images_per_s": round(cfg.batch / ms * 1e3, 4),
+           "gflop_per_batch": round(flops / 1e9, 4), "gflops": round(gflops, 3), "peak_gflops": round(peak, 3),
+           "peak_ratio": round(gflops / peak, 4), "peak_ms": round(peak_ms, 3), "layout": "NHWC",
+           "device": device_name(), "onednn": onednn_enabled(), "tf_version": tf.__version__, "repeats": cfg.repeats, "warmup": cfg.warmup,
+           "load_avg_1m": round(os.getloadavg()[0], 2)}
+    ref = REFERENCE_MS.get((cfg.what, cfg.size, cfg.batch))
+    if ref is not None and not cfg.channels_small and cfg.style_dim == 512 and cfg.n_mlp == 8 \
+            and cfg.channel_multiplier == 2:
+        out["reference_ms"] = ref
+        out["speedup_vs_reference"] = round(ref / ms, 3)
+    out.update(extra)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks
+# ---------------------------------------------------------------------------------------------
+
+_MODELS = {}
+
+
+def build_generator(cfg: Config):
+    """Seeded random generator (cached per architecture; the fused switch is set per run)."""
+    import keras
+    from tf_cartoon.networks import Generator
+    key = (cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels_small, cfg.seed)
+    if key not in _MODELS:
+        keras.utils.set_random_seed(cfg.seed)
+        _MODELS[key] = Generator(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier,
+                                 channels=cfg.channels())
+    g = _MODELS[key]
+    g.fused_modconv = cfg.fused
+    return g
+
+
+def bench_g_forward(cfg: Config):
+    """Generator forward z -> image (mapping + W+ broadcast + synthesis, stored noise)."""
+    import numpy as np
+    import tensorflow as tf
+    g = build_generator(cfg)
+    z = tf.constant(np.random.default_rng(cfg.seed).standard_normal([cfg.batch, cfg.style_dim]), tf.float32)
+
+    @tf.function(jit_compile=cfg.xla)
+    def forward(z):
+        return g.synthesis(g.make_wplus(z), randomize_noise=False).image
+
+    t0 = time.perf_counter()
+    _to_host(forward(z))  # trace (+ compile)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    chain, peak_flops = peak_chain(cfg)
+    _to_host(chain())  # trace
+    # The first calls above count as one warm-up round.
+    ms, times, cpu, idle = time_fns({"model": lambda: forward(z), "peak": chain}, cfg.repeats,
+                                    max(cfg.warmup - 1, 0), cfg.wait_idle)
+    flops = generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
+    return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, first_call_ms=round(first_ms, 1),
+                   cpu_ms_per_batch=round(cpu["model"], 1), peak_cpu_ms=round(cpu["peak"], 1),
+                   times_ms=[round(t, 1) for t in times["model"]],
+                   **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
+
+
+WHAT = {"g_forward": bench_g_forward}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def library_default():
+    """What the library uses by default: Generator's fused_modconv default, no XLA."""
+    from tf_cartoon.networks import Generator
+    return {"xla": False, "fused": bool(inspect.signature(Generator.__init__).parameters["fused_modconv"].default)}
+
+
+def run(cfg: Config, all_combinations=False, emit=None):
+    """Run one benchmark (or all xla x fused combinations); returns the JSON-able dicts."""
+    if cfg.what not in WHAT:
+        raise ValueError(f"unknown --what {cfg.what!r}; one of {sorted(WHAT)}")
+    emit = emit or (lambda d: None)
+    combos = list(itertools.product((False, True), (False, True))) if all_combinations else [(cfg.xla, cfg.fused)]
+    rows = []
+    for xla, fused in combos:
+        c = dataclasses.replace(cfg, xla=xla, fused=fused)
+        logging.info("running %s", c)
+        for row in WHAT[cfg.what](c):
+            emit(row)
+            rows.append(row)
+    if all_combinations:
+        settings = lambda r: {"xla": r["xla"], "fused": r["fused"], "ms_per_batch": r["ms_per_batch"]}
+        best = min(rows, key=lambda r: r["ms_per_batch"])
+        dflt = library_default()
+        default = next(r for r in rows if r["xla"] == dflt["xla"] and r["fused"] == dflt["fused"])
+        summary = {"what": cfg.what, "size": cfg.size, "batch": cfg.batch, "best": settings(best),
+                   "default": settings(default), "default_is_fastest": best is default}
+        emit(summary)
+        rows.append(summary)
+    return rows
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("what", "g_forward", list(WHAT), "What to benchmark.")
+flags.DEFINE_integer("size", 256, "Image size.")
+flags.DEFINE_integer("batch", 4, "Batch size.")
+flags.DEFINE_boolean("xla", False, "jit_compile the benchmarked tf.function.")
+flags.DEFINE_boolean("fused", False, "Fused (grouped-conv) modulated convolutions.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
+flags.DEFINE_integer("warmup", 1, "Untimed calls first (the first one traces / compiles).")
+flags.DEFINE_boolean("all", False, "Run every xla x fused combination, then a summary line.")
+flags.DEFINE_integer("style_dim", 512, "Style dimension.")
+flags.DEFINE_integer("n_mlp", 8, "Mapping layers.")
+flags.DEFINE_integer("channel_multiplier", 2, "Channel multiplier of the default table.")
+flags.DEFINE_boolean("channels_small", False, f"{SMALL_CHANNELS} channels at every resolution (tests).")
+flags.DEFINE_integer("seed", 0, "Seed of weights and inputs.")
+flags.DEFINE_float("wait_idle", 0.0, "Shared machines: before each timed round wait up to this many seconds "
+                   "until the CPU is >= 85% idle (the idle fractions seen are reported).")
+flags.DEFINE_integer("intra_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
+flags.DEFINE_integer("inter_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
+flags.DEFINE_boolean("onednn", None, "Set TF_ENABLE_ONEDNN_OPTS=1 (--onednn) before TensorFlow is imported; "
+                     "unset: leave the environment alone (TF enables oneDNN by default only on CPUs with AVX-512).")
+
+
+def main(argv):
+    del argv
+    if FLAGS.onednn:
+        if "tensorflow" in sys.modules:
+            raise RuntimeError("--onednn must be applied before TensorFlow is imported")
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    elif FLAGS.onednn is False:
+        logging.warning("--noonednn: leaving TF_ENABLE_ONEDNN_OPTS as it is (%s); this bench never sets it to 0",
+                        os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+    import tensorflow as tf
+    if FLAGS.intra_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_threads)
+    if FLAGS.inter_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_threads)
+    cfg = Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+    run(cfg, FLAGS.all, emit=lambda d: print(json.dumps(d), flush=True))
+
+
+if __name__ == "__main__":
+    logging.use_absl_handler()
+    logging.set_stderrthreshold("info")
+    app.run(main)
