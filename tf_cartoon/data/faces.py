@@ -773,9 +773,7 @@ def render_faces(params: dict[str, np.ndarray], size: int, *, return_alpha: bool
     shadow on the neck and the person a soft shadow on the textured background; a mild blur and grain
     finish it."""
     p = params
-    size = int(size)
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
+    size = _checked_size(size)
     n = _n(p)
     if n == 0:
         empty = np.zeros((0, size, size, 3), np.uint8)
@@ -890,13 +888,18 @@ def _pastel(rgb):
     return 0.42 * rgb + 0.58 * 248.0
 
 
+def _checked_size(size) -> int:
+    size = int(size)
+    if size < 16:
+        raise ValueError(f"size must be >= 16, got {size}")
+    return size
+
+
 def render_cartoon(params: dict[str, np.ndarray], size: int) -> np.ndarray:
     """The same faces as ``render_faces`` drawn as cartoons: flat colours, dark outlines, bigger eyes with a
     white highlight, exaggerated smiles, plain pastel backgrounds. uint8 [n, size, size, 3]."""
     p = params
-    size = int(size)
-    if size < 16:
-        raise ValueError(f"size must be >= 16, got {size}")
+    size = _checked_size(size)
     n = _n(p)
     if n == 0:
         return np.zeros((0, size, size, 3), np.uint8)
