@@ -12,7 +12,7 @@ from tf_cartoon import bench
 
 REQUIRED = {"what", "size", "batch", "ms_per_batch", "images_per_s", "gflops", "peak_gflops", "peak_ratio", "xla",
             "fused", "layout", "device", "tf_version"}
-TINY = dict(size=16, batch=2, repeats=1, warmup=1, style_dim=32, n_mlp=2, channels_small=True)
+TINY = dict(size=8, batch=2, repeats=1, warmup=1, style_dim=32, n_mlp=2, channels_small=True)
 
 
 def _check_row(row, cfg):
@@ -46,7 +46,7 @@ def test_all_combinations_in_process():
 
 def test_cli_prints_only_json_lines():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = [sys.executable, "-m", "tf_cartoon.bench", "--what", "g_forward", "--size", "16", "--batch", "2",
+    args = [sys.executable, "-m", "tf_cartoon.bench", "--what", "g_forward", "--size", "8", "--batch", "2",
             "--repeats", "1", "--warmup", "1", "--style_dim", "32", "--n_mlp", "2", "--channels_small", "--noxla",
             "--nofused"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env,
@@ -91,4 +91,22 @@ def test_flops_match_model_weights():
 
 
 def test_reference_only_for_known_key():
-    assert bench.REFERENCE_MS == {("g_forward", 256, 4): 6900.0}
+    assert bench.REFERENCE_MS == {("g_forward", 256, 4): 6900.0, ("train_step", 256, 4): 108000.0}
+
+
+def test_train_step_reports_full_iteration():
+    cfg = bench.Config(what="train_step", size=16, batch=4, repeats=1, warmup=1, style_dim=16, n_mlp=2,
+                       channels_small=True)
+    (row,) = bench.run(cfg)
+    for key in ("ms_per_batch", "images_per_s", "gflops", "peak_gflops", "peak_ratio", "d_ms", "g_ms",
+                "sec_per_kimg", "peak_rss_mb"):
+        assert row[key] > 0, key
+    assert row["ms_per_batch"] == pytest.approx(row["d_ms"] + row["g_ms"], abs=0.2)
+    assert row["sec_per_kimg"] == pytest.approx(row["ms_per_batch"] / 4, abs=0.1)
+
+
+def test_discriminator_flops_by_hand_size8():
+    # size 8, channels {4: 8, 8: 4}: from-RGB 8*8*3*4; ResBlock at 8 (4 -> 8): 8*8*9*4*4 + 4*4*9*4*8 + 4*4*4*8;
+    # final conv 16*9*9*8; linears 16*8*8 + 8
+    macs = 8 * 8 * 3 * 4 + 8 * 8 * 9 * 4 * 4 + 4 * 4 * 9 * 4 * 8 + 4 * 4 * 4 * 8 + 16 * 9 * 9 * 8 + 16 * 8 * 8 + 8
+    assert bench.discriminator_flops(8, channels={4: 8, 8: 4}, batch=3) == 2 * 3 * macs

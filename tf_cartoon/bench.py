@@ -4,16 +4,26 @@ Prints ONE JSON line per measurement on stdout (logs go to stderr), e.g.
 
   {"what": "g_forward", "size": 256, "batch": 4, "xla": false, "fused": false,
    "ms_per_batch": ..., "images_per_s": ..., "gflops": ..., "peak_gflops": ...,
-   "peak_ratio": ..., "layout": "NHWC", "device": "CPU", "tf_version": "2.21.0", ...}
+   "peak_ratio": ..., "layout": "NHWC", "device": "CPU", "onednn": false,
+   "tf_version": "2.21.0", "reference_ms": 6900.0, "speedup_vs_reference": ..., ...}
+
+``ms_per_batch`` is the median wall-clock of ``--repeats`` calls after ``--warmup``
+(the first, tracing/compiling call counts as one warm-up and is reported as
+``first_call_ms``); the result is forced to the host. Extra keys: ``cpu_ms_per_batch``
+(process CPU time, all threads: steadier than wall-clock when other processes share
+the machine), ``load_avg_1m``, ``onednn`` (whether TF runs its oneDNN kernels: TF
+turns them on by default only on CPUs with AVX-512 features; ``--onednn`` sets
+TF_ENABLE_ONEDNN_OPTS=1 before TF is imported).
 
 ``--all`` runs every xla x fused combination and then prints a summary line
-``{"what", "best", "default", "default_is_fastest"}``.
+``{"what", "best", "default", "default_is_fastest"}`` (default = the library's
+default: Generator's ``fused_modconv`` default, no XLA).
 
 Adding a benchmark: write ``fn(cfg: Config) -> list[dict]`` (use :func:`result`
 for the common keys) and register it in ``WHAT``.
 
 FLOP counting (:func:`generator_flops`): analytic, from the architecture, counted
-as 2 * multiply-adds, per image, times the batch:
+as 2 * multiply-adds, per image, times the batch (D = style_dim, C_R = channels at R):
   mapping MLP                n_mlp * D * D
   modulation linears         D * C_in                 for every modulated conv (incl. to_rgb)
   conv1 (3x3 at 4x4)         4^2 * 9 * C_4 * C_4
@@ -21,15 +31,20 @@ as 2 * multiply-adds, per image, times the batch:
                                                        every INPUT pixel meets all 9 taps once)
                              R^2 * 9 * C_R * C_R          3x3 conv
   to_rgb at R = 4..size      R^2 * C_R * 3                1x1 conv
+256 px, default channels: 361.0 GFLOP per batch of 4 (99.9 % of it the 3x3 convs).
 Not counted (all < 1 %): the FIR blurs, demodulation, noise / bias / activation,
 the style-to-weight products. The fused path's zero-inserted upsampling conv does
 ~4x the MACs of the transposed one; it is still credited with the useful count.
 
-``peak_gflops`` is the machine's practical peak, measured in the same process:
-a chain of plain NHWC 3x3 ``tf.nn.conv2d`` (graph mode, no XLA) with the
-generator's own conv shapes (each upsampling conv is replaced by a 3x3 conv at
-its input resolution, which has the same MACs, followed by a nearest 2x
-upsample), FLOPs = those convs' MACs * 2.
+``peak_gflops`` is the machine's practical peak, measured in the same process
+(interleaved with the model, round by round, so both see the same load): a chain
+of plain NHWC 3x3 ``tf.nn.conv2d`` (graph mode, no XLA) with the generator's own
+conv shapes, each upsampling conv replaced by a 3x3 conv at its input resolution
+(same MACs) followed by a nearest 2x upsample; FLOPs = 2 * those MACs, i.e. the
+same as the generator's 3x3 convs. ``peak_ratio`` = gflops / peak_gflops.
+
+Shared machine? ``--wait_idle S`` waits (up to S s per timed round) for the CPU to
+be idle and reports the idle fractions seen in ``idle_before_rounds``.
 """
 
 from __future__ import annotations
@@ -48,7 +63,9 @@ from absl import app, flags, logging
 # Measured on this (2-core CPU) machine by the project lead with the paper's
 # PyTorch code (rosinality/stylegan2-pytorch Generator, batch 4, 256 px, G forward,
 # float32): about 6900 ms per batch (~52 GFLOP/s).
-REFERENCE_MS = {("g_forward", 256, 4): 6900.0}
+REFERENCE_MS = {("g_forward", 256, 4): 6900.0,
+                # one full training iteration (D step + G step, no lazy regularisation), peak RSS 9.1 GB
+                ("train_step", 256, 4): 108000.0}
 
 SMALL_CHANNELS = 16  # --channels_small: every resolution gets this many channels (tests)
 
@@ -94,6 +111,28 @@ def generator_flops(size, style_dim=512, n_mlp=8, channel_multiplier=2, channels
         macs += (r // 2) ** 2 * 9 * cin * cout + r * r * 9 * cout * cout + r * r * cout * 3
         r *= 2
     return 2 * macs * batch
+
+
+def discriminator_flops(size, channel_multiplier=2, channels=None, batch=1):
+    """Conv / matmul FLOPs (2 * MACs) of one discriminator forward (FIR blurs not counted)."""
+    from tf_cartoon.networks import resolve_channels
+    ch = resolve_channels(size, channel_multiplier, channels)
+    macs = size * size * 3 * ch[size]  # from-RGB 1x1
+    r = size
+    while r > 4:  # ResBlock at input resolution r: conv1 3x3, stride-2 conv2 3x3, stride-2 1x1 skip
+        cin, cout = ch[r], ch[r // 2]
+        macs += r * r * 9 * cin * cin + (r // 2) ** 2 * 9 * cin * cout + (r // 2) ** 2 * cin * cout
+        r //= 2
+    macs += 4 * 4 * 9 * (ch[4] + 1) * ch[4] + 16 * ch[4] * ch[4] + ch[4]  # final conv, linears
+    return 2 * macs * batch
+
+
+def train_step_flops(size, style_dim=512, n_mlp=8, channel_multiplier=2, channels=None, batch=1):
+    """One iteration without lazy regularisation, backward counted as 2x forward:
+    D step = G forward (fakes) + 3 x D on reals and fakes; G step = 3 x G + 3 x D."""
+    g = generator_flops(size, style_dim, n_mlp, channel_multiplier, channels, batch)
+    d = discriminator_flops(size, channel_multiplier, channels, batch)
+    return (g + 2 * 3 * d) + (3 * g + 3 * d)
 
 
 def conv_chain_shapes(size, channel_multiplier=2, channels=None):
@@ -194,7 +233,7 @@ def peak_chain(cfg: Config):
     kernels = [rng.normal([3, 3, cin, cout]) / (3.0 * cin ** 0.5) for _, cin, cout, _ in shapes]
     x0 = rng.normal([cfg.batch, 4, 4, shapes[0][1]])
 
-    @tf.function(jit_compile=False)
+    @tf.function(jit_compile=False, autograph=False)
     def chain(x):
         for k, (_, _, _, up) in zip(kernels, shapes):
             x = tf.nn.conv2d(x, k, 1, "SAME")
@@ -255,7 +294,7 @@ def bench_g_forward(cfg: Config):
     g = build_generator(cfg)
     z = tf.constant(np.random.default_rng(cfg.seed).standard_normal([cfg.batch, cfg.style_dim]), tf.float32)
 
-    @tf.function(jit_compile=cfg.xla)
+    @tf.function(jit_compile=cfg.xla, autograph=False)
     def forward(z):
         return g.synthesis(g.make_wplus(z), randomize_noise=False).image
 
@@ -274,7 +313,50 @@ def bench_g_forward(cfg: Config):
                    **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
 
 
-WHAT = {"g_forward": bench_g_forward}
+def bench_train_step(cfg: Config):
+    """One training iteration (D step + G step, no lazy R1 / path length) through the real Trainer,
+    from a seeded random checkpoint of the benchmarked architecture; D and G parts reported too."""
+    import resource
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+    from tf_cartoon.io import store
+    from tf_cartoon.networks import Discriminator
+    from tf_cartoon.training.config import TrainConfig
+    from tf_cartoon.training.trainer import Trainer
+
+    g = build_generator(cfg)
+    d = Discriminator(cfg.size, cfg.channel_multiplier, channels=cfg.channels())
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = store.write_converted(store.Checkpoint(config={"generator": g.get_config(),
+                                                              "discriminator": d.get_config()},
+                                                      g_ema=g, d=d), os.path.join(tmp, "ckpt"))
+        trainer = Trainer(TrainConfig(ckpt=ckpt, data="synthetic:blobs", workdir=os.path.join(tmp, "run"),
+                                      batch=cfg.batch, xla="on" if cfg.xla else "off", fused_modconv=cfg.fused,
+                                      seed=cfg.seed), tf.distribute.get_strategy()
+                          if tf.distribute.has_strategy() else None)
+    real = tf.constant(np.random.default_rng(cfg.seed).uniform(-1, 1, [cfg.batch, cfg.size, cfg.size, 3]),
+                       tf.float32)
+    dist = trainer.strategy.experimental_distribute_values_from_function(lambda ctx: real)
+    step = tf.constant(1, tf.int64)  # not a lazy-regularisation step
+    t0 = time.perf_counter()
+    _to_host(trainer.d_step(dist, step))
+    _to_host(trainer.g_step(step))
+    first_ms = (time.perf_counter() - t0) * 1e3
+    chain, peak_flops = peak_chain(cfg)
+    _to_host(chain())
+    ms, times, cpu, idle = time_fns({"d": lambda: trainer.d_step(dist, step), "g": lambda: trainer.g_step(step),
+                                     "peak": chain}, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
+    total = ms["d"] + ms["g"]
+    flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return [result(cfg, total, flops, ms["peak"], peak_flops, d_ms=round(ms["d"], 1), g_ms=round(ms["g"], 1),
+                   sec_per_kimg=round(total / cfg.batch, 1), peak_rss_mb=round(peak_rss_mb, 1),
+                   first_call_ms=round(first_ms, 1), cpu_ms_per_batch=round(cpu["d"] + cpu["g"], 1))]
+
+
+WHAT = {"g_forward": bench_g_forward, "train_step": bench_train_step}
 
 
 # ---------------------------------------------------------------------------------------------
