@@ -110,3 +110,66 @@ def test_discriminator_flops_by_hand_size8():
     # final conv 16*9*9*8; linears 16*8*8 + 8
     macs = 8 * 8 * 3 * 4 + 8 * 8 * 9 * 4 * 4 + 4 * 4 * 9 * 4 * 8 + 4 * 4 * 4 * 8 + 16 * 9 * 9 * 8 + 16 * 8 * 8 + 8
     assert bench.discriminator_flops(8, channels={4: 8, 8: 4}, batch=3) == 2 * 3 * macs
+
+
+@pytest.mark.parametrize("what", ["export", "swap"])
+def test_export_and_swap_print_json_rows(what):
+    """--what export (reloaded SavedModel's serving_default) and --what swap (layer-swapping forward)."""
+    cfg = bench.Config(what=what, **TINY)
+    lines = []
+    rows = bench.run(cfg, emit=lambda d: lines.append(json.dumps(d)))
+    assert len(rows) == len(lines) == 1
+    row = json.loads(lines[0])
+    _check_row(row, cfg)
+    single = bench.generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, channels=cfg.channels(), batch=cfg.batch)
+    if what == "export":
+        assert row["signature"] == "serving_default" and row["export_s"] > 0 and row["load_s"] > 0
+        flops = single
+    else:
+        assert row["swap_layer"] == 1  # an 8 px generator has one block
+        assert row["swap_from_w_ms"] > 0
+        mapping = 2 * cfg.n_mlp * cfg.style_dim ** 2 * cfg.batch
+        flops = 3 * single - mapping  # source + 2 target syntheses, 2 mappings
+    # gflops is rounded to 3 decimals: compare with the exact count over the reported time.
+    assert abs(row["gflops"] - flops / row["ms_per_batch"] / 1e6) <= 6e-4, (row["gflops"], flops)
+
+
+def test_custom_ops_bench_rows_and_summary():
+    """--what ops: per op / pass / impl rows (compiled op, XLA, plain TF), G forward and the train step
+    with each impl, and the summary line (fastest impl per op, auto's choice)."""
+    import tensorflow as tf
+    from tf_cartoon.ops import build, custom, dispatch
+    try:
+        build.find_cxx()
+        have_compiler = True
+    except build.CompilerNotFound:
+        have_compiler = False
+    cfg = bench.Config(what="ops", size=16, batch=2, repeats=1, warmup=1, style_dim=16, n_mlp=2,
+                       channels_small=True, ops_channels=4, ops_model_size=16)
+    lines = []
+    rows = bench.run(cfg, emit=lambda d: lines.append(json.dumps(d)))
+    assert [json.loads(line) for line in lines] == rows
+    impls = {"custom", "xla", "tf"} if have_compiler else {"xla", "tf"}  # with a compiler the library must load
+    op_rows = [r for r in rows if r["what"] == "ops" and "op" in r]
+    names = {"upfirdn2d_blur", "upfirdn2d_down2", "upfirdn2d_up2_rgb", "bias_act_lrelu"}
+    assert {(r["op"], r["pass"], r["impl"]) for r in op_rows} == {
+        (n, p, i) for n in names for p in ("forward", "forward_backward") for i in impls}
+    assert len(op_rows) == len(names) * 2 * len(impls)
+    for r in op_rows:
+        assert r["ms"] > 0 and r["size"] == 16 and r["batch"] == 2
+        assert r["shape"] == ([2, 8, 8, 3] if r["op"] == "upfirdn2d_up2_rgb" else [2, 16, 16, 4])
+    model_rows = [r for r in rows if r["what"] in ("g_forward", "train_step")]
+    assert {(r["what"], r["impl"]) for r in model_rows} == {(w, i) for w in ("g_forward", "train_step") for i in impls}
+    for r in model_rows:
+        assert r["bench"] == "ops" and r["ms_per_batch"] > 0 and r["size"] == 16 and r["xla"] == (r["impl"] == "xla")
+    summary = rows[-1]
+    assert summary["summary"] is True and summary["custom_available"] == have_compiler
+    assert set(summary["ops"]) == {f"{n}/{p}" for n in names for p in ("forward", "forward_backward")}
+    for key, entry in summary["ops"].items():
+        assert set(entry["ms"]) == impls and entry["fastest"] == min(entry["ms"], key=entry["ms"].get)
+        op = "bias_act" if key.startswith("bias_act") else "upfirdn2d"
+        dev = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        assert entry["auto_picks_custom"] == dispatch.PREFER_CUSTOM[(op, dev)]
+        if have_compiler:
+            assert entry["custom_faster_than_tf"] == (entry["ms"]["custom"] < entry["ms"]["tf"])
+    assert custom.status()["loaded"] == have_compiler

@@ -36,7 +36,7 @@ def parse_flagfile(path) -> dict:
 def test_there_are_configs():
     names = {os.path.basename(c) for c in CONFIGS}
     assert {"tiny_cpu.cfg", "freezeD_ada.cfg", "freezeG.cfg", "freezeSG.cfg", "structure_loss.cfg",
-            "pretrain_source.cfg"} <= names
+            "pretrain_source.cfg", "source_synthetic.cfg", "quickstart.cfg"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])
@@ -49,13 +49,14 @@ def test_config_header_and_flags(path, tmp_path):
     assert "Expected runtime" in header
     kwargs = parse_flagfile(path)
     # Paths the recipe names (a converted FFHQ checkpoint, a data folder) are the user's: stand in for them.
+    # Built-in checkpoints (builtin:NAME) ship with the package and must resolve as they are.
     for flag in ("ckpt", "source_ckpt"):
-        if kwargs.get(flag):
+        if kwargs.get(flag) and not kwargs[flag].startswith("builtin:"):
             kwargs[flag] = str(tmp_path)
     if kwargs.get("data") and not kwargs["data"].startswith("synthetic:"):
         kwargs["data"] = str(tmp_path)
     cfg = TrainConfig(**kwargs)
-    size = cfg.size or (32 if name == "tiny_cpu.cfg" else 256)
+    size = cfg.size or (32 if name in ("tiny_cpu.cfg", "quickstart.cfg") else 256)
     n_blocks = size.bit_length() - 3
     validate(cfg, size=size, n_blocks=n_blocks)
 
@@ -65,3 +66,15 @@ def test_paper_recipes_match_the_paper():
     assert (sg["freezeStyle"], sg["freezeG"], sg["freezeD"], sg["augment"]) == (4, 4, 4, True)
     sl = parse_flagfile(os.path.join(ROOT, "configs", "structure_loss.cfg"))
     assert (sl["structure_loss"], sl["freezeD"], sl["augment"]) == (3, 3, True) and "freezeG" not in sl
+
+
+def test_the_demo_recipes():
+    """The shipped source is a from-scratch run with an explicit small channel map; the quickstart fine-tunes
+    that built-in with FreezeSG (freezeStyle + freezeG) and the structure loss, and leaves a grid and an export."""
+    src = parse_flagfile(os.path.join(ROOT, "configs", "source_synthetic.cfg"))
+    assert "ckpt" not in src and src["data"] == "synthetic:faces" and src["size"] == 32
+    assert TrainConfig(**src).channel_map() == {4: 128, 8: 128, 16: 64, 32: 32}
+    qs = parse_flagfile(os.path.join(ROOT, "configs", "quickstart.cfg"))
+    assert (qs["ckpt"], qs["data"]) == ("builtin:source_synthetic", "synthetic:cartoon")
+    assert qs["freezeStyle"] > 0 and qs["freezeG"] > 0 and qs["structure_loss"] > 0 and qs["freezeD"] > 0
+    assert qs["export_on_finish"] and qs["final_grid_seeds"]

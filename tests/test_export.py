@@ -236,6 +236,10 @@ def test_no_custom_ops(setup):
     assert not unregistered, f"ops outside TF's registry: {unregistered}"
     suspicious = sorted(op for op in op_types if any(k in op.lower() for k in ("upfirdn", "tfcartoon", "biasact")))
     assert not suspicious, suspicious
+    # The CPU conv rewrites (nested XLA clusters) stay out of exports: plain graph functions only.
+    xla = sorted(fn.signature.name for mg in sm.meta_graphs for fn in mg.graph_def.library.function
+                 if "_XlaMustCompile" in fn.attr and fn.attr["_XlaMustCompile"].b)
+    assert not xla, xla
 
 
 def test_second_export_is_version_2_from_a_reference_checkpoint(setup):

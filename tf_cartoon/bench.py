@@ -1,5 +1,10 @@
 """Benchmarks: ``python -m tf_cartoon.bench --what g_forward --size 256 --batch 4``.
 
+``--what export``: images/s through the exported, reloaded SavedModel (serving_default);
+``--what swap``: the layer-swapping forward (source + target); see bench_export / bench_swap.
+``--what ops``: the compiled ops (custom_ops/) vs XLA vs plain TF, per op and impl, then G forward /
+train step with each impl; see bench_ops.
+
 Prints ONE JSON line per measurement on stdout (logs go to stderr), e.g.
 
   {"what": "g_forward", "size": 256, "batch": 4, "xla": false, "fused": false,
@@ -85,6 +90,9 @@ class Config:
     channels_small: bool = False
     seed: int = 0
     wait_idle: float = 0.0  # seconds to wait (per timed round) for other processes to leave the CPU idle
+    ops_channels: int = 64  # --what ops: channels of the op benchmarks' tensors
+    ops_model_size: int = 64  # --what ops: image size of the G forward / train step runs per impl
+    ops_models: bool = True  # --what ops: also run G forward / train step with each impl
 
     def channels(self):
         if not self.channels_small:
@@ -356,7 +364,197 @@ def bench_train_step(cfg: Config):
                    first_call_ms=round(first_ms, 1), cpu_ms_per_batch=round(cpu["d"] + cpu["g"], 1))]
 
 
-WHAT = {"g_forward": bench_g_forward, "train_step": bench_train_step}
+EXPORT_TRUNCATION_SAMPLES = 4096  # the export CLI's default: the mean latent baked into the SavedModel
+SWAP_LAYER = 2  # the paper demos' deepest swap (clipped to the generator's blocks)
+
+
+def bench_export(cfg: Config):
+    """Images/s through the exported SavedModel: tf_cartoon.export's CartoonServing for a seeded random
+    generator of the benchmarked architecture, written with build_archive, reloaded with
+    tf.saved_model.load and called through its ``serving_default`` signature (z, truncation_psi 0.7 ->
+    uint8 images; stored noise, plain TF ops: what TF Serving runs). ``--xla`` wraps the loaded signature
+    in a jit_compile tf.function (TF Serving itself runs the graph without XLA); ``--fused`` is the
+    modulated-conv path traced into the export. Extra keys: export_s (trace + write), load_s."""
+    import tempfile
+
+    import numpy as np
+    import tensorflow as tf
+    from tf_cartoon import export as ex
+
+    g = build_generator(cfg)
+    z = tf.constant(np.random.default_rng(cfg.seed).standard_normal([cfg.batch, cfg.style_dim]), tf.float32)
+    psi = tf.fill([cfg.batch], 0.7)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with ex.plain_tf_ops():
+            serving = ex.CartoonServing(g, truncation_samples=EXPORT_TRUNCATION_SAMPLES, seed=cfg.seed)
+            ex.build_archive(serving).write_out(tmp, verbose=False)
+        export_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        signature = tf.saved_model.load(tmp).signatures["serving_default"]
+        load_s = time.perf_counter() - t0
+
+        def call(z, psi):
+            return signature(z=z, truncation_psi=psi)["image"]
+
+        forward = tf.function(call, jit_compile=True, autograph=False) if cfg.xla else call
+        t0 = time.perf_counter()
+        _to_host(forward(z, psi))  # (+ compile)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        chain, peak_flops = peak_chain(cfg)
+        _to_host(chain())
+        ms, times, cpu, idle = time_fns({"model": lambda: forward(z, psi), "peak": chain}, cfg.repeats,
+                                        max(cfg.warmup - 1, 0), cfg.wait_idle)
+    flops = generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
+    return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, signature="serving_default",
+                   export_s=round(export_s, 2), load_s=round(load_s, 2), first_call_ms=round(first_ms, 1),
+                   cpu_ms_per_batch=round(cpu["model"], 1), times_ms=[round(t, 1) for t in times["model"]],
+                   **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
+
+
+def bench_swap(cfg: Config):
+    """Layer swapping forward, the work of tf_cartoon.generate.swap_from_w for one swap layer: from z,
+    each generator maps and broadcasts its own W+; the source's synthesis (its image and the feature
+    after convs.{2L-1}), the target's own image and the target with that feature swapped in (stored
+    noise). Source and target: seeded random generators of the benchmarked architecture (seeds s, s+1).
+    ms_per_batch times that computation as one tf.function (``--xla``: jit_compile); ``swap_from_w_ms``
+    times the library call itself (eager, numpy in and out; what ``generate --source`` runs) in the same
+    rounds. FLOPs: 3 generator forwards less one mapping."""
+    import numpy as np
+    import tensorflow as tf
+    from tf_cartoon import generate as gen
+
+    source = build_generator(cfg)
+    target = build_generator(dataclasses.replace(cfg, seed=cfg.seed + 1))
+    layer = min(SWAP_LAYER, source.n_blocks)
+    z = tf.constant(np.random.default_rng(cfg.seed).standard_normal([cfg.batch, cfg.style_dim]), tf.float32)
+
+    @tf.function(jit_compile=cfg.xla, autograph=False)
+    def forward(z):
+        tgt_wplus = target.make_wplus(z)
+        src = source.synthesis(source.make_wplus(z), randomize_noise=False, tap_layers=(layer,))
+        own = target.synthesis(tgt_wplus, randomize_noise=False).image
+        swapped = target.synthesis(tgt_wplus, randomize_noise=False, swap_layer=layer,
+                                   swap_feature=src.features[layer]).image
+        return src.image, own, swapped
+
+    src_w, tgt_w = source.mapping(z).numpy(), target.mapping(z).numpy()
+
+    def library():
+        out = gen.swap_from_w(source, target, src_w, tgt_w, (layer,), batch=cfg.batch)
+        return [tf.constant(out.swapped[layer])]
+
+    t0 = time.perf_counter()
+    _to_host(forward(z))  # trace (+ compile)
+    first_ms = (time.perf_counter() - t0) * 1e3
+    _to_host(library())
+    chain, peak_flops = peak_chain(cfg)
+    _to_host(chain())
+    ms, times, cpu, idle = time_fns({"model": lambda: forward(z), "library": library, "peak": chain}, cfg.repeats,
+                                    max(cfg.warmup - 1, 0), cfg.wait_idle)
+    mapping_flops = 2 * cfg.n_mlp * cfg.style_dim * cfg.style_dim * cfg.batch
+    flops = 3 * generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(),
+                                cfg.batch) - mapping_flops
+    return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, swap_layer=layer,
+                   swap_from_w_ms=round(ms["library"], 3), first_call_ms=round(first_ms, 1),
+                   cpu_ms_per_batch=round(cpu["model"], 1), times_ms=[round(t, 1) for t in times["model"]],
+                   **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
+
+
+# ---------------------------------------------------------------------------------------------
+# --what ops: compiled ops vs XLA vs plain TF
+# ---------------------------------------------------------------------------------------------
+
+OPS_IMPLS = ("custom", "xla", "tf")  # compiled op (graph) | pure-TF path under jit_compile | pure-TF path (graph)
+
+
+def _op_cases(cfg: Config):
+    """(name, dispatch op name, fn(x, b, impl), x shape): the ops as the networks call them (NHWC)."""
+    from tf_cartoon.ops import bias_act, make_kernel, upfirdn2d
+    k = make_kernel([1, 3, 3, 1])
+    s, c = cfg.size, cfg.ops_channels
+    return [
+        ("upfirdn2d_blur", "upfirdn2d", lambda x, b, i: upfirdn2d(x, k * 4, pad=(2, 1), impl=i), (cfg.batch, s, s, c)),
+        ("upfirdn2d_down2", "upfirdn2d", lambda x, b, i: upfirdn2d(x, k, down=2, pad=(1, 1), impl=i),
+         (cfg.batch, s, s, c)),
+        ("upfirdn2d_up2_rgb", "upfirdn2d", lambda x, b, i: upfirdn2d(x, k * 4, up=2, pad=(2, 1), impl=i),
+         (cfg.batch, s // 2, s // 2, 3)),
+        ("bias_act_lrelu", "bias_act", lambda x, b, i: bias_act(x, b, impl=i), (cfg.batch, s, s, c)),
+    ]
+
+
+def bench_ops(cfg: Config):
+    """Each op (as the networks call it) with each impl, forward and forward + backward, on
+    x [batch, size, size, ops_channels]: ``custom`` = the compiled op in a tf.function, ``xla`` = the pure-TF
+    path in a jit_compile tf.function, ``tf`` = the pure-TF path in a tf.function. Rows
+    ``{"what": "ops", "op", "pass", "impl", "ms", ...}`` (the impls timed interleaved), then (``--ops_models``)
+    G forward and the train step at ``--ops_model_size`` with each impl (rows of those benchmarks plus
+    ``"impl"``), then a summary: per op the fastest impl, and what ``impl="auto"`` picks on this device
+    (tf_cartoon.ops.dispatch.PREFER_CUSTOM) next to whether the compiled op was faster than the plain-TF
+    path there (auto never runs under XLA, so that is its choice)."""
+    import numpy as np
+    import tensorflow as tf
+    from tf_cartoon.ops import custom, dispatch
+
+    lib = custom.load(build=True)
+    impls = [i for i in OPS_IMPLS if i != "custom" or lib is not None]
+    device = device_name()
+    rng = np.random.default_rng(cfg.seed)
+    rows, table = [], {}
+    for name, op, fn, shape in _op_cases(cfg):
+        x = tf.constant(rng.standard_normal(shape).astype(np.float32))
+        b = tf.constant(rng.standard_normal(shape[-1]).astype(np.float32))
+        fns = {}
+        for impl in impls:
+            real = "custom" if impl == "custom" else "xla"
+
+            def fwd(x, b, real=real):
+                return fn(x, b, real)
+
+            def fwd_bwd(x, b, real=real):
+                with tf.GradientTape() as tape:
+                    tape.watch([x, b])
+                    y = fn(x, b, real)
+                return tape.gradient(y, [x, b], output_gradients=y)
+
+            for pas, f in (("forward", fwd), ("forward_backward", fwd_bwd)):
+                tf_fn = tf.function(f, jit_compile=impl == "xla", autograph=False)
+                _to_host(tf_fn(x, b))  # trace (+ compile)
+                fns[(pas, impl)] = (lambda tf_fn=tf_fn: tf_fn(x, b))
+        for pas in ("forward", "forward_backward"):
+            group = {impl: fns[(pas, impl)] for impl in impls}
+            ms, times, cpu, _ = time_fns(group, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
+            for impl in impls:
+                rows.append({"what": "ops", "op": name, "pass": pas, "impl": impl, "ms": round(ms[impl], 3),
+                             "cpu_ms": round(cpu[impl], 1), "shape": list(shape), "size": cfg.size,
+                             "batch": cfg.batch, "device": device, "tf_version": tf.__version__,
+                             "repeats": cfg.repeats, "load_avg_1m": round(os.getloadavg()[0], 2)})
+            table[(name, pas)] = (op, ms)
+    if cfg.ops_models:
+        for what in ("g_forward", "train_step"):
+            for impl in impls:
+                c = dataclasses.replace(cfg, what=what, size=cfg.ops_model_size, xla=impl == "xla")
+                dispatch.set_default_impl("custom" if impl == "custom" else "xla")
+                try:
+                    for row in WHAT[what](c):
+                        rows.append({**row, "impl": impl, "bench": "ops"})
+                finally:
+                    dispatch.set_default_impl(None)
+    dev = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    summary = {"what": "ops", "summary": True, "device": device, "custom_available": lib is not None,
+               "custom_error": custom.status()["error"], "ops": {}}
+    for (name, pas), (op, ms) in table.items():
+        entry = {"ms": {i: round(v, 3) for i, v in ms.items()}, "fastest": min(ms, key=ms.get),
+                 "auto_picks_custom": bool(dispatch.PREFER_CUSTOM.get((op, dev), False))}
+        if "custom" in ms:
+            entry["custom_faster_than_tf"] = ms["custom"] < ms["tf"]
+        summary["ops"][f"{name}/{pas}"] = entry
+    rows.append(summary)
+    return rows
+
+
+WHAT = {"g_forward": bench_g_forward, "train_step": bench_train_step, "export": bench_export, "swap": bench_swap,
+        "ops": bench_ops}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +608,9 @@ flags.DEFINE_boolean("channels_small", False, f"{SMALL_CHANNELS} channels at eve
 flags.DEFINE_integer("seed", 0, "Seed of weights and inputs.")
 flags.DEFINE_float("wait_idle", 0.0, "Shared machines: before each timed round wait up to this many seconds "
                    "until the CPU is >= 85% idle (the idle fractions seen are reported).")
+flags.DEFINE_integer("ops_channels", 64, "--what ops: channels of the op tensors [batch, size, size, C].")
+flags.DEFINE_integer("ops_model_size", 64, "--what ops: image size of the G forward / train step per impl.")
+flags.DEFINE_boolean("ops_models", True, "--what ops: also time G forward and the train step with each impl.")
 flags.DEFINE_integer("intra_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
 flags.DEFINE_integer("inter_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
 flags.DEFINE_boolean("onednn", None, "Set TF_ENABLE_ONEDNN_OPTS=1 (--onednn) before TensorFlow is imported; "

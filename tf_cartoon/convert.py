@@ -2,6 +2,9 @@
 
     python -m tf_cartoon.convert SRC.pt OUT_DIR            # reference .pt -> converted directory
     python -m tf_cartoon.convert --to-torch TF_DIR OUT.pt  # converted directory -> reference .pt
+    python -m tf_cartoon.convert WORKDIR OUT_DIR           # a training workdir's latest g, g_ema, d ->
+                                                           # converted directory (no optimizer state)
+    --models g_ema,d keeps only those networks (how tf_cartoon/assets/source_synthetic was written).
 
 Reading a .pt needs no torch: tf_cartoon.io.torch_pickle unpickles through an
 allow-list and refuses anything else. The written .pt loads with
@@ -18,10 +21,14 @@ import sys
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tf_cartoon.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="reference .pt file (or, with --to-torch, a converted directory)")
+    p.add_argument("src", help="reference .pt file or training workdir (or, with --to-torch, a converted "
+                               "directory)")
     p.add_argument("dst", help="output directory (or, with --to-torch, the .pt file to write)")
     p.add_argument("--to-torch", action="store_true", help="convert a converted directory back to a .pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--models", default="g_ema,g,d",
+                   help="networks to keep, comma-separated among g_ema, g, d (default: all present); e.g. "
+                        "g_ema,d for a fine-tuning source (the trainer starts g from g_ema when g is absent)")
     args = p.parse_args(argv)
 
     from tf_cartoon.io import store
@@ -29,17 +36,21 @@ def main(argv=None) -> int:
     from tf_cartoon.io.torch_pickle import CheckpointFormatError, UnsafePickleError
 
     try:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        if not models or set(models) - set(store.MODEL_NAMES):
+            raise ValueError(f"--models={args.models!r}: expected a comma list among {', '.join(store.MODEL_NAMES)}")
         if args.to_torch:
             if not os.path.isdir(args.src):
                 raise ValueError(f"--to-torch expects a converted directory, got {args.src}")
             if os.path.exists(args.dst) and not args.overwrite:
                 raise FileExistsError(f"{args.dst} exists (pass --overwrite)")
-            ckpt = store.load(args.src)
+            ckpt = store.load(args.src, models=models)
             store.write_reference(ckpt, args.dst)
         else:
-            if os.path.isdir(args.src):
-                raise ValueError(f"{args.src} is a directory; to write a .pt from it use --to-torch")
-            ckpt = store.load(args.src)
+            if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, store.WORKDIR_CONFIG)):
+                raise ValueError(f"{args.src} is a directory but not a training workdir; to write a .pt from "
+                                 "a converted directory use --to-torch")
+            ckpt = store.load(args.src, models=models)
             store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, CheckpointFormatError, UnsafePickleError,
             CheckpointMismatchError) as e:

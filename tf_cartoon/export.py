@@ -96,13 +96,16 @@ def to_uint8(image):
 
 @contextlib.contextmanager
 def plain_tf_ops():
-    """Run tf_cartoon.ops on their plain-TF paths (no custom ops), restoring the previous choice."""
-    from tf_cartoon.ops import dispatch
+    """Run tf_cartoon.ops on their plain-TF paths (no custom ops, and the direct convolutions: the CPU
+    rewrites in ops/conv.py hold nested XLA clusters, which a SavedModel for TF Serving must not need),
+    restoring the previous choice."""
+    from tf_cartoon.ops import conv, dispatch
 
     previous = dispatch._default
     dispatch.set_default_impl("tf")
     try:
-        yield
+        with conv.forced_impl("direct"):
+            yield
     finally:
         dispatch._default = previous
 

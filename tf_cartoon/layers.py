@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cartoon.ops import bias_act, make_kernel, upfirdn2d
+from tf_cartoon.ops import conv as conv_impl
+from tf_cartoon.ops.conv import conv1x1, conv3x3, conv3x3_down2, conv_transpose3x3_up2_blur, styled_epilogue
 
 DEFAULT_BLUR = (1, 3, 3, 1)
 
@@ -110,9 +112,15 @@ class EqualConv2d(_Layer):
         self._done()
 
     def call(self, x):
-        p = self.padding
-        pad = "VALID" if p == 0 else [[0, 0], [p, p], [p, p], [0, 0]]
-        y = tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype) * self.scale, self.stride, pad)
+        p, k, kernel = self.padding, self.kernel_size, tf.cast(self.kernel, x.dtype) * self.scale
+        if k == 3 and self.stride == 1 and p == 1:
+            y = conv3x3(x, kernel)
+        elif k == 3 and self.stride == 2 and p == 0:
+            y = conv3x3_down2(x, kernel)
+        elif k == 1 and p == 0:
+            y = conv1x1(x, kernel, self.stride)
+        else:
+            y = tf.nn.conv2d(x, kernel, self.stride, "VALID" if p == 0 else [[0, 0], [p, p], [p, p], [0, 0]])
         return y + tf.cast(self.bias, x.dtype) if self.bias is not None else y
 
     def get_config(self):
@@ -152,6 +160,8 @@ class ModulatedConv2d(_Layer):
         cuDNN, so it is the default.
     Upsampling: stride-2 transposed convolution without padding (2H+1), then a
     blur with the FIR kernel * 4 and pads (1, 1): 2H.
+    The non-fused 3x3 convolutions go through tf_cartoon.ops.conv, which picks the
+    direct TF op or an exact faster rewrite (Winograd / output phases) per device.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, style_dim, demodulate=True, upsample=False,
@@ -177,30 +187,41 @@ class ModulatedConv2d(_Layer):
         fused = self.fused if fused is None else fused
         s = self.modulation(w)  # [N, in]
         weight = tf.cast(self.kernel, x.dtype) * self.scale  # [k, k, in, out]
-        y = self._fused(x, weight, s) if fused else self._nonfused(x, weight, s)
-        if self.upsample:
-            y = upfirdn2d(y, self.blur_fir, pad=self.blur_pad)
-        return y
+        if fused:
+            y = self._fused(x, weight, s)
+            return upfirdn2d(y, self.blur_fir, pad=self.blur_pad) if self.upsample else y
+        return self._nonfused(x, weight, s)
 
     def _demod(self, weight, s):
         # sum over kh, kw, in of (W s)^2 = s^2 @ sum_{kh,kw} W^2 -> [N, out]
         return tf.math.rsqrt(tf.matmul(tf.square(s), tf.reduce_sum(tf.square(weight), axis=[0, 1])) + 1e-8)
 
     def _nonfused(self, x, weight, s):
-        x = x * s[:, None, None, :]
-        if self.upsample:
+        y = self.conv_modulated(x * s[:, None, None, :], weight)
+        if self.demodulate:  # a per-channel scale: commutes with the (linear, depthwise) blur
+            y = y * self._demod(weight, s)[:, None, None, :]
+        return y
+
+    def conv_modulated(self, x, weight):
+        """The shared convolution (+ upsampling blur) of the non-fused path; x already scaled by s."""
+        k = self.kernel_size
+        if self.upsample and k == 3:
+            y = conv_transpose3x3_up2_blur(x, weight, self.blur_fir, self.blur_pad)
+        elif self.upsample:
             shape = tf.shape(x)
-            k = self.kernel_size
             out_shape = tf.stack([shape[0], 2 * shape[1] + k - 2, 2 * shape[2] + k - 2, self.out_channels])
             y = tf.nn.conv2d_transpose(x, tf.transpose(weight, [0, 1, 3, 2]), out_shape, strides=2, padding="VALID")
             static = x.shape
             if static[1] is not None:
                 y = tf.ensure_shape(y, [static[0], 2 * static[1] + k - 2, 2 * static[2] + k - 2, self.out_channels])
+            y = upfirdn2d(y, self.blur_fir, pad=self.blur_pad)
+        elif k == 3:
+            y = conv3x3(x, weight)
+        elif k == 1:
+            y = conv1x1(x, weight)
         else:
-            p = self.kernel_size // 2
+            p = k // 2
             y = tf.nn.conv2d(x, weight, 1, [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID")
-        if self.demodulate:
-            y = y * self._demod(weight, s)[:, None, None, :]
         return y
 
     def _fused(self, x, weight, s):
@@ -300,7 +321,19 @@ class StyledConv(_Layer):
         self._done()
 
     def call(self, x, w, noise=None, fused=None):
-        return self.activate(self.noise(self.conv(x, w, fused=fused), noise))
+        conv = self.conv
+        fused = conv.fused if fused is None else fused
+        if fused or not self.demodulate or conv_impl.resolve("auto") == "direct" or x.shape[1] is None:
+            return self.activate(self.noise(conv(x, w, fused=fused), noise))
+        # Same maths, demodulation + noise + bias + activation applied in one fused pass.
+        s = conv.modulation(w)
+        weight = tf.cast(conv.kernel, x.dtype) * conv.scale
+        y = conv.conv_modulated(x * s[:, None, None, :], weight)
+        if noise is None:
+            shape = tf.shape(y)
+            noise = tf.random.normal(tf.stack([shape[0], shape[1], shape[2], 1]), dtype=y.dtype)
+        return styled_epilogue(y, conv._demod(weight, s), tf.cast(noise, y.dtype),
+                               tf.cast(self.noise.strength, y.dtype), tf.cast(self.activate.bias, y.dtype))
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -25,7 +25,9 @@ _HELP = {
     "d_reg_every": "R1 every N steps (lazy)", "g_reg_every": "path length every N steps (lazy)",
     "mixing": "style-mixing probability", "lr": "learning rate",
     "channel_multiplier": "from scratch: channel multiplier", "latent": "from scratch: style_dim",
-    "n_mlp": "from scratch: mapping layers", "augment": "use ADA augmentation",
+    "n_mlp": "from scratch: mapping layers",
+    "channels": "from scratch: channel map resolution:channels for every resolution 4..size, e.g. "
+                "4:128,8:128,16:64,32:32 (empty: the reference table with --channel_multiplier)", "augment": "use ADA augmentation",
     "augment_p": "fixed augmentation p (0 with --augment = adaptive)", "ada_target": "ADA target r_t",
     "ada_length": "ADA: images for p to go 0 -> 1", "ada_every": "ADA: D steps between p updates",
     "freezeG": "train only the N highest-resolution G blocks (-1 off; >= 0 also disables path length)",
@@ -45,6 +47,13 @@ _HELP = {
     "keep_checkpoints": "checkpoints to keep", "export_torch": "also write the reference .pt at each checkpoint",
     "seed": "random seed", "fused_modconv": "use the fused (grouped-conv) modulated convolution",
     "max_time_minutes": "stop and checkpoint after this many minutes (0 = no limit)",
+    "ema_halflife_steps": "half-life of g_ema's moving average in steps (312.5: the reference's per-step "
+                          "0.5 ** (32 / 10000); short fine-tuning runs want less)",
+    "final_grid_seeds": "at --iter: write <workdir>/final_grid.png for these seeds, e.g. 0-7 (rows: source | "
+                        "target | swapped at each --swap_layers; empty: none)",
+    "final_grid_truncation": "truncation psi of the final grid (1 = none)",
+    "export_on_finish": "at --iter: export g_ema (+ the source's swap signature) as a SavedModel to "
+                        "<workdir>/export/<version>",
 }
 
 
@@ -88,9 +97,23 @@ def main(argv):
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    print(f"done: checkpoints in {trainer.manager.directory}; samples {cfg.workdir}/samples.png; "
-          f"TensorBoard: tensorboard --logdir {cfg.workdir}/tensorboard", file=sys.stderr)
+    print(summary(trainer))
     return 0
+
+
+def summary(trainer) -> str:
+    """Where the run stands and where each output is (printed at the end of every run)."""
+    cfg = trainer.cfg
+    step = int(trainer.step.numpy())
+    if trainer.already_finished:
+        head = (f"already finished: step {step} of --iter={cfg.iter} in {cfg.workdir} (nothing trained; "
+                "raise --iter to continue)")
+    elif step >= cfg.iter:
+        head = f"finished: step {step} of {cfg.iter} in {cfg.workdir}"
+    else:
+        head = f"stopped at step {step} of {cfg.iter} in {cfg.workdir}; rerun the same command to resume"
+    width = max(len(k) for k in trainer.outputs())
+    return "\n".join([head] + [f"  {k + ':':<{width + 1}} {v}" for k, v in trainer.outputs().items()])
 
 
 define_flags()

@@ -286,9 +286,12 @@ def read_workdir(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> 
 def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
     """Load a reference ``.pt``, a converted directory or a training workdir into ready Keras models.
 
-    ``models`` restricts which networks are built (e.g. ``("g_ema",)``).
+    ``models`` restricts which networks are built (e.g. ``("g_ema",)``). ``builtin:<name>`` loads a
+    checkpoint shipped with the package (tf_cartoon/assets; unknown names: FileNotFoundError listing them).
     """
-    path = os.fspath(path)
+    from tf_cartoon import assets
+
+    path = assets.resolve(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     models = tuple(models)

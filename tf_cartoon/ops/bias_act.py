@@ -3,9 +3,11 @@
 ``fused_leaky_relu(x, b) = leaky_relu(x + b, 0.2) * sqrt(2)`` with ``b`` added
 along the LAST axis (channels in NHWC, features in ``[N, F]``).
 
-The ``"ref"`` path spells the definition with ``tf.where``; the ``"tf"`` path uses
-``tf.nn.leaky_relu`` (one fused kernel, XLA fuses both). Both are plain TF and
-differentiable to any order (R1 and path length need grad-of-grad).
+The ``"ref"`` path spells the definition with ``tf.where``; the ``"tf"`` (= ``"xla"``) path
+uses ``tf.nn.leaky_relu`` (one fused kernel, XLA fuses both). Both are plain TF and
+differentiable to any order (R1 and path length need grad-of-grad). ``"custom"`` is the
+compiled op (custom_ops/bias_act.cc / .cu: one pass over memory), with registered
+gradients to any order; ``"auto"`` picks through tf_cartoon/ops/dispatch.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 
 import tensorflow as tf
 
-from tf_cartoon.ops.dispatch import resolve_impl
+from tf_cartoon.ops.dispatch import choose
 
 SQRT2 = math.sqrt(2.0)
 
@@ -34,9 +36,19 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha: float = 0.2, gain: float |
         bias = tf.cast(bias, x.dtype)
         if bias.shape.rank != 1 or (x.shape[-1] is not None and bias.shape[0] != x.shape[-1]):
             raise ValueError(f"bias of shape {bias.shape} does not match the last axis of x {x.shape}")
+    unsupported = None
+    if x.shape.rank is None or x.shape.rank < 1:
+        unsupported = f"x of shape {x.shape} (rank >= 1 needed)"
+    elif act == "lrelu" and alpha < 0:
+        unsupported = f"alpha={alpha} < 0 (the gradient reads the sign from the output)"
+    path = choose("bias_act", impl, x.dtype, unsupported)
+    if path == "custom":
+        from tf_cartoon.ops import custom
+        return custom.bias_act(x, bias, act, alpha, gain)
+    if bias is not None:
         x = x + bias
     if act == "lrelu":
-        if resolve_impl(impl) == "ref":
+        if path == "ref":
             x = tf.where(x >= 0, x, x * alpha)
         else:
             x = tf.nn.leaky_relu(x, alpha)

@@ -16,9 +16,12 @@ Implementations (``impl``):
   * ``"tf"`` (default): the same maths with fewer passes over memory:
     up-sampling by 2 is a stride-2 transposed depthwise convolution
     (no zeros are materialised), down-sampling is folded into the convolution's
-    stride. Plain TF ops, XLA-compilable, differentiable to any order.
+    stride. Plain TF ops, XLA-compilable, differentiable to any order. Also
+    called ``"xla"``.
+  * ``"custom"``: the compiled op (custom_ops/upfirdn2d.cc / .cu, tf_cartoon/ops/custom.py).
   ``"auto"`` resolves through tf_cartoon.ops.dispatch (env TF_CARTOON_OPS_IMPL).
-Every path is tested against ``"ref"`` in tests/test_ops.py.
+Every path is tested against ``"ref"`` in tests/test_ops.py (the compiled op in
+tests/test_custom_ops.py).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon.ops.dispatch import resolve_impl
+from tf_cartoon.ops.dispatch import choose
 
 
 # ---------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl: str = "auto"):
       kernel: 2-D FIR kernel (numpy or list); used as given (not normalised).
       up, down: int or ``(x, y)`` factors.
       pad: ``(pad0, pad1)`` for both axes or ``(x0, x1, y0, y1)``.
-      impl: "auto" | "ref" | "tf" (| "custom" once built).
+      impl: "auto" | "custom" | "xla" (alias "tf") | "ref" (see tf_cartoon/ops/dispatch.py).
     """
     kernel = np.asarray(kernel, np.float32)
     if kernel.ndim == 1:
@@ -173,8 +176,13 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl: str = "auto"):
     if h is not None and h * upy + py0 + py1 < kh or w is not None and w * upx + px0 + px1 < kw:
         raise ValueError(f"upfirdn2d: padded input {x.shape} (up={up}, pad={pad}) is smaller than the kernel {kernel.shape}")
     args = (x, kernel, upx, upy, downx, downy, px0, px1, py0, py1)
-    if resolve_impl(impl) == "ref":
+    path = choose("upfirdn2d", impl, x.dtype,
+                  None if h is not None and w is not None else f"H or W unknown at trace time (x {x.shape})")
+    if path == "ref":
         return _upfirdn2d_ref(*args)
+    if path == "custom":
+        from tf_cartoon.ops import custom
+        return custom.upfirdn2d(*args)
     return _upfirdn2d_tf(*args)
 
 

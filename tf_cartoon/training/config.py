@@ -28,6 +28,7 @@ class TrainConfig:
     channel_multiplier: int = 2  # from scratch only
     latent: int = 512  # style_dim, from scratch only
     n_mlp: int = 8  # from scratch only
+    channels: str = ""  # from scratch only: explicit channel map "4:128,8:128,16:64,..." ("" = the default table)
     augment: bool = False
     augment_p: float = 0.0  # > 0: fixed p; 0 with --augment: adaptive (ADA)
     ada_target: float = 0.6
@@ -57,6 +58,47 @@ class TrainConfig:
     seed: int = 0
     fused_modconv: bool = False
     max_time_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
+    ema_halflife_steps: float = 312.5  # g_ema half-life in steps; 312.5 = the reference's 0.5 ** (32 / 10000)
+    # --- when the run reaches --iter (also on a rerun of a finished run, if still missing) ------------
+    final_grid_seeds: str = ""  # seeds of <workdir>/final_grid.png (source | target | swapped); "" = none
+    final_grid_truncation: float = 0.7  # truncation psi of that grid (each G toward its own mean latent)
+    export_on_finish: bool = False  # SavedModel of g_ema (+ the source's swap) into <workdir>/export/<v>
+
+    def final_seeds(self) -> list[int]:
+        if not str(self.final_grid_seeds).strip():
+            return []
+        from tf_cartoon.images import parse_seeds
+
+        try:
+            return parse_seeds(self.final_grid_seeds)
+        except ValueError as e:
+            raise ConfigError(f"--final_grid_seeds={self.final_grid_seeds!r}: {e}") from None
+
+    def channel_map(self) -> dict[int, int] | None:
+        """``--channels`` parsed: {resolution: channels}, or None for the default table.
+
+        Only the syntax and values are checked here; ``validate`` checks the resolutions against --size."""
+        text = str(self.channels).strip()
+        if not text:
+            return None
+        out = {}
+        for item in text.split(","):
+            res, sep, ch = item.partition(":")
+            try:
+                res_i, ch_i = int(res), int(ch)
+            except ValueError:
+                res_i = ch_i = None
+            if not sep or res_i is None:
+                raise ConfigError(f"--channels={self.channels!r}: bad entry {item.strip()!r}; expected "
+                                  "resolution:channels pairs like 4:128,8:128,16:64")
+            if not _is_pow2(res_i) or res_i < 4:
+                raise ConfigError(f"--channels={self.channels!r}: resolution {res_i} is not a power of two >= 4")
+            if ch_i <= 0:
+                raise ConfigError(f"--channels={self.channels!r}: resolution {res_i} needs a positive channel count")
+            if res_i in out:
+                raise ConfigError(f"--channels={self.channels!r}: resolution {res_i} appears twice")
+            out[res_i] = ch_i
+        return out
 
     @property
     def adaptive_augment(self) -> bool:
@@ -97,6 +139,14 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
     if size is not None and cfg.size and cfg.ckpt:
         need(cfg.size == size, "size", f"conflicts with the checkpoint {cfg.ckpt}, which is {size} px "
              "(leave --size out: it comes from the checkpoint)")
+    channels = cfg.channel_map()
+    if channels is not None:
+        need(not cfg.ckpt, "channels", f"applies to a run from scratch only: the architecture of --ckpt={cfg.ckpt} "
+             "comes from the checkpoint")
+        net_size = size or cfg.size or 256
+        wanted = [2 ** i for i in range(2, net_size.bit_length())]
+        need(sorted(channels) == wanted, "channels",
+             f"a {net_size} px network needs exactly the resolutions {','.join(map(str, wanted))}")
     for flag in ("r1", "path_regularize", "lr", "structure_weight"):
         need(getattr(cfg, flag) >= 0, flag, "must be >= 0")
     need(cfg.lr > 0, "lr", "must be positive")
@@ -108,6 +158,9 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
     need(0.0 <= cfg.ada_target <= 1.0, "ada_target", "must be in [0, 1]")
     need(cfg.ada_length > 0, "ada_length", "must be positive")
     need(cfg.ada_every >= 1, "ada_every", "must be >= 1")
+    need(cfg.ema_halflife_steps > 0, "ema_halflife_steps", "must be positive")
+    need(0.0 < cfg.final_grid_truncation <= 1.0, "final_grid_truncation", "must be in (0, 1] (1 = none)")
+    need(len(cfg.final_seeds()) <= 64, "final_grid_seeds", "at most 64 seeds (one grid column each)")
     need(cfg.structure_loss_on in ("features", "rgb"), "structure_loss_on", "must be 'features' or 'rgb'")
     need(cfg.xla in ("auto", "on", "off"), "xla", "must be auto, on or off")
     for flag in ("log_every", "sample_every", "ckpt_every", "keep_checkpoints", "n_sample"):
@@ -122,8 +175,14 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
     if needs_source:
         need(bool(cfg.source_ckpt or cfg.ckpt), "source_ckpt" if not cfg.ckpt else "ckpt",
              "freezeStyle / freezeFC / structure_loss need a source generator: pass --ckpt or --source_ckpt")
+    from tf_cartoon import assets
+
     for flag in ("source_ckpt", "ckpt"):
         path = getattr(cfg, flag)
+        try:
+            path = assets.resolve(path)
+        except FileNotFoundError as e:
+            raise ConfigError(f"--{flag}={getattr(cfg, flag)!r}: {e}") from None
         need(not path or os.path.exists(path), flag, "no such file or directory")
     if n_blocks is not None:
         need(cfg.freezeG <= n_blocks, "freezeG", f"this {size} px generator has {n_blocks} synthesis blocks")

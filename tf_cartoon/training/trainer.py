@@ -44,7 +44,11 @@ from tf_cartoon.training.config import TrainConfig, validate
 
 log = logging.getLogger("tf_cartoon.train")
 
+FINAL_GRID = "final_grid.png"  # <workdir>/final_grid.png (--final_grid_seeds)
+EXPORT_DIR = "export"  # <workdir>/export/<version> (--export_on_finish; TF Serving's model base path)
+
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # the reference's accumulate(g_ema, g, 0.5 ** (32 / 10000))
+# (per step whatever the batch: a half-life of 312.5 steps, TrainConfig.ema_halflife_steps' default)
 
 # Seed purposes (second seed word = step * N_PURPOSES + purpose).
 _D, _R1, _G, _PL, _AUG_D, _AUG_R1, _AUG_G, _SRC = range(8)
@@ -112,6 +116,7 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
         self._build_step_functions()
         self._stop_requested = False
+        self.already_finished = False  # set by fit() when the workdir had reached --iter before
 
     def _build(self, cfg, start, gen_cfg, dis_cfg, source_path, needs_source):
         """Networks (the source loaded and frozen), optimizers and training state, in the strategy scope."""
@@ -174,7 +179,11 @@ class Trainer:
         size = cfg.size or 256
         gen_cfg = {"size": size, "style_dim": cfg.latent, "n_mlp": cfg.n_mlp,
                    "channel_multiplier": cfg.channel_multiplier}
-        return gen_cfg, {"size": size, "channel_multiplier": cfg.channel_multiplier}
+        dis_cfg = {"size": size, "channel_multiplier": cfg.channel_multiplier}
+        channels = cfg.channel_map()  # G and D share the map (as the reference's table is shared)
+        if channels is not None:
+            gen_cfg["channels"] = dis_cfg["channels"] = channels
+        return gen_cfg, dis_cfg
 
     def restore_or_initialise(self) -> int:
         """Resume from the workdir's latest checkpoint if any; returns the step to continue at."""
@@ -356,11 +365,12 @@ class Trainer:
         self.pl_step = tf.function(lambda step: reduce(strategy.run(pl_replica, args=(step,))), autograph=False)
 
         g_vars, ema_vars = self.g.trainable_variables, self.g_ema.trainable_variables
+        decay = ema_decay(self.cfg.ema_halflife_steps)
 
         @tf.function(autograph=False)
         def ema_update():
             for e, v in zip(ema_vars, g_vars):
-                e.assign(v + EMA_DECAY * (e - v))
+                e.assign(v + decay * (e - v))
 
         self.ema_update = ema_update
 
@@ -459,6 +469,8 @@ class Trainer:
         start = self.restore_or_initialise()
         if start >= cfg.iter:
             log.info("already finished: step %d of %d in %s", start, cfg.iter, cfg.workdir)
+            self.already_finished = True
+            self.finish(only_missing=True)
             return {}
         writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tensorboard")) if self.chief \
             else tf.summary.create_noop_writer()
@@ -497,8 +509,10 @@ class Trainer:
                         tf.summary.scalar(k, v, step=done)
                 t_last, step_last = now, done
             if self.chief and (done % cfg.sample_every == 0 or done == cfg.iter):
+                grid = self.sample_grid()
+                save_png(os.path.join(cfg.workdir, "samples.png"), grid)  # the latest grid, viewable mid-run
                 with writer.as_default():
-                    tf.summary.image("samples/source_target_swapped", self.sample_grid()[None], step=done)
+                    tf.summary.image("samples/source_target_swapped", grid[None], step=done)
                     local = self.strategy.experimental_local_results(real)[0]
                     tf.summary.image("real", make_grid([local])[None], step=done)
             timed_out = cfg.max_time_minutes and time.time() - t_start > cfg.max_time_minutes * 60
@@ -510,12 +524,76 @@ class Trainer:
         writer.flush()
         if self.chief:
             save_png(os.path.join(cfg.workdir, "samples.png"), self.sample_grid())
+        if int(self.step.numpy()) >= cfg.iter:
+            self.finish()
         return metrics
+
+    # ------------------------------------------------------------------------------------------
+    # the end of a run: final grid, SavedModel, where everything is
+    # ------------------------------------------------------------------------------------------
+    def final_grid(self) -> np.ndarray:
+        """Rows source | target | target with the source's feature swapped in at each --swap_layers, one
+        column per --final_grid_seeds seed (tf_cartoon.generate's conventions: z of seed s is
+        RandomState(s).randn, stored noise, each generator truncated toward its own mean latent)."""
+        from tf_cartoon import generate
+
+        seeds, psi = self.cfg.final_seeds(), self.cfg.final_grid_truncation
+        if self.source is None:
+            return make_grid([generate.sample(self.g_ema, seeds, psi)])
+        result = generate.swap_images(self.source, self.g_ema, seeds, self.swap_layers, psi)
+        return make_grid(generate.swap_grid_rows(result))
+
+    def finish(self, only_missing: bool = False) -> None:
+        """Write what --final_grid_seeds / --export_on_finish ask for (chief only). ``only_missing``
+        (a rerun of a finished run): write only what is not there yet, e.g. after a crash mid-export."""
+        cfg = self.cfg
+        if not self.chief:
+            return
+        grid_path = os.path.join(cfg.workdir, FINAL_GRID)
+        if cfg.final_seeds() and not (only_missing and os.path.exists(grid_path)):
+            save_png(grid_path, self.final_grid())
+            log.info("final grid: %s", grid_path)
+        if cfg.export_on_finish:
+            from tf_cartoon import assets, export
+
+            base = os.path.join(cfg.workdir, EXPORT_DIR)
+            if not (only_missing and export.existing_versions(base)):
+                source = cfg.source_ckpt or cfg.ckpt
+                # the latest checkpoint of the workdir is this step's (saved when the loop reached --iter)
+                path = export.export(cfg.workdir, base, source=assets.resolve(source) if source else None,
+                                     seed=cfg.seed)
+                log.info("SavedModel: %s", path)
+
+    def outputs(self) -> dict:
+        """What the run has left in its workdir: {label: path or command}, existing files only."""
+        cfg = self.cfg
+        out = {}
+        latest = self.manager.latest_checkpoint
+        if latest:
+            out["checkpoint"] = latest
+        for label, name in (("final grid", FINAL_GRID), ("samples", "samples.png")):
+            path = os.path.join(cfg.workdir, name)
+            if os.path.exists(path):
+                out[label] = path
+        if cfg.export_on_finish or os.path.isdir(os.path.join(cfg.workdir, EXPORT_DIR)):
+            from tf_cartoon import export
+
+            base = os.path.join(cfg.workdir, EXPORT_DIR)
+            versions = export.existing_versions(base)
+            if versions:
+                out["SavedModel"] = os.path.join(base, str(max(versions)))
+        out["TensorBoard"] = f"tensorboard --logdir {os.path.join(cfg.workdir, 'tensorboard')}"
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------
+
+def ema_decay(halflife_steps: float) -> float:
+    """Per-step EMA decay for a half-life in steps (312.5 gives EMA_DECAY: 1 / 312.5 == 32 / 10000)."""
+    return 0.5 ** (1.0 / halflife_steps)
+
 
 def _copy(src, dst):
     sv, dv = src.variables, dst.variables

@@ -1,0 +1,147 @@
+"""The fast 3x3 convolution rewrites (tf_cartoon/ops/conv.py) against the direct TF ops.
+
+Expected values come from an independent path: tf.nn.conv2d / conv2d_transpose and TF's own gradients of
+them. Values, first- and second-order gradients (grad of a function of both gradients, as R1 and path
+length need) are compared on odd and even sizes, and on a shape where the Winograd path is taken.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_cartoon.ops import conv as C
+from tf_cartoon.ops import make_kernel
+
+FIR_UP = make_kernel((1, 3, 3, 1), gain=4)
+
+
+def _derivatives(fn, x, w):
+    """[y, dL/dx, dL/dw, dS/dx, dS/dw] with L = sum(y * r), S = |dL/dx|^2 + |dL/dw|^2."""
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch([x, w])
+        with tf.GradientTape() as inner:
+            inner.watch([x, w])
+            y = fn(x, w)
+            r = tf.cos(tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y)))
+            loss = tf.reduce_sum(y * r)
+        gx, gw = inner.gradient(loss, [x, w])
+        s = tf.reduce_sum(tf.square(gx)) + tf.reduce_sum(tf.square(gw))
+    hx, hw = outer.gradient(s, [x, w])
+    return [y, gx, gw, hx, hw]
+
+
+def _assert_same(fast, direct, x_shape, w_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=x_shape), tf.float32)
+    w = tf.constant(rng.normal(size=w_shape) / np.sqrt(9 * w_shape[2]), tf.float32)
+    names = ["value", "grad x", "grad w", "2nd-order x", "2nd-order w"]
+    for name, a, b in zip(names, _derivatives(fast, x, w), _derivatives(direct, x, w)):
+        assert a.shape == b.shape, name
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=2e-5 * max(scale, 1.0), err_msg=name)
+
+
+SHAPES = [(2, 8, 8, 4, 6), (2, 9, 7, 5, 3), (1, 5, 6, 3, 4)]
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
+def test_conv3x3_fast_equals_conv2d(n, h, w, ci, co):
+    _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"),
+                 (n, h, w, ci), (3, 3, ci, co))
+
+
+def test_conv3x3_winograd_path_equals_conv2d():
+    x_shape, w_shape = (1, 32, 34, 256), (3, 3, 256, 8)
+    assert C._use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
+    _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
+
+
+def test_winograd_f2x3_odd_size_value():
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 7, 5, 3)), tf.float32)
+    w = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
+    np.testing.assert_allclose(C._winograd_f2x3(x, w).numpy(), tf.nn.conv2d(x, w, 1, "SAME").numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
+def test_conv3x3_down2_fast_equals_strided_conv2d(n, h, w, ci, co):
+    _assert_same(lambda x, k: C.conv3x3_down2(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 2, "VALID"),
+                 (n, h, w, ci), (3, 3, ci, co))
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
+@pytest.mark.parametrize("pad", [(1, 1), (2, 1, 1, 2)])
+def test_up2_blur_fast_equals_conv2d_transpose(n, h, w, ci, co, pad):
+    _assert_same(lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "fast"),
+                 lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "direct"),
+                 (n, h, w, ci), (3, 3, ci, co))
+
+
+def test_direct_up2_is_tf_conv2d_transpose_then_blur():
+    """The direct path itself against zero insertion + full correlation written with numpy."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 3, 4, 2)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 2, 5)).astype(np.float32)
+    y = np.zeros((1, 7, 9, 5), np.float32)
+    for i in range(3):
+        for j in range(4):
+            y[0, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3] += np.einsum("c,abcd->abd", x[0, i, j], w)
+    identity = np.ones((1, 1), np.float32)
+    got = C.conv_transpose3x3_up2_blur(tf.constant(x), tf.constant(w), identity, (0, 0), "direct")
+    np.testing.assert_allclose(got.numpy(), y, atol=1e-5)
+    got = C.conv_transpose3x3_up2_blur(tf.constant(x), tf.constant(w), identity, (0, 0), "fast")
+    np.testing.assert_allclose(got.numpy(), y, atol=1e-5)
+
+
+def test_fast_paths_trace_inside_tf_function():
+    f = tf.function(lambda x, k: C.conv3x3(x, k, "fast") + 0.0)
+    x, k = tf.ones([2, 8, 8, 3]), tf.ones([3, 3, 3, 2])
+    np.testing.assert_allclose(f(x, k).numpy(), tf.nn.conv2d(x, k, 1, "SAME").numpy(), atol=1e-5)
+
+
+def test_impl_resolution(monkeypatch):
+    monkeypatch.delenv("TF_CARTOON_CONV_IMPL", raising=False)
+    expected = "direct" if tf.config.list_logical_devices("GPU") else "fast"
+    assert C.resolve("auto") == expected
+    monkeypatch.setenv("TF_CARTOON_CONV_IMPL", "direct")
+    assert C.resolve("auto") == "direct"
+    with C.forced_impl("fast"):
+        assert C.resolve("auto") == "fast"
+    assert C.resolve("auto") == "direct"
+    monkeypatch.setenv("TF_CARTOON_CONV_IMPL", "winograd")
+    with pytest.raises(ValueError, match="TF_CARTOON_CONV_IMPL"):
+        C.resolve("auto")
+    with pytest.raises(ValueError, match="conv impl"):
+        C.resolve("nope")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("h,w", [(6, 8), (7, 5)])
+def test_conv1x1_matmul_equals_conv2d(stride, h, w):
+    _assert_same(lambda x, k: C.conv1x1(x, k, stride, "fast"), lambda x, k: tf.nn.conv2d(x, k, stride, "VALID"),
+                 (2, h, w, 5), (1, 1, 5, 3))
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+def test_styled_conv_fused_epilogue_equals_layer_by_layer_path(upsample):
+    """StyledConv's fast path (one-pass epilogue, rewritten convs) against the reference layer order."""
+    from tf_cartoon.layers import StyledConv
+
+    layer = StyledConv(6, 5, 3, 8, upsample=upsample, name="sc")
+    rng = np.random.default_rng(7)
+    for v, val in ((layer.noise.strength, 0.3), (layer.activate.bias, rng.normal(size=5))):
+        v.assign(np.broadcast_to(val, v.shape).astype(np.float32))
+    x = tf.constant(rng.normal(size=(2, 8, 8, 6)), tf.float32)
+    w = tf.constant(rng.normal(size=(2, 8)), tf.float32)
+    res = 16 if upsample else 8
+    noise = tf.constant(rng.normal(size=(2, res, res, 1)), tf.float32)
+
+    def run(impl):
+        with C.forced_impl(impl), tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, w, noise)
+            loss = tf.reduce_sum(tf.square(y))
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    for a, b in zip(run("fast"), run("direct")):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,335 @@
+"""The networks' 3x3 convolutions, NHWC, with a direct path and faster CPU rewrites of the same maths.
+
+``conv3x3(x, w)``: stride-1 "SAME" 3x3 correlation, x [N, H, W, Ci], w [3, 3, Ci, Co].
+  * ``direct``: one ``tf.nn.conv2d`` (cuDNN / oneDNN / Eigen).
+  * ``winograd``: Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2015, "Fast Algorithms for
+    Convolutional Neural Networks"). Each 2x2 output tile needs 16 products of transformed inputs and
+    transformed weights instead of 36, and the 16 products over all tiles are 16 batched
+    ``[T, Ci] x [Ci, Co]`` matmuls: 2.25x fewer multiply-adds. The input/output transforms are only
+    additions; they are compiled with XLA so they fuse into a few passes over memory. XLA's CPU backend runs
+    dots at full speed while its convolutions are ~3x slower than oneDNN's, so this keeps XLA away from
+    convolutions altogether.
+
+``conv_transpose3x3_up2_blur(x, w, fir, pad)``: the generator's upsampling convolution, a stride-2 "VALID"
+transposed 3x3 convolution (output 2H+1) followed by the FIR blur ``upfirdn2d(y, fir, pad=pad)``.
+  * ``direct``: ``tf.nn.conv2d_transpose`` then the blur.
+  * ``phase``: the transposed convolution split into its four output phases, each an ordinary stride-1
+    convolution at the INPUT resolution with the kernel taps that reach it (2x2, 2x1, 1x2, 1x1 taps: 9 in
+    all, no multiplications by inserted zeros), interleaved with depth_to_space. oneDNN's transposed
+    convolution loses much of its speed at large spatial sizes; its ordinary convolutions do not.
+
+Both rewrites are exact reformulations (equal up to float rounding); tests compare them with the direct
+path, values and gradients to second order. Which path ``"auto"`` means is decided per device from
+``python -m tf_cartoon.bench`` measurements (see ``default_impl``); ``TF_CARTOON_CONV_IMPL=direct|fast``
+overrides it for the process, and exports always use the direct path (no nested XLA clusters in a
+SavedModel that TF Serving must run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_cartoon.ops.upfirdn2d import upfirdn2d
+
+IMPLS = ("direct", "fast")
+_forced: str | None = None
+
+# Winograd F(2x2, 3x3) matrices: Y = A^T [(G g G^T) * (B^T d B)] A, d a 4x4 input tile, g the 3x3 kernel.
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
+
+
+def default_impl() -> str:
+    """What ``"auto"`` means: ``fast`` on CPU (measured faster there), ``direct`` where a GPU is visible
+    (cuDNN already picks Winograd / FFT algorithms itself)."""
+    if _forced is not None:
+        return _forced
+    env = os.environ.get("TF_CARTOON_CONV_IMPL")
+    if env:
+        if env not in IMPLS:
+            raise ValueError(f"TF_CARTOON_CONV_IMPL must be one of {IMPLS}, got {env!r}")
+        return env
+    return "direct" if tf.config.list_logical_devices("GPU") else "fast"
+
+
+def resolve(impl: str) -> str:
+    if impl == "auto":
+        return default_impl()
+    if impl not in IMPLS:
+        raise ValueError(f"conv impl must be 'auto' or one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+@contextlib.contextmanager
+def forced_impl(impl: str | None):
+    """Make ``"auto"`` mean ``impl`` inside the block (tracing happens inside it); None: no change."""
+    global _forced
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(f"conv impl must be one of {IMPLS}, got {impl!r}")
+    previous = _forced
+    _forced = impl if impl is not None else previous
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients. TF's CPU kernels for the convolutions' filter gradient (Conv2DBackpropFilter) and for
+# transposed / strided convolutions run 3-6x below the forward convolution's speed on this class of
+# machine, and they dominate a training step. The "fast" ops below therefore carry their own gradients,
+# written with forward-speed building blocks only:
+#   input gradient: another of these convolutions (the adjoint of a stride-1 3x3 conv is a stride-1 3x3
+#     conv with the flipped, channel-transposed kernel; a stride-2 conv and the stride-2 transposed conv are
+#     each other's adjoints);
+#   filter gradient: one matmul per kernel tap, sum over (N, H, W) of input patch x output gradient.
+# Each gradient is built from differentiable ops (these same ops, slices, matmuls), so second-order
+# gradients (R1, path length) work too.
+# ---------------------------------------------------------------------------------------------
+
+def _flip_t(w):
+    """The adjoint's kernel: spatially flipped, in/out channels swapped."""
+    return tf.transpose(w[::-1, ::-1], [0, 1, 3, 2])
+
+
+def _phases(x):
+    """The four stride-2 sub-images of x [N, H, W, C]: {(a, b): x[:, a::2, b::2]}, odd sizes zero-padded.
+
+    A reshape to [N, H/2, 2, W/2, 2, C] and unit-step slices: TF's strided-slice kernel copies
+    element by element on CPU when a step is 2, while unit-step slices copy C-long runs."""
+    h, w = x.shape[1], x.shape[2]
+    if h % 2 or w % 2:
+        x = tf.pad(x, [[0, 0], [0, h % 2], [0, w % 2], [0, 0]])
+        h, w = h + h % 2, w + w % 2
+    r = tf.reshape(x, [-1, h // 2, 2, w // 2, 2, x.shape[-1]])
+    return {(a, b): r[:, :, a, :, b, :] for a in range(2) for b in range(2)}
+
+
+def _window(x, top, left, h, w):
+    """x[:, top:top+h, left:left+w]. Unit-step strided slices: TF's kernel copies them as plain slices,
+    and their gradient (StridedSliceGrad) is itself differentiable inside XLA, where tf.slice's is not."""
+    return x[:, top: top + h, left: left + w]
+
+
+def _tap_matmuls(big, small, k, stride, big_is_input=True):
+    """Filter gradient [k, k, Ci, Co] as one matmul per tap (stride 1 or 2).
+
+    big_is_input: big = the (padded) input [N, H, W, Ci], small = dy [N, Ho, Wo, Co]; tap (a, b) pairs
+      big[s*i + a, s*j + b] with small[i, j] (a VALID strided correlation).
+    else (transposed conv): big = dy [N, s*H+.., .., Co], small = the input [N, H, W, Ci].
+    """
+    ho, wo = small.shape[1], small.shape[2]
+    small2 = tf.reshape(small, [-1, small.shape[-1]])
+    phases = _phases(big) if stride == 2 else None
+    taps = []
+    for a in range(k):
+        row = []
+        for b in range(k):
+            if stride == 2:
+                part = _window(phases[(a % 2, b % 2)], a // 2, b // 2, ho, wo)
+            else:
+                part = _window(big, a, b, ho, wo)
+            part = tf.reshape(part, [-1, big.shape[-1]])
+            row.append(tf.matmul(part, small2, transpose_a=True) if big_is_input
+                       else tf.matmul(small2, part, transpose_a=True))
+        taps.append(tf.stack(row))
+    return tf.stack(taps)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1x1 convolution
+# ---------------------------------------------------------------------------------------------
+
+def conv1x1(x, w, stride: int = 1, impl: str = "auto"):
+    """VALID 1x1 convolution with stride 1 or 2; x [N, H, W, Ci], w [1, 1, Ci, Co]. The fast path is a
+    matmul over the (subsampled) pixels: its gradients are matmuls too, where TF's CPU filter gradient
+    of a 1x1 convolution over a large image is slow."""
+    if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None or stride not in (1, 2):
+        return tf.nn.conv2d(x, w, stride, "VALID")
+    if stride == 2:
+        x = _phases(x)[(0, 0)]
+    y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(w, w.shape[2:]))
+    return tf.reshape(y, [-1, x.shape[1], x.shape[2], w.shape[-1]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Stride-1 3x3 convolution
+# ---------------------------------------------------------------------------------------------
+
+def conv3x3(x, w, impl: str = "auto"):
+    """SAME stride-1 3x3 correlation; x [N, H, W, Ci], w [3, 3, Ci, Co] -> [N, H, W, Co]."""
+    if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None:
+        return tf.nn.conv2d(x, w, 1, "SAME")
+    return _conv3x3_fast(x, w)
+
+
+def _use_winograd(x, w) -> bool:
+    # Measured (bench, 2-core EPYC): the transforms pay from 32x32 up with >= 256 input channels; at 256x256
+    # with 128 channels Winograd and oneDNN's direct convolution take the same time; below 32x32 direct wins.
+    return x.shape[1] >= 32 and x.shape[2] >= 32 and w.shape[2] >= 256
+
+
+@tf.custom_gradient
+def _conv3x3_fast(x, w):
+    y = _winograd_f2x3(x, w) if _use_winograd(x, w) else tf.nn.conv2d(x, w, 1, "SAME")
+
+    def grad(dy):
+        dx = _conv3x3_fast(dy, _flip_t(w))
+        dw = _tap_matmuls(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
+        return dx, dw
+
+    return y, grad
+
+
+def _winograd_tiles(v, axis, n_tiles):
+    """B^T along ``axis``: 4 arrays of tile-row combinations (stride 2), each n_tiles long on ``axis``."""
+    def rows(k):
+        idx = [slice(None)] * 4
+        idx[axis] = slice(k, k + 2 * n_tiles, 2)
+        return v[tuple(idx)]
+
+    r0, r1, r2, r3 = rows(0), rows(1), rows(2), rows(3)
+    # B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    return [r0 - r2, r1 + r2, r2 - r1, r1 - r3]
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _winograd_f2x3(x, w):
+    _, h, wd, ci = x.shape
+    co = w.shape[-1]
+    th, tw = (h + 1) // 2, (wd + 1) // 2  # tiles per axis; odd sizes are padded to even, then cropped
+    xp = tf.pad(x, [[0, 0], [1, 1 + 2 * th - h], [1, 1 + 2 * tw - wd], [0, 0]])
+    d = []
+    for v in _winograd_tiles(xp, 1, th):
+        d += _winograd_tiles(v, 2, tw)
+    d = tf.reshape(tf.stack(d), [16, -1, ci])  # [16, N*th*tw, Ci]
+    g = tf.constant(_G, w.dtype)
+    u = tf.reshape(tf.einsum("ai,ijcd,bj->abcd", g, w, g), [16, ci, co])  # G g G^T
+    m = tf.reshape(tf.matmul(d, u), [4, 4, -1, th, tw, co])  # [4 (row), 4 (col), N, th, tw, Co]
+    # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+    t0, t1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+    y = tf.concat([t0[0] + t0[1] + t0[2], t0[1] - t0[2] - t0[3],
+                   t1[0] + t1[1] + t1[2], t1[1] - t1[2] - t1[3]], axis=-1)  # [N, th, tw, 4*Co]
+    y = tf.nn.depth_to_space(y, 2)  # channel blocks (0,0), (0,1), (1,0), (1,1) -> 2x2 pixels
+    return y[:, :h, :wd] if (2 * th != h or 2 * tw != wd) else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Stride-2 3x3 convolution (the discriminator's downsampling conv, after its blur)
+# ---------------------------------------------------------------------------------------------
+
+def conv3x3_down2(x, w, impl: str = "auto"):
+    """VALID stride-2 3x3 correlation; x [N, H, W, Ci] (already padded) -> [N, (H-3)//2+1, (W-3)//2+1, Co]."""
+    if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None:
+        return tf.nn.conv2d(x, w, 2, "VALID")
+    return _conv3x3_down2_fast(x, w)
+
+
+def _down2_phases(x, w):
+    """y[i] = sum_k x[2i + k] w[k]: taps k = 0, 2 read the even rows, k = 1 the odd ones; one stride-1 VALID
+    convolution per (row, col) parity with the taps that reach it (2x2, 2x1, 1x2, 1x1)."""
+    ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    p = _phases(x)
+    ee, eo = _window(p[(0, 0)], 0, 0, ho + 1, wo + 1), _window(p[(0, 1)], 0, 0, ho + 1, wo)
+    oe, oo = _window(p[(1, 0)], 0, 0, ho, wo + 1), _window(p[(1, 1)], 0, 0, ho, wo)
+    y = tf.nn.conv2d(ee, tf.stack([tf.stack([w[0, 0], w[0, 2]]), tf.stack([w[2, 0], w[2, 2]])]), 1, "VALID")
+    y += tf.nn.conv2d(eo, tf.stack([w[0, 1], w[2, 1]])[:, None], 1, "VALID")
+    y += tf.nn.conv2d(oe, tf.stack([w[1, 0], w[1, 2]])[None], 1, "VALID")
+    return y + tf.nn.conv2d(oo, w[1:2, 1:2], 1, "VALID")
+
+
+@tf.custom_gradient
+def _conv3x3_down2_fast(x, w):
+    y = _down2_phases(x, w)
+    h, wd = x.shape[1], x.shape[2]
+
+    def grad(dy):
+        dx = _conv_transpose3x3_up2_fast(dy, _swap_io(w))  # [N, 2Ho+2, 2Wo+2, Ci]; H is 2Ho+1 or 2Ho+2
+        dx = _window(dx, 0, 0, h, wd)
+        dw = _tap_matmuls(x, dy, 3, 2)
+        return dx, dw
+
+    return y, grad
+
+
+# ---------------------------------------------------------------------------------------------
+# Stride-2 transposed 3x3 convolution + blur (the generator's upsampling conv)
+# ---------------------------------------------------------------------------------------------
+
+def _up2_phases(x, w):
+    """Transposed conv by output phases (module docstring): [N, H, W, Ci] -> [N, 2H+2, 2W+2, Co] whose last
+    row and column are zero. Even outputs 2m take x[m] * w[0] + x[m-1] * w[2] (m = 0..H), odd outputs
+    2m+1 take x[m] * w[1] (m = 0..H-1). With x zero-padded by one on each side every phase is a VALID
+    stride-1 convolution with H+1 rows (the odd phases' extra last row reads only padding: zero)."""
+    xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    ee = tf.nn.conv2d(xp, tf.stack([tf.stack([w[2, 2], w[2, 0]]), tf.stack([w[0, 2], w[0, 0]])]), 1, "VALID")
+    h, wd = x.shape[1], x.shape[2]
+    eo = tf.nn.conv2d(_window(xp, 0, 1, h + 2, wd + 1), tf.stack([w[2, 1], w[0, 1]])[:, None], 1, "VALID")
+    oe = tf.nn.conv2d(_window(xp, 1, 0, h + 1, wd + 2), tf.stack([w[1, 2], w[1, 0]])[None], 1, "VALID")
+    oo = tf.nn.conv2d(_window(xp, 1, 1, h + 1, wd + 1), w[1:2, 1:2], 1, "VALID")
+    return tf.nn.depth_to_space(tf.concat([ee, eo, oe, oo], axis=-1), 2)
+
+
+@tf.custom_gradient
+def _conv_transpose3x3_up2_fast(x, w):
+    """out[2i + k] += x[i] w[k], as [N, 2H+2, 2W+2, Co] (last row/col zero); w [3, 3, Ci, Co]."""
+    y = _up2_phases(x, w)
+
+    def grad(dy):
+        dx = _conv3x3_down2_fast(dy, _swap_io(w))  # reads rows 0..2H only: the zero row gets no gradient
+        dw = _tap_matmuls(dy, x, 3, 2, big_is_input=False)
+        return dx, dw
+
+    return y, grad
+
+
+def _swap_io(w):
+    return tf.transpose(w, [0, 1, 3, 2])
+
+
+def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto"):
+    """tf.nn.conv2d_transpose(x, w, stride 2, VALID) -> [N, 2H+1, 2W+1, Co], then upfirdn2d(., fir, pad).
+
+    x [N, H, W, Ci]; w [3, 3, Ci, Co] in correlation layout (out[2i + k] += x[i] * w[k]).
+    """
+    if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None:
+        shape = tf.shape(x)
+        co = w.shape[-1]
+        out_shape = tf.stack([shape[0], 2 * shape[1] + 1, 2 * shape[2] + 1, co])
+        y = tf.nn.conv2d_transpose(x, _swap_io(w), out_shape, strides=2, padding="VALID")
+        if x.shape[1] is not None and x.shape[2] is not None:
+            y = tf.ensure_shape(y, [x.shape[0], 2 * x.shape[1] + 1, 2 * x.shape[2] + 1, co])
+        return upfirdn2d(y, fir, pad=pad)
+    y = _conv_transpose3x3_up2_fast(x, w)  # 2H+2 rows: the 2H+1 true ones and a zero row
+    # The blur pads the 2H+1 rows by pad1 at the end; one of those zeros is already there.
+    (px0, px1), (py0, py1) = _pads(pad)
+    return upfirdn2d(y, fir, pad=(px0, px1 - 1, py0, py1 - 1))
+
+
+def _pads(pad):
+    if len(pad) == 2:
+        return (pad[0], pad[1]), (pad[0], pad[1])
+    return (pad[0], pad[1]), (pad[2], pad[3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The styled convolution's epilogue
+# ---------------------------------------------------------------------------------------------
+
+@tf.function(jit_compile=True, autograph=False)
+def _styled_epilogue(y, demod, noise, strength, bias):
+    z = y * demod[:, None, None, :] + strength * noise + bias
+    return tf.nn.leaky_relu(z, 0.2) * tf.cast(np.sqrt(2.0), z.dtype)
+
+
+def styled_epilogue(y, demod, noise, strength, bias, impl: str = "auto"):
+    """lrelu(y * demod + strength * noise + bias, 0.2) * sqrt(2): demodulation, noise injection and the
+    fused bias + leaky ReLU of a StyledConv in ONE pass over the feature map (XLA fuses it) instead of
+    four. y [N, H, W, C], demod [N, C], noise [N or 1, H, W, 1], strength [1], bias [C]."""
+    if resolve(impl) == "direct":
+        z = y * demod[:, None, None, :] + strength * noise + bias
+        return tf.nn.leaky_relu(z, 0.2) * tf.cast(np.sqrt(2.0), z.dtype)
+    return _styled_epilogue(y, demod, noise, strength, bias)
