@@ -589,6 +589,8 @@ def test_dispatch_env(monkeypatch):
 
 def test_dispatch_routes_auto(monkeypatch):
     """impl="auto" really runs the path the environment / default names."""
+    # Between the pure-TF paths only: auto's preference for the compiled ops is tested in test_custom_ops.py.
+    monkeypatch.setattr(dispatch, "PREFER_CUSTOM", {})
     calls = []
     real_ref, real_tf = upfirdn2d_module._upfirdn2d_ref, upfirdn2d_module._upfirdn2d_tf
     monkeypatch.setattr(upfirdn2d_module, "_upfirdn2d_ref", lambda *a: calls.append("ref") or real_ref(*a))

@@ -91,8 +91,8 @@ class Config:
     seed: int = 0
     wait_idle: float = 0.0  # seconds to wait (per timed round) for other processes to leave the CPU idle
     ops_channels: int = 64  # --what ops: channels of the op benchmarks' tensors
-    ops_model_size: int = 64  # --what ops: image size of the G forward / train step runs per impl
-    ops_models: bool = True  # --what ops: also run G forward / train step with each impl
+    ops_model_size: int = 32  # --what ops: image size of the G forward / train step runs per impl
+    ops_models: str = "g_forward,train_step"  # --what ops: model benchmarks run with each impl ("": none)
 
     def channels(self):
         if not self.channels_small:
@@ -489,7 +489,7 @@ def bench_ops(cfg: Config):
     path in a jit_compile tf.function, ``tf`` = the pure-TF path in a tf.function. Rows
     ``{"what": "ops", "op", "pass", "impl", "ms", ...}`` (the impls timed interleaved), then (``--ops_models``)
     G forward and the train step at ``--ops_model_size`` with each impl (rows of those benchmarks plus
-    ``"impl"``), then a summary: per op the fastest impl, and what ``impl="auto"`` picks on this device
+    ``"impl"``; ``--ops_models`` picks them), then a summary: per op the fastest impl, and what ``impl="auto"`` picks on this device
     (tf_cartoon.ops.dispatch.PREFER_CUSTOM) next to whether the compiled op was faster than the plain-TF
     path there (auto never runs under XLA, so that is its choice)."""
     import numpy as np
@@ -515,7 +515,7 @@ def bench_ops(cfg: Config):
                 with tf.GradientTape() as tape:
                     tape.watch([x, b])
                     y = fn(x, b, real)
-                return tape.gradient(y, [x, b], output_gradients=y)
+                return [g for g in tape.gradient(y, [x, b], output_gradients=y) if g is not None]
 
             for pas, f in (("forward", fwd), ("forward_backward", fwd_bwd)):
                 tf_fn = tf.function(f, jit_compile=impl == "xla", autograph=False)
@@ -530,16 +530,17 @@ def bench_ops(cfg: Config):
                              "batch": cfg.batch, "device": device, "tf_version": tf.__version__,
                              "repeats": cfg.repeats, "load_avg_1m": round(os.getloadavg()[0], 2)})
             table[(name, pas)] = (op, ms)
-    if cfg.ops_models:
-        for what in ("g_forward", "train_step"):
-            for impl in impls:
-                c = dataclasses.replace(cfg, what=what, size=cfg.ops_model_size, xla=impl == "xla")
-                dispatch.set_default_impl("custom" if impl == "custom" else "xla")
-                try:
-                    for row in WHAT[what](c):
-                        rows.append({**row, "impl": impl, "bench": "ops"})
-                finally:
-                    dispatch.set_default_impl(None)
+    for what in [w.strip() for w in cfg.ops_models.split(",") if w.strip()]:
+        if what not in ("g_forward", "train_step"):
+            raise ValueError(f"--ops_models: unknown model benchmark {what!r} (g_forward, train_step)")
+        for impl in impls:
+            c = dataclasses.replace(cfg, what=what, size=cfg.ops_model_size, xla=impl == "xla")
+            dispatch.set_default_impl("custom" if impl == "custom" else "xla")
+            try:
+                for row in WHAT[what](c):
+                    rows.append({**row, "impl": impl, "bench": "ops"})
+            finally:
+                dispatch.set_default_impl(None)
     dev = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
     summary = {"what": "ops", "summary": True, "device": device, "custom_available": lib is not None,
                "custom_error": custom.status()["error"], "ops": {}}
@@ -609,8 +610,9 @@ flags.DEFINE_integer("seed", 0, "Seed of weights and inputs.")
 flags.DEFINE_float("wait_idle", 0.0, "Shared machines: before each timed round wait up to this many seconds "
                    "until the CPU is >= 85% idle (the idle fractions seen are reported).")
 flags.DEFINE_integer("ops_channels", 64, "--what ops: channels of the op tensors [batch, size, size, C].")
-flags.DEFINE_integer("ops_model_size", 64, "--what ops: image size of the G forward / train step per impl.")
-flags.DEFINE_boolean("ops_models", True, "--what ops: also time G forward and the train step with each impl.")
+flags.DEFINE_integer("ops_model_size", 32, "--what ops: image size of the G forward / train step per impl.")
+flags.DEFINE_string("ops_models", "g_forward,train_step", "--what ops: comma-separated model benchmarks to run "
+                    "with each impl (g_forward, train_step; empty: none).")
 flags.DEFINE_integer("intra_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
 flags.DEFINE_integer("inter_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
 flags.DEFINE_boolean("onednn", None, "Set TF_ENABLE_ONEDNN_OPTS=1 (--onednn) before TensorFlow is imported; "

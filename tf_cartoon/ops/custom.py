@@ -55,6 +55,9 @@ def load(build: bool | None = None):
         except _build.BuildError as e:
             _state["error"] = str(e)
             return None
+        except Exception as e:  # e.g. an unwritable cache: the pure-TF ops still work, so do not crash here
+            _state["error"] = f"building / finding the compiled ops failed: {type(e).__name__}: {e}"
+            return None
         if path is None:
             _state["error"] = ("the compiled ops are not built for this setup (run `python -m tf_cartoon.ops.build` "
                                "or set TF_CARTOON_OPS_BUILD=1)")

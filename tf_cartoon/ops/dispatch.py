@@ -34,13 +34,20 @@ IMPLS = ("auto", "custom", "xla", "tf", "ref")
 ENV = "TF_CARTOON_OPS_IMPL"
 _default = None
 
-# Where "auto" takes the compiled op, per (op, device). Set from
-# `python -m tf_cartoon.bench --what ops` (numbers in the README): custom only where faster.
-# GPU: no measurement yet (no GPU was available), so the pure-TF path stays the default;
+# Where "auto" takes the compiled op, per (op, device): only where it measured faster than the
+# pure-TF path in a plain (non-XLA) graph, which is what auto would run otherwise. Measured with
+# `python -m tf_cartoon.bench --what ops` (README; 2-core shared CPU, so approximate), NHWC
+# [4, 256, 256, 64] float32, forward / forward + backward:
+#   upfirdn2d blur 4x4:   compiled 50 / 90 ms    plain TF 59 / 122 ms    XLA 2600 / 6000 ms
+#   upfirdn2d down 2:     compiled 13 / 45 ms    plain TF 25 / 138 ms    XLA 1100 / 6400 ms
+#   bias_act lrelu:       compiled 46 / 124 ms   plain TF 106 / 165 ms   XLA 49 / 82 ms
+# (the RGB upsample [4, 128, 128, 3]: 7.6 / 12 ms vs 5.9 / 27 ms). Whole models barely move,
+# as the 3x3 convolutions dominate: G forward and train step at 32 px are equal within the noise.
+# GPU: not measured (no GPU was available), so the pure-TF paths stay the default there;
 # TF_CARTOON_OPS_IMPL=custom opts in.
 PREFER_CUSTOM = {
-    ("upfirdn2d", "CPU"): False,
-    ("bias_act", "CPU"): False,
+    ("upfirdn2d", "CPU"): True,
+    ("bias_act", "CPU"): True,
     ("upfirdn2d", "GPU"): False,
     ("bias_act", "GPU"): False,
 }
