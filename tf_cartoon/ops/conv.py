@@ -124,19 +124,22 @@ def _tap_matmuls(big, small, k, stride, big_is_input=True):
     ho, wo = small.shape[1], small.shape[2]
     small2 = tf.reshape(small, [-1, small.shape[-1]])
     phases = _phases(big) if stride == 2 else None
-    taps = []
+    taps, last = [], []
     for a in range(k):
-        row = []
         for b in range(k):
-            if stride == 2:
-                part = _window(phases[(a % 2, b % 2)], a // 2, b // 2, ho, wo)
-            else:
-                part = _window(big, a, b, ho, wo)
+            # Each window is a copy as large as the image: in a graph all k*k copies would be ready at once
+            # and live together (9 x the activation at 256 px); chaining each copy after the previous tap's
+            # matmul keeps one alive at a time (the matmuls use every core anyway).
+            with tf.control_dependencies(last):
+                if stride == 2:
+                    part = _window(phases[(a % 2, b % 2)], a // 2, b // 2, ho, wo)
+                else:
+                    part = _window(big, a, b, ho, wo)
             part = tf.reshape(part, [-1, big.shape[-1]])
-            row.append(tf.matmul(part, small2, transpose_a=True) if big_is_input
-                       else tf.matmul(small2, part, transpose_a=True))
-        taps.append(tf.stack(row))
-    return tf.stack(taps)
+            taps.append(tf.matmul(part, small2, transpose_a=True) if big_is_input
+                        else tf.matmul(small2, part, transpose_a=True))
+            last = [taps[-1]]
+    return tf.reshape(tf.stack(taps), [k, k, *taps[0].shape])
 
 
 # ---------------------------------------------------------------------------------------------

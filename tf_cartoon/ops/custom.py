@@ -16,7 +16,7 @@ also hold for graphs, tapes and grad-of-grad):
     It is the same op, so its gradient is again this rule: any order works.
   * bias_act, lrelu: d/dz = gain * (y * gain > 0 ? 1 : alpha) from the forward output
     y (TfCartoonBiasActGrad); that op is linear in its first input with a piecewise
-    constant factor, so its gradient w.r.t. dy is itself and w.r.t. y is zero. linear:
+    constant factor, so its gradient w.r.t. dy is itself and w.r.t. y is zero (returned as zeros). linear:
     d/dz = gain. The bias gradient sums over every axis but the last.
 """
 
@@ -158,8 +158,11 @@ def _bias_act_grad(op, dy):
 
 
 def _bias_act_grad_grad(op, ddx):
-    return _lib().tf_cartoon_bias_act_grad(ddx, op.inputs[1], alpha=op.get_attr("alpha"),
-                                           gain=op.get_attr("gain")), None
+    # W.r.t. y the factor is piecewise constant: the gradient is zero, returned as zeros (not None) so that
+    # grad-of-grad stays connected to everything upstream of y (the bias too), as with TF's LeakyReluGrad.
+    y = op.inputs[1]
+    return _lib().tf_cartoon_bias_act_grad(ddx, y, alpha=op.get_attr("alpha"),
+                                           gain=op.get_attr("gain")), tf.zeros_like(y)
 
 
 def _register_gradients():
