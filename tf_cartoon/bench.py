@@ -82,6 +82,7 @@ class Config:
     batch: int = 4
     xla: bool = False
     fused: bool = False
+    recompute: bool = False  # --what train_step: gradient checkpointing (TrainConfig.recompute)
     repeats: int = 3
     warmup: int = 1
     style_dim: int = 512
@@ -342,7 +343,7 @@ def bench_train_step(cfg: Config):
                                                       g_ema=g, d=d), os.path.join(tmp, "ckpt"))
         trainer = Trainer(TrainConfig(ckpt=ckpt, data="synthetic:blobs", workdir=os.path.join(tmp, "run"),
                                       batch=cfg.batch, xla="on" if cfg.xla else "off", fused_modconv=cfg.fused,
-                                      seed=cfg.seed), tf.distribute.get_strategy()
+                                      recompute=cfg.recompute, seed=cfg.seed), tf.distribute.get_strategy()
                           if tf.distribute.has_strategy() else None)
     real = tf.constant(np.random.default_rng(cfg.seed).uniform(-1, 1, [cfg.batch, cfg.size, cfg.size, 3]),
                        tf.float32)
@@ -359,8 +360,16 @@ def bench_train_step(cfg: Config):
     total = ms["d"] + ms["g"]
     flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # TF's own allocator: the peak of live tensors (variables, activations, gradients) on the device the
+    # step ran on; peak RSS adds the process itself (libraries, graphs, Python) on CPU.
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    try:
+        peak_tensor_mb = round(tf.config.experimental.get_memory_info(device)["peak"] / 2 ** 20, 1)
+    except (ValueError, RuntimeError):  # an allocator without statistics
+        peak_tensor_mb = None
     return [result(cfg, total, flops, ms["peak"], peak_flops, d_ms=round(ms["d"], 1), g_ms=round(ms["g"], 1),
                    sec_per_kimg=round(total / cfg.batch, 1), peak_rss_mb=round(peak_rss_mb, 1),
+                   peak_tensor_mb=peak_tensor_mb, recompute=cfg.recompute,
                    first_call_ms=round(first_ms, 1), cpu_ms_per_batch=round(cpu["d"] + cpu["g"], 1))]
 
 
@@ -599,6 +608,8 @@ flags.DEFINE_integer("size", 256, "Image size.")
 flags.DEFINE_integer("batch", 4, "Batch size.")
 flags.DEFINE_boolean("xla", False, "jit_compile the benchmarked tf.function.")
 flags.DEFINE_boolean("fused", False, "Fused (grouped-conv) modulated convolutions.")
+flags.DEFINE_boolean("recompute", False, "--what train_step: gradient checkpointing of the G and D blocks "
+                     "(the trainer's --recompute): less memory, more time.")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
 flags.DEFINE_integer("warmup", 1, "Untimed calls first (the first one traces / compiles).")
 flags.DEFINE_boolean("all", False, "Run every xla x fused combination, then a summary line.")

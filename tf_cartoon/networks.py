@@ -233,7 +233,7 @@ class Generator(keras.Model):
         return list(self.noise_buffers)
 
     def synthesis(self, wplus, noise=None, randomize_noise=True, tap_layers=(), swap_layer=None, swap_feature=None,
-                  return_skips=False, stop_after_layer=None):
+                  return_skips=False, stop_after_layer=None, recompute=False):
         """W+ [N, n_latent, D] -> SynthesisOutput.
 
         noise: list of ``num_layers`` maps ([N or 1, R, R, 1] or None entries);
@@ -243,6 +243,8 @@ class Generator(keras.Model):
         stop_after_layer: return after block L (no image): its feature, and with
           ``return_skips`` its RGB skip; the source side of the structure loss needs
           only these low-resolution outputs.
+        recompute: gradient checkpointing (``recompute_blocks``): a backward pass keeps only each
+          block's inputs and recomputes the block's forward; same values and gradients, far less memory.
         """
         wplus = tf.convert_to_tensor(wplus)
         if noise is None:
@@ -258,25 +260,36 @@ class Generator(keras.Model):
             raise ValueError("swap_layer and swap_feature go together")
 
         x = self.const_input(tf.shape(wplus)[0])
+        if recompute:  # a recomputed block must see the same noise twice: draw fresh noise out here
+            noise = [tf.random.normal(tf.stack([tf.shape(wplus)[0], self.noise_resolution(i),
+                                                self.noise_resolution(i), 1]), dtype=x.dtype) if n is None else n
+                     for i, n in enumerate(noise)]
         x = self.conv1(x, wplus[:, 0], noise[0])
         skip = self.to_rgb1(x, wplus[:, 1])
         features, skips = {}, [skip] if return_skips else []
         for b in range(self.n_blocks):
             L = b + 1
-            x = self.convs[2 * b](x, wplus[:, 2 * b + 1], noise[2 * b + 1])
-            x = self.convs[2 * b + 1](x, wplus[:, 2 * b + 2], noise[2 * b + 2])
+            x = recompute_blocks(self._conv_pair(b), recompute)(x, wplus[:, 2 * b + 1], wplus[:, 2 * b + 2],
+                                                                 noise[2 * b + 1], noise[2 * b + 2])
             if L in tap:
                 features[L] = x
             if L == swap_layer:
                 x = self._check_swap_feature(swap_feature, x, L)
             if L == stop_after_layer and not return_skips:
                 return SynthesisOutput(None, features, skips)
-            skip = self.to_rgbs[b](x, wplus[:, 2 * b + 3], skip)
+            skip = recompute_blocks(self.to_rgbs[b], recompute)(x, wplus[:, 2 * b + 3], skip)
             if return_skips:
                 skips.append(skip)
             if L == stop_after_layer:
                 return SynthesisOutput(None, features, skips)
         return SynthesisOutput(skip, features, skips)
+
+    def _conv_pair(self, b):
+        """Block b's two styled convs (upsampling, then same-size) as one function of tensors."""
+        def pair(x, w_up, w, noise_up, noise):
+            x = self.convs[2 * b](x, w_up, noise_up)
+            return self.convs[2 * b + 1](x, w, noise)
+        return pair
 
     def call(self, styles, input_is_latent=False, truncation=1.0, truncation_latent=None, inject_index=None,
              noise=None, randomize_noise=True, return_latents=False, swap_layer=None, swap_feature=None,
@@ -305,6 +318,15 @@ class Generator(keras.Model):
             raise ValueError(f"swap_feature for layer {L} must be [N, {x.shape[1]}, {x.shape[2]}, {x.shape[3]}], "
                              f"got {feature.shape}")
         return feature
+
+
+def recompute_blocks(fn, recompute: bool):
+    """``fn`` itself, or with ``recompute`` ``tf.recompute_grad(fn)``: gradient checkpointing. The forward
+    keeps only fn's inputs; the backward runs fn again under a tape. Values and gradients are the same (fn
+    must be deterministic: callers pass noise explicitly); a 256 px training step keeps about one block's
+    activations instead of all of them, for one extra forward of the wrapped blocks. First-order gradients
+    only (R1 and path length, which take grad-of-grad, call the networks without it)."""
+    return tf.recompute_grad(fn) if recompute else fn
 
 
 def _truncate(s, t, psi):
@@ -361,15 +383,16 @@ class Discriminator(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
-    def call(self, x, return_activations=False, training=None):
+    def call(self, x, return_activations=False, training=None, recompute=False):
         """Logits [N, 1]; with ``return_activations`` also a dict of reference-named
-        intermediate outputs ('convs.0' ... 'convs.K', 'final_conv'), NHWC."""
+        intermediate outputs ('convs.0' ... 'convs.K', 'final_conv'), NHWC. ``recompute``: gradient
+        checkpointing per ResBlock (``recompute_blocks``); first-order gradients only."""
         x = tf.convert_to_tensor(x)
         if x.shape.rank != 4 or x.shape[-1] != 3 or (x.shape[1] is not None and x.shape[1] != self.size):
             raise ValueError(f"discriminator expects NHWC images [N, {self.size}, {self.size}, 3], got {x.shape}")
         acts = {}
         for i, layer in enumerate(self.convs):
-            x = layer(x)
+            x = recompute_blocks(layer, recompute)(x)
             acts[f"convs.{i}"] = x
         x = self.final_conv(self.stddev(x))
         acts["final_conv"] = x
