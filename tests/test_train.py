@@ -99,11 +99,11 @@ def test_no_freeze_trains_everything_with_path_length_freezefc_rgb_structure_and
 def test_recompute_trains_exactly_like_the_plain_step(tiny, tmp_path):
     """--recompute (gradient checkpointing of G and D blocks) changes memory, not results: two runs from the
     same checkpoint, one with it, reach the same G, D and g_ema (structure loss, FreezeSG and mixing on, so
-    the tapped features and the source path go through the recomputed blocks; the first step is also a
-    lazy R1 / path-length step, which runs without it)."""
+    the tapped features and the source path go through the recomputed blocks; step 0 is also a lazy R1 /
+    path-length step, which runs without it)."""
     runs = {}
     for rc in (False, True):
-        cfg = _cfg(tiny, tmp_path / f"run_{rc}", freezeStyle=1, structure_loss=2, mixing=1.0, recompute=rc)
+        cfg = _cfg(tiny, tmp_path / f"run_{rc}", iter=1, freezeStyle=1, structure_loss=2, mixing=1.0, recompute=rc)
         t = Trainer(cfg)
         before = _values(t.g.trainable_variables + t.d.trainable_variables)
         metrics = t.fit()
