@@ -145,3 +145,66 @@ def test_styled_conv_fused_epilogue_equals_layer_by_layer_path(upsample):
 
     for a, b in zip(run("fast"), run("direct")):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input-scaled convolutions (the modulated conv's x * s, recomputed in the backward pass) and the
+# StyledConv epilogue's own gradient, against the direct ops, to second order in every input.
+# ---------------------------------------------------------------------------------------------
+
+def _derivatives_n(fn, inputs):
+    """[y, dL/d each input..., dS/d each input...] with L = sum(y * r), S = sum of |dL/d input|^2."""
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(inputs)
+        with tf.GradientTape() as inner:
+            inner.watch(inputs)
+            y = fn(*inputs)
+            r = tf.cos(tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y)))
+            loss = tf.reduce_sum(y * r)
+        first = inner.gradient(loss, inputs)
+        s = tf.add_n([tf.reduce_sum(tf.square(g)) for g in first])
+    return [y, *first, *outer.gradient(s, inputs)]
+
+
+def _assert_same_n(fast, direct, inputs):
+    for i, (a, b) in enumerate(zip(_derivatives_n(fast, inputs), _derivatives_n(direct, inputs))):
+        if a is None or b is None:  # no path at all on one side: the other side must be exactly zero
+            assert not np.any((b if a is None else a).numpy()), f"output {i}"
+            continue
+        assert a.shape == b.shape, i
+        scale = float(tf.reduce_max(tf.abs(b)))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=3e-5 * max(scale, 1.0), err_msg=f"output {i}")
+
+
+def _xsw(n, h, w, ci, co, seed=0):
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.normal(size=(n, h, w, ci)), tf.float32),
+            tf.constant(rng.uniform(0.5, 1.5, size=(n, ci)), tf.float32),
+            tf.constant(rng.normal(size=(3, 3, ci, co)) / np.sqrt(9 * ci), tf.float32)]
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", SHAPES + [(1, 32, 34, 256, 8)])  # the last one takes Winograd
+def test_conv3x3_scaled_fast_equals_conv2d_of_scaled_input(n, h, w, ci, co):
+    _assert_same_n(lambda x, s, k: C.conv3x3(x, k, "fast", scale=s),
+                   lambda x, s, k: tf.nn.conv2d(x * s[:, None, None, :], k, 1, "SAME"), _xsw(n, h, w, ci, co))
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
+def test_up2_blur_scaled_fast_equals_direct_of_scaled_input(n, h, w, ci, co):
+    _assert_same_n(lambda x, s, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (1, 1), "fast", scale=s),
+                   lambda x, s, k: C.conv_transpose3x3_up2_blur(x * s[:, None, None, :], k, FIR_UP, (1, 1),
+                                                                "direct"), _xsw(n, h, w, ci, co))
+
+
+@pytest.mark.parametrize("noise_batch", [2, 1])
+def test_styled_epilogue_fast_gradient_equals_direct(noise_batch):
+    """The epilogue's hand-written backward pass (from the output's sign, not the pre-activation) against
+    TF's gradients of the direct formula, to second order, incl. a noise map broadcast over the batch."""
+    rng = np.random.default_rng(5)
+    inputs = [tf.constant(rng.normal(size=(2, 6, 5, 4)), tf.float32),      # y
+              tf.constant(rng.uniform(0.5, 2, size=(2, 4)), tf.float32),    # demod
+              tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
+              tf.constant([0.3], tf.float32),                               # strength
+              tf.constant(rng.normal(size=(4,)), tf.float32)]               # bias
+    _assert_same_n(lambda *a: C.styled_epilogue(*a, impl="fast"), lambda *a: C.styled_epilogue(*a, impl="direct"),
+                   inputs)

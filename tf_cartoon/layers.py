@@ -197,10 +197,20 @@ class ModulatedConv2d(_Layer):
         return tf.math.rsqrt(tf.matmul(tf.square(s), tf.reduce_sum(tf.square(weight), axis=[0, 1])) + 1e-8)
 
     def _nonfused(self, x, weight, s):
-        y = self.conv_modulated(x * s[:, None, None, :], weight)
+        y = self.conv_scaled(x, s, weight)
         if self.demodulate:  # a per-channel scale: commutes with the (linear, depthwise) blur
             y = y * self._demod(weight, s)[:, None, None, :]
         return y
+
+    def conv_scaled(self, x, s, weight):
+        """conv_modulated(x * s, weight); the 3x3 (and upsampling 3x3) ops take s separately, so their fast
+        paths keep x instead of x * s for the backward pass (memory)."""
+        k = self.kernel_size
+        if k == 3 and self.upsample:
+            return conv_transpose3x3_up2_blur(x, weight, self.blur_fir, self.blur_pad, scale=s)
+        if k == 3:
+            return conv3x3(x, weight, scale=s)
+        return self.conv_modulated(x * s[:, None, None, :], weight)
 
     def conv_modulated(self, x, weight):
         """The shared convolution (+ upsampling blur) of the non-fused path; x already scaled by s."""
@@ -328,7 +338,7 @@ class StyledConv(_Layer):
         # Same maths, demodulation + noise + bias + activation applied in one fused pass.
         s = conv.modulation(w)
         weight = tf.cast(conv.kernel, x.dtype) * conv.scale
-        y = conv.conv_modulated(x * s[:, None, None, :], weight)
+        y = conv.conv_scaled(x, s, weight)
         if noise is None:
             shape = tf.shape(y)
             noise = tf.random.normal(tf.stack([shape[0], shape[1], shape[2], 1]), dtype=y.dtype)

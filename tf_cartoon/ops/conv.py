@@ -162,11 +162,15 @@ def conv1x1(x, w, stride: int = 1, impl: str = "auto"):
 # Stride-1 3x3 convolution
 # ---------------------------------------------------------------------------------------------
 
-def conv3x3(x, w, impl: str = "auto"):
-    """SAME stride-1 3x3 correlation; x [N, H, W, Ci], w [3, 3, Ci, Co] -> [N, H, W, Co]."""
+def conv3x3(x, w, impl: str = "auto", scale=None):
+    """SAME stride-1 3x3 correlation; x [N, H, W, Ci], w [3, 3, Ci, Co] -> [N, H, W, Co].
+
+    scale [N, Ci] (optional): the correlation of x * scale (a modulated conv's input scaling). The fast path
+    then keeps x, not x * scale, for the backward pass and recomputes the product there: one image-sized
+    tensor less per layer held between the forward and the backward pass."""
     if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None:
-        return tf.nn.conv2d(x, w, 1, "SAME")
-    return _conv3x3_fast(x, w)
+        return tf.nn.conv2d(x if scale is None else x * scale[:, None, None, :], w, 1, "SAME")
+    return _conv3x3_fast(x, w) if scale is None else _conv3x3_scaled_fast(x, scale, w)
 
 
 def _use_winograd(x, w) -> bool:
@@ -177,12 +181,38 @@ def _use_winograd(x, w) -> bool:
 
 @tf.custom_gradient
 def _conv3x3_fast(x, w):
-    y = _winograd_f2x3(x, w) if _use_winograd(x, w) else tf.nn.conv2d(x, w, 1, "SAME")
+    y = _conv3x3_forward(x, w)
 
     def grad(dy):
         dx = _conv3x3_fast(dy, _flip_t(w))
         dw = _tap_matmuls(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
         return dx, dw
+
+    return y, grad
+
+
+def _conv3x3_forward(x, w):
+    return _winograd_f2x3(x, w) if _use_winograd(x, w) else tf.nn.conv2d(x, w, 1, "SAME")
+
+
+def _scaled(x, scale):
+    return x * scale[:, None, None, :]
+
+
+def _scale_grads(dxs, x, scale):
+    """Gradients of x * scale from the gradient dxs of the product: (d x, d scale [N, Ci])."""
+    return _scaled(dxs, scale), tf.reduce_sum(dxs * x, axis=[1, 2])
+
+
+@tf.custom_gradient
+def _conv3x3_scaled_fast(x, scale, w):
+    y = _conv3x3_forward(_scaled(x, scale), w)
+
+    def grad(dy):
+        xs = _scaled(x, scale)  # recomputed: cheaper than keeping it alive since the forward pass
+        dx, dscale = _scale_grads(_conv3x3_fast(dy, _flip_t(w)), x, scale)
+        dw = _tap_matmuls(tf.pad(xs, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
+        return dx, dscale, dw
 
     return y, grad
 
@@ -289,16 +319,33 @@ def _conv_transpose3x3_up2_fast(x, w):
     return y, grad
 
 
+@tf.custom_gradient
+def _conv_transpose3x3_up2_scaled_fast(x, scale, w):
+    """_conv_transpose3x3_up2_fast(x * scale, w), keeping x rather than x * scale for the backward pass."""
+    y = _up2_phases(_scaled(x, scale), w)
+
+    def grad(dy):
+        dx, dscale = _scale_grads(_conv3x3_down2_fast(dy, _swap_io(w)), x, scale)
+        dw = _tap_matmuls(dy, _scaled(x, scale), 3, 2, big_is_input=False)
+        return dx, dscale, dw
+
+    return y, grad
+
+
 def _swap_io(w):
     return tf.transpose(w, [0, 1, 3, 2])
 
 
-def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto"):
+def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto", scale=None):
     """tf.nn.conv2d_transpose(x, w, stride 2, VALID) -> [N, 2H+1, 2W+1, Co], then upfirdn2d(., fir, pad).
 
     x [N, H, W, Ci]; w [3, 3, Ci, Co] in correlation layout (out[2i + k] += x[i] * w[k]).
+    scale [N, Ci] (optional): the same for x * scale, which the fast path recomputes in its backward pass
+    instead of keeping it (see conv3x3).
     """
     if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None:
+        if scale is not None:
+            x = _scaled(x, scale)
         shape = tf.shape(x)
         co = w.shape[-1]
         out_shape = tf.stack([shape[0], 2 * shape[1] + 1, 2 * shape[2] + 1, co])
@@ -306,7 +353,8 @@ def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto"):
         if x.shape[1] is not None and x.shape[2] is not None:
             y = tf.ensure_shape(y, [x.shape[0], 2 * x.shape[1] + 1, 2 * x.shape[2] + 1, co])
         return upfirdn2d(y, fir, pad=pad)
-    y = _conv_transpose3x3_up2_fast(x, w)  # 2H+2 rows: the 2H+1 true ones and a zero row
+    # 2H+2 rows: the 2H+1 true ones and a zero row
+    y = _conv_transpose3x3_up2_fast(x, w) if scale is None else _conv_transpose3x3_up2_scaled_fast(x, scale, w)
     # The blur pads the 2H+1 rows by pad1 at the end; one of those zeros is already there.
     (px0, px1), (py0, py1) = _pads(pad)
     return upfirdn2d(y, fir, pad=(px0, px1 - 1, py0, py1 - 1))
@@ -328,11 +376,39 @@ def _styled_epilogue(y, demod, noise, strength, bias):
     return tf.nn.leaky_relu(z, 0.2) * tf.cast(np.sqrt(2.0), z.dtype)
 
 
+@tf.function(jit_compile=True, autograph=False)
+def _styled_epilogue_grad(dout, out, y, demod, noise, strength):
+    # out > 0 exactly where the pre-activation z > 0 (leaky ReLU keeps the sign), so the backward pass
+    # needs only the output (the next layer's input, kept anyway) and y, never z itself.
+    dz = tf.where(out > 0, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(np.sqrt(2.0), dout.dtype)
+    dy = dz * demod[:, None, None, :]
+    ddemod = tf.reduce_sum(dz * y, axis=[1, 2])
+    dnoise = tf.reduce_sum(dz, axis=-1, keepdims=True) * strength
+    if noise.shape[0] == 1 and dnoise.shape[0] != 1:  # one noise map broadcast over the batch
+        dnoise = tf.reduce_sum(dnoise, axis=0, keepdims=True)
+    dstrength = tf.reshape(tf.reduce_sum(dz * noise), [1])
+    dbias = tf.reduce_sum(dz, axis=[0, 1, 2])
+    return dy, ddemod, dnoise, dstrength, dbias
+
+
+@tf.custom_gradient
+def _styled_epilogue_fast(y, demod, noise, strength, bias):
+    out = _styled_epilogue(y, demod, noise, strength, bias)
+
+    def grad(dout):
+        return _styled_epilogue_grad(dout, out, y, demod, noise, strength)
+
+    return out, grad
+
+
 def styled_epilogue(y, demod, noise, strength, bias, impl: str = "auto"):
     """lrelu(y * demod + strength * noise + bias, 0.2) * sqrt(2): demodulation, noise injection and the
     fused bias + leaky ReLU of a StyledConv in ONE pass over the feature map (XLA fuses it) instead of
-    four. y [N, H, W, C], demod [N, C], noise [N or 1, H, W, 1], strength [1], bias [C]."""
+    four, and a backward pass that keeps y and the output only (not the pre-activation).
+    y [N, H, W, C], demod [N, C], noise [N or 1, H, W, 1], strength [1], bias [C]."""
     if resolve(impl) == "direct":
         z = y * demod[:, None, None, :] + strength * noise + bias
         return tf.nn.leaky_relu(z, 0.2) * tf.cast(np.sqrt(2.0), z.dtype)
-    return _styled_epilogue(y, demod, noise, strength, bias)
+    if y.shape[0] is None or noise.shape[0] is None:  # the noise gradient's broadcast needs static batches
+        return _styled_epilogue(y, demod, noise, strength, bias)
+    return _styled_epilogue_fast(y, demod, noise, strength, bias)
