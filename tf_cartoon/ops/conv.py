@@ -183,12 +183,12 @@ def _use_winograd(x, w) -> bool:
 def _conv3x3_fast(x, w):
     y = _conv3x3_forward(x, w)
 
-    def grad(dy):
-        dx = _conv3x3_fast(dy, _flip_t(w))
-        dw = _tap_matmuls(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
-        return dx, dw
+    return y, lambda dy: _conv3x3_backward(x, dy, w)
 
-    return y, grad
+
+def _conv3x3_backward(x, dy, w):
+    """(dx, dw) of the stride-1 3x3 conv of x: the adjoint conv, and one matmul per tap."""
+    return _conv3x3_fast(dy, _flip_t(w)), _tap_matmuls(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
 
 
 def _conv3x3_forward(x, w):
@@ -209,10 +209,9 @@ def _conv3x3_scaled_fast(x, scale, w):
     y = _conv3x3_forward(_scaled(x, scale), w)
 
     def grad(dy):
-        xs = _scaled(x, scale)  # recomputed: cheaper than keeping it alive since the forward pass
-        dx, dscale = _scale_grads(_conv3x3_fast(dy, _flip_t(w)), x, scale)
-        dw = _tap_matmuls(tf.pad(xs, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
-        return dx, dscale, dw
+        # x * scale recomputed: cheaper than keeping it alive since the forward pass
+        dxs, dw = _conv3x3_backward(_scaled(x, scale), dy, w)
+        return (*_scale_grads(dxs, x, scale), dw)
 
     return y, grad
 
@@ -311,12 +310,13 @@ def _conv_transpose3x3_up2_fast(x, w):
     """out[2i + k] += x[i] w[k], as [N, 2H+2, 2W+2, Co] (last row/col zero); w [3, 3, Ci, Co]."""
     y = _up2_phases(x, w)
 
-    def grad(dy):
-        dx = _conv3x3_down2_fast(dy, _swap_io(w))  # reads rows 0..2H only: the zero row gets no gradient
-        dw = _tap_matmuls(dy, x, 3, 2, big_is_input=False)
-        return dx, dw
+    return y, lambda dy: _up2_backward(x, dy, w)
 
-    return y, grad
+
+def _up2_backward(x, dy, w):
+    """(dx, dw) of the stride-2 transposed conv of x: the strided conv (it reads rows 0..2H only, so the
+    zero row gets no gradient), and one matmul per tap."""
+    return _conv3x3_down2_fast(dy, _swap_io(w)), _tap_matmuls(dy, x, 3, 2, big_is_input=False)
 
 
 @tf.custom_gradient
@@ -325,9 +325,8 @@ def _conv_transpose3x3_up2_scaled_fast(x, scale, w):
     y = _up2_phases(_scaled(x, scale), w)
 
     def grad(dy):
-        dx, dscale = _scale_grads(_conv3x3_down2_fast(dy, _swap_io(w)), x, scale)
-        dw = _tap_matmuls(dy, _scaled(x, scale), 3, 2, big_is_input=False)
-        return dx, dscale, dw
+        dxs, dw = _up2_backward(_scaled(x, scale), dy, w)
+        return (*_scale_grads(dxs, x, scale), dw)
 
     return y, grad
 

@@ -264,16 +264,18 @@ class Trainer:
         # forward's activations, for the same arithmetic.
         with tf.GradientTape() as tape:
             real_pred = _f32(self.d(real_aug, recompute=self.cfg.recompute))
-            scaled = tf.reduce_mean(tf.nn.softplus(-real_pred)) / self.replicas  # (division inside the tape)
+            real_loss = losses.d_logistic_real_term(real_pred)
+            scaled = real_loss / self.replicas  # (inside the tape: the division must be recorded)
         real_grads = tape.gradient(scaled, self.d_train_vars)
         with tf.control_dependencies([g for g in real_grads if g is not None]):
             fake = tf.identity(fake)
         with tf.GradientTape() as tape:
             fake_pred = _f32(self.d(fake, recompute=self.cfg.recompute))
-            scaled = tf.reduce_mean(tf.nn.softplus(fake_pred)) / self.replicas
+            fake_loss = losses.d_logistic_fake_term(fake_pred)
+            scaled = fake_loss / self.replicas
         fake_grads = tape.gradient(scaled, self.d_train_vars)
         grads = [a if b is None else b if a is None else a + b for a, b in zip(real_grads, fake_grads)]
-        loss = losses.d_logistic_loss(real_pred, fake_pred)
+        loss = real_loss + fake_loss  # = losses.d_logistic_loss(real_pred, fake_pred)
         metrics = {"d_loss": loss, "real_score": tf.reduce_mean(real_pred), "fake_score": tf.reduce_mean(fake_pred)}
         return grads, metrics, real_pred
 
