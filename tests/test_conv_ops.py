@@ -60,7 +60,7 @@ def test_winograd_f2x3_odd_size_value():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 7, 5, 3)), tf.float32)
     w = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
-    np.testing.assert_allclose(C._winograd_f2x3(x, w).numpy(), tf.nn.conv2d(x, w, 1, "SAME").numpy(), atol=1e-4)
+    np.testing.assert_allclose(C._winograd_f2x3(x, w, False).numpy(), tf.nn.conv2d(x, w, 1, "SAME").numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
@@ -208,3 +208,62 @@ def test_styled_epilogue_fast_gradient_equals_direct(noise_batch):
               tf.constant(rng.normal(size=(4,)), tf.float32)]               # bias
     _assert_same_n(lambda *a: C.styled_epilogue(*a, impl="fast"), lambda *a: C.styled_epilogue(*a, impl="direct"),
                    inputs)
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", [(2, 9, 7, 5, 3), (1, 8, 6, 3, 4)])
+def test_filter_gradient_in_row_bands_equals_direct(monkeypatch, n, h, w, ci, co):
+    """The filter gradients run over bands of output rows (band-sized copies); with a band of one or two
+    rows, every band boundary (halo rows, zero rows past the edges, odd sizes at stride 2) is exercised, for
+    all four fast ops to second order."""
+    monkeypatch.setattr(C, "FILTER_GRAD_BAND_BYTES", 1)  # one output row per band
+    scaled = lambda x, s: x * s[:, None, None, :]  # noqa: E731
+    _assert_same_n(lambda x, s, k: C.conv3x3(x, k, "fast", scale=s),
+                   lambda x, s, k: tf.nn.conv2d(scaled(x, s), k, 1, "SAME"), _xsw(n, h, w, ci, co))
+    _assert_same_n(lambda x, s, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (1, 1), "fast", scale=s),
+                   lambda x, s, k: C.conv_transpose3x3_up2_blur(scaled(x, s), k, FIR_UP, (1, 1), "direct"),
+                   _xsw(n, h, w, ci, co))
+    monkeypatch.setattr(C, "FILTER_GRAD_BAND_BYTES", 2 * (n * 2 * (w + 2) * ci * 4))  # two rows per band
+    _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"),
+                 (n, h, w, ci), (3, 3, ci, co))
+    _assert_same(lambda x, k: C.conv3x3_down2(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 2, "VALID"),
+                 (n, h, w, ci), (3, 3, ci, co))
+    _assert_same(lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (2, 1, 1, 2), "fast"),
+                 lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (2, 1, 1, 2), "direct"),
+                 (n, h, w, ci), (3, 3, ci, co))
+
+
+def test_band_count_is_capped():
+    """Huge images still make at most _MAX_BANDS bands (graph size), each covering whole rows."""
+    x, dy = tf.zeros([1, 70, 3, 1]), tf.zeros([1, 70, 3, 1])
+    graph = tf.function(lambda a, b: C._tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
+    matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
+    assert len(matmuls) == 1  # 70 rows of 12 bytes: one band under the default budget
+    old = C.FILTER_GRAD_BAND_BYTES
+    try:
+        C.FILTER_GRAD_BAND_BYTES = 1
+        graph = tf.function(lambda a, b: C._tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
+    finally:
+        C.FILTER_GRAD_BAND_BYTES = old
+    matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
+    assert len(matmuls) == -(-70 // -(-70 // C._MAX_BANDS))  # rows per band = ceil(70 / 32) = 3 -> 24 bands
+
+
+@pytest.mark.parametrize("band_bytes", [1, 16 * 4 * 18 * 256 * 4 * 3])  # 2-row bands; 6-row bands
+def test_winograd_in_row_bands_equals_conv2d(monkeypatch, band_bytes):
+    """Large Winograd convs run band by band (one compiled call per band of rows, a halo row each side);
+    odd height and width, the last band shorter: values and gradients to second order."""
+    monkeypatch.setattr(C, "WINOGRAD_BAND_BYTES", band_bytes)
+    x_shape, w_shape = (2, 33, 35, 256), (3, 3, 256, 4)
+    assert C._use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
+    graph = tf.function(C._winograd).get_concrete_function(tf.zeros(x_shape), tf.zeros(w_shape)).graph
+    assert len([op for op in graph.get_operations() if op.type in ("StatefulPartitionedCall",
+                                                                    "PartitionedCall")]) > 2  # several bands
+    _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
+
+
+@pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
+def test_conv1x1_scaled_fast_equals_conv2d_of_scaled_input(n, h, w, ci, co):
+    """ToRGB's modulated 1x1 conv keeps x, not x * scale: values and gradients to second order."""
+    x, s, k = _xsw(n, h, w, ci, co)
+    _assert_same_n(lambda x, s, k: C.conv1x1(x, k, impl="fast", scale=s),
+                   lambda x, s, k: tf.nn.conv2d(x * s[:, None, None, :], k, 1, "VALID"), [x, s, k[1:2, 1:2]])

@@ -325,6 +325,7 @@ def bench_g_forward(cfg: Config):
 def bench_train_step(cfg: Config):
     """One training iteration (D step + G step, no lazy R1 / path length) through the real Trainer,
     from a seeded random checkpoint of the benchmarked architecture; D and G parts reported too."""
+    import gc
     import resource
     import tempfile
 
@@ -341,6 +342,10 @@ def bench_train_step(cfg: Config):
         ckpt = store.write_converted(store.Checkpoint(config={"generator": g.get_config(),
                                                               "discriminator": d.get_config()},
                                                       g_ema=g, d=d), os.path.join(tmp, "ckpt"))
+        # The trainer loads its own copies: peak memory is the trainer's, not these (nor the cached G's).
+        del g, d
+        _MODELS.clear()
+        gc.collect()
         trainer = Trainer(TrainConfig(ckpt=ckpt, data="synthetic:blobs", workdir=os.path.join(tmp, "run"),
                                       batch=cfg.batch, xla="on" if cfg.xla else "off", fused_modconv=cfg.fused,
                                       recompute=cfg.recompute, seed=cfg.seed), tf.distribute.get_strategy()

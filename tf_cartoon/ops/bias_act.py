@@ -4,8 +4,8 @@
 along the LAST axis (channels in NHWC, features in ``[N, F]``).
 
 The ``"ref"`` path spells the definition with ``tf.where``; the ``"tf"`` (= ``"xla"``) path
-uses ``tf.nn.leaky_relu`` (one fused kernel, XLA fuses both). Both are plain TF and
-differentiable to any order (R1 and path length need grad-of-grad). ``"custom"`` is the
+uses ``tf.nn.leaky_relu`` (one fused kernel, XLA fuses both) with a backward pass that keeps a bool
+mask of the pre-activation's sign, not the pre-activation. Both are plain TF and differentiable to any order (R1 and path length need grad-of-grad). ``"custom"`` is the
 compiled op (custom_ops/bias_act.cc / .cu: one pass over memory), with registered
 gradients to any order; ``"auto"`` picks through tf_cartoon/ops/dispatch.py.
 """
@@ -45,16 +45,56 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha: float = 0.2, gain: float |
     if path == "custom":
         from tf_cartoon.ops import custom
         return custom.bias_act(x, bias, act, alpha, gain)
+    if act == "lrelu" and path != "ref":
+        return _lrelu_from_output(x, bias, alpha, gain)
     if bias is not None:
         x = x + bias
     if act == "lrelu":
-        if path == "ref":
-            x = tf.where(x >= 0, x, x * alpha)
-        else:
-            x = tf.nn.leaky_relu(x, alpha)
+        x = tf.where(x >= 0, x, x * alpha)
     if gain != 1.0:
         x = x * tf.cast(gain, x.dtype)
     return x
+
+
+def _lrelu_from_output(x, bias, alpha, gain):
+    """leaky_relu(x + bias, alpha) * gain whose backward pass keeps only the sign of the pre-activation, as a
+    bool mask (a quarter of a float32 tensor), not the pre-activation itself as TF's LeakyReluGrad would.
+    A discriminator layer's output is kept anyway only where the next conv needs its weight gradient (the
+    D step); in the G step (gradients reach the image only) each layer then keeps a mask, not a float map.
+    The backward pass is plain TF, so it is differentiable again (R1, path length)."""
+    def forward(x, bias):
+        z = x if bias is None else x + bias
+        out = tf.nn.leaky_relu(z, alpha)
+        return (out * tf.cast(gain, out.dtype) if gain != 1.0 else out), z > 0
+
+    def dz_from(dy, positive, b=None):
+        slope = tf.cast(alpha, dy.dtype)
+        if b is not None:
+            # The bias reaches the input gradient only through the mask (zero derivative), but R1 must still
+            # give every bias a (zero) gradient, as the compiled op and TF's LeakyReluGrad do; a scalar tie
+            # costs nothing (the multiply is there anyway), unlike keeping the pre-activation.
+            slope = slope + tf.cast(0.0, dy.dtype) * tf.reduce_sum(b)
+        return tf.where(positive, dy, dy * slope) * tf.cast(gain, dy.dtype)
+
+    if bias is None:
+        @tf.custom_gradient
+        def act(x):
+            out, positive = forward(x, None)
+            return out, lambda dy: dz_from(dy, positive)
+
+        return act(x)
+
+    @tf.custom_gradient
+    def act_bias(x, b):
+        out, positive = forward(x, b)
+
+        def grad(dy):
+            dz = dz_from(dy, positive, b)
+            return dz, tf.reduce_sum(dz, axis=list(range(dz.shape.rank - 1)))
+
+        return out, grad
+
+    return act_bias(x, tf.convert_to_tensor(bias))
 
 
 def fused_leaky_relu(x, bias, negative_slope: float = 0.2, scale: float = SQRT2, impl: str = "auto"):

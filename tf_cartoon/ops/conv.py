@@ -114,22 +114,61 @@ def _window(x, top, left, h, w):
     return x[:, top: top + h, left: left + w]
 
 
-def _tap_matmuls(big, small, k, stride, big_is_input=True):
-    """Filter gradient [k, k, Ci, Co] as one matmul per tap (stride 1 or 2).
+# The filter gradient goes over bands of output rows so that its copies (padded input, tap windows, scaled
+# input) are band-sized, not image-sized: at 256 px a full-size copy is 128 MB per 4 images, and a layer's
+# backward pass used to hold three of them next to everything the forward pass kept. A band of the padded
+# input is at most this many bytes (the band count is capped so graphs stay small).
+FILTER_GRAD_BAND_BYTES = 16 * 2 ** 20
+_MAX_BANDS = 32
 
-    big_is_input: big = the (padded) input [N, H, W, Ci], small = dy [N, Ho, Wo, Co]; tap (a, b) pairs
-      big[s*i + a, s*j + b] with small[i, j] (a VALID strided correlation).
-    else (transposed conv): big = dy [N, s*H+.., .., Co], small = the input [N, H, W, Ci].
+
+def _rows(x, start, stop, col_pad):
+    """Rows [start, stop) of x [N, H, W, C], zero rows where outside [0, H); columns zero-padded by col_pad."""
+    h = x.shape[1]
+    lo, hi = max(start, 0), min(stop, h)
+    part = x if (lo, hi) == (0, h) else x[:, lo:hi]
+    top, bottom = lo - start, stop - hi
+    if top or bottom or col_pad:
+        part = tf.pad(part, [[0, 0], [top, bottom], [col_pad, col_pad], [0, 0]])
+    return part
+
+
+def _tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
+    """Filter gradient [k, k, Ci, Co] as one matmul per tap (stride 1 or 2), band by band.
+
+    big [N, Hb, Wb, Cb], read as if zero-padded by ``pad`` on each spatial side; small [N, Ho, Wo, Cs]; tap
+    (a, b) pairs padded big[s*i + a, s*j + b] with small[i, j] (a VALID strided correlation).
+    big_is_input: big is the input (Ci), small the output gradient dy (Co); else (transposed conv) big is dy,
+      small the input.
+    scale [N, Ci] (optional): the input side is x * scale (modulated convs), multiplied in band by band.
     """
-    ho, wo = small.shape[1], small.shape[2]
+    n, ho, wo = small.shape[0], small.shape[1], small.shape[2]
+    row_bytes = (n or 1) * stride * (big.shape[2] + 2 * pad) * big.shape[-1] * big.dtype.size
+    band = max(1, FILTER_GRAD_BAND_BYTES // row_bytes, -(-ho // _MAX_BANDS))
+    total, last = None, []
+    for r0 in range(0, ho, band):
+        r1 = min(r0 + band, ho)
+        # Each band (and each tap's window copy below) waits for the previous matmul: in a graph all copies
+        # would otherwise be ready at once and live together; the matmuls use every core anyway.
+        with tf.control_dependencies(last):
+            big_b = _rows(big, stride * r0 - pad, stride * (r1 - 1) + k - pad, pad)
+            small_b = small if (r0, r1) == (0, ho) else small[:, r0:r1]
+        if scale is not None:
+            if big_is_input:
+                big_b = _scaled(big_b, scale)
+            else:
+                small_b = _scaled(small_b, scale)
+        taps, last = _band_taps(big_b, small_b, k, stride, big_is_input, r1 - r0, wo, last)
+        total = taps if total is None else total + taps
+    return total
+
+
+def _band_taps(big, small, k, stride, big_is_input, ho, wo, last):
     small2 = tf.reshape(small, [-1, small.shape[-1]])
     phases = _phases(big) if stride == 2 else None
-    taps, last = [], []
+    taps = []
     for a in range(k):
         for b in range(k):
-            # Each window is a copy as large as the image: in a graph all k*k copies would be ready at once
-            # and live together (9 x the activation at 256 px); chaining each copy after the previous tap's
-            # matmul keeps one alive at a time (the matmuls use every core anyway).
             with tf.control_dependencies(last):
                 if stride == 2:
                     part = _window(phases[(a % 2, b % 2)], a // 2, b // 2, ho, wo)
@@ -139,23 +178,47 @@ def _tap_matmuls(big, small, k, stride, big_is_input=True):
             taps.append(tf.matmul(part, small2, transpose_a=True) if big_is_input
                         else tf.matmul(small2, part, transpose_a=True))
             last = [taps[-1]]
-    return tf.reshape(tf.stack(taps), [k, k, *taps[0].shape])
+    return tf.reshape(tf.stack(taps), [k, k, *taps[0].shape]), last
 
 
 # ---------------------------------------------------------------------------------------------
 # 1x1 convolution
 # ---------------------------------------------------------------------------------------------
 
-def conv1x1(x, w, stride: int = 1, impl: str = "auto"):
+def conv1x1(x, w, stride: int = 1, impl: str = "auto", scale=None):
     """VALID 1x1 convolution with stride 1 or 2; x [N, H, W, Ci], w [1, 1, Ci, Co]. The fast path is a
     matmul over the (subsampled) pixels: its gradients are matmuls too, where TF's CPU filter gradient
-    of a 1x1 convolution over a large image is slow."""
+    of a 1x1 convolution over a large image is slow.
+
+    scale [N, Ci] (optional, stride 1): the convolution of x * scale (ToRGB's modulation); the fast path keeps
+    x, not x * scale, for the backward pass (see conv3x3)."""
     if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None or stride not in (1, 2):
-        return tf.nn.conv2d(x, w, stride, "VALID")
+        return tf.nn.conv2d(x if scale is None else _scaled(x, scale), w, stride, "VALID")
+    if scale is not None:
+        if stride != 1:
+            raise ValueError("conv1x1: scale needs stride 1")
+        return _conv1x1_scaled_fast(x, scale, w)
     if stride == 2:
         x = _phases(x)[(0, 0)]
     y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(w, w.shape[2:]))
     return tf.reshape(y, [-1, x.shape[1], x.shape[2], w.shape[-1]])
+
+
+@tf.custom_gradient
+def _conv1x1_scaled_fast(x, scale, w):
+    h, wd, ci, co = x.shape[1], x.shape[2], x.shape[3], w.shape[-1]
+    w2 = tf.reshape(w, [ci, co])
+    y = tf.reshape(tf.matmul(tf.reshape(_scaled(x, scale), [-1, ci]), w2), [-1, h, wd, co])
+
+    def grad(dy):
+        dxs = tf.reshape(tf.matmul(tf.reshape(dy, [-1, co]), w2, transpose_b=True), [-1, h, wd, ci])
+        dx, dscale = _scale_grads(dxs, x, scale)
+        # sum over samples of scale_n * (x_n^T dy_n): per-sample [Ci, Co] products, then the scales
+        per_sample = tf.matmul(tf.reshape(x, [-1, h * wd, ci]), tf.reshape(dy, [-1, h * wd, co]), transpose_a=True)
+        dw = tf.reduce_sum(scale[:, :, None] * per_sample, axis=0)
+        return dx, dscale, tf.reshape(dw, [1, 1, ci, co])
+
+    return y, grad
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,21 +249,28 @@ def _conv3x3_fast(x, w):
     return y, lambda dy: _conv3x3_backward(x, dy, w)
 
 
-def _conv3x3_backward(x, dy, w):
-    """(dx, dw) of the stride-1 3x3 conv of x: the adjoint conv, and one matmul per tap."""
-    return _conv3x3_fast(dy, _flip_t(w)), _tap_matmuls(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), dy, 3, 1)
+def _conv3x3_backward(x, dy, w, scale=None):
+    """(dx, dw) of the stride-1 3x3 conv of x (of x * scale when given: then dx is the gradient of x and a
+    third output the gradient of scale): the adjoint conv, and one matmul per tap."""
+    dxs = _conv3x3_fast(dy, _flip_t(w))
+    dw = _tap_matmuls(x, dy, 3, 1, pad=1, scale=scale)
+    if scale is None:
+        return dxs, dw
+    return (*_scale_grads(dxs, x, scale), dw)
 
 
 def _conv3x3_forward(x, w):
-    return _winograd_f2x3(x, w) if _use_winograd(x, w) else tf.nn.conv2d(x, w, 1, "SAME")
+    return _winograd(x, w) if _use_winograd(x, w) else tf.nn.conv2d(x, w, 1, "SAME")
 
 
 def _scaled(x, scale):
     return x * scale[:, None, None, :]
 
 
+@tf.function(jit_compile=True, autograph=False)
 def _scale_grads(dxs, x, scale):
-    """Gradients of x * scale from the gradient dxs of the product: (d x, d scale [N, Ci])."""
+    """Gradients of x * scale from the gradient dxs of the product: (d x, d scale [N, Ci]), in one compiled
+    pass (no image-sized dxs * x temporary)."""
     return _scaled(dxs, scale), tf.reduce_sum(dxs * x, axis=[1, 2])
 
 
@@ -208,12 +278,8 @@ def _scale_grads(dxs, x, scale):
 def _conv3x3_scaled_fast(x, scale, w):
     y = _conv3x3_forward(_scaled(x, scale), w)
 
-    def grad(dy):
-        # x * scale recomputed: cheaper than keeping it alive since the forward pass
-        dxs, dw = _conv3x3_backward(_scaled(x, scale), dy, w)
-        return (*_scale_grads(dxs, x, scale), dw)
-
-    return y, grad
+    # x * scale is not kept: the filter gradient scales its bands of x, the input gradient needs w only
+    return y, lambda dy: _conv3x3_backward(x, dy, w, scale)
 
 
 def _winograd_tiles(v, axis, n_tiles):
@@ -228,25 +294,58 @@ def _winograd_tiles(v, axis, n_tiles):
     return [r0 - r2, r1 + r2, r2 - r1, r1 - r3]
 
 
+# The transformed tiles of the whole image are 4x the input and the 16 products 4x the output (at 128 px, 256
+# channels and 4 images: a 0.5 GB temporary inside the compiled function). Above this size the image goes
+# through in bands of rows, one compiled call per band, each waiting for the previous one.
+WINOGRAD_BAND_BYTES = 32 * 2 ** 20
+
+
+def _winograd(x, w):
+    """SAME 3x3 correlation by Winograd F(2x2, 3x3), in row bands when the whole image's transforms would be
+    larger than WINOGRAD_BAND_BYTES."""
+    n, h, wd, ci = x.shape
+    per_row_pair = 16 * (n or 1) * ((wd + 1) // 2) * max(ci, w.shape[-1]) * x.dtype.size
+    rows = 2 * max(1, WINOGRAD_BAND_BYTES // per_row_pair, -(-h // (2 * _MAX_BANDS)))
+    if n is None or rows >= h:
+        return _winograd_f2x3(x, w, False)
+    bands, last = [], []
+    for r0 in range(0, h, rows):
+        r1 = min(r0 + rows, h)
+        with tf.control_dependencies(last):
+            xb = _rows(x, r0 - 1, r1 + 1, 0)  # the band and one halo row each side (zero at the edges)
+        bands.append(_winograd_f2x3(xb, w, True))
+        last = [bands[-1]]
+    return tf.concat(bands, axis=1)
+
+
 @tf.function(jit_compile=True, autograph=False)
-def _winograd_f2x3(x, w):
+def _winograd_f2x3(x, w, halo):
+    """halo=False: SAME correlation of x. halo=True: x carries one extra row above and below (VALID along
+    rows, SAME along columns): the output has two rows fewer than x."""
     _, h, wd, ci = x.shape
-    co = w.shape[-1]
-    th, tw = (h + 1) // 2, (wd + 1) // 2  # tiles per axis; odd sizes are padded to even, then cropped
-    xp = tf.pad(x, [[0, 0], [1, 1 + 2 * th - h], [1, 1 + 2 * tw - wd], [0, 0]])
+    ho = h - 2 if halo else h
+    th, tw = (ho + 1) // 2, (wd + 1) // 2  # tiles per axis; odd sizes are padded to even, then cropped
+    top = 0 if halo else 1
+    xp = tf.pad(x, [[0, 0], [top, 2 * th + 2 - h - top], [1, 1 + 2 * tw - wd], [0, 0]])
+    g = tf.constant(_G, w.dtype)
+    u = tf.reshape(tf.einsum("ai,ijcd,bj->abcd", g, w, g), [16, ci, w.shape[-1]])  # G g G^T
+    y = _winograd_band(xp, u, th, tw)
+    return y[:, :ho, :wd] if (2 * th != ho or 2 * tw != wd) else y
+
+
+def _winograd_band(xp, u, th, tw):
+    """Output rows [N, 2 th, 2 tw, Co] of th tile rows from their padded input rows xp [N, 2 th + 2, ., Ci]."""
+    ci, co = u.shape[1], u.shape[2]
     d = []
     for v in _winograd_tiles(xp, 1, th):
         d += _winograd_tiles(v, 2, tw)
     d = tf.reshape(tf.stack(d), [16, -1, ci])  # [16, N*th*tw, Ci]
-    g = tf.constant(_G, w.dtype)
-    u = tf.reshape(tf.einsum("ai,ijcd,bj->abcd", g, w, g), [16, ci, co])  # G g G^T
     m = tf.reshape(tf.matmul(d, u), [4, 4, -1, th, tw, co])  # [4 (row), 4 (col), N, th, tw, Co]
     # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
     t0, t1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
     y = tf.concat([t0[0] + t0[1] + t0[2], t0[1] - t0[2] - t0[3],
                    t1[0] + t1[1] + t1[2], t1[1] - t1[2] - t1[3]], axis=-1)  # [N, th, tw, 4*Co]
-    y = tf.nn.depth_to_space(y, 2)  # channel blocks (0,0), (0,1), (1,0), (1,1) -> 2x2 pixels
-    return y[:, :h, :wd] if (2 * th != h or 2 * tw != wd) else y
+    return tf.nn.depth_to_space(y, 2)  # channel blocks (0,0), (0,1), (1,0), (1,1) -> 2x2 pixels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,10 +412,15 @@ def _conv_transpose3x3_up2_fast(x, w):
     return y, lambda dy: _up2_backward(x, dy, w)
 
 
-def _up2_backward(x, dy, w):
-    """(dx, dw) of the stride-2 transposed conv of x: the strided conv (it reads rows 0..2H only, so the
-    zero row gets no gradient), and one matmul per tap."""
-    return _conv3x3_down2_fast(dy, _swap_io(w)), _tap_matmuls(dy, x, 3, 2, big_is_input=False)
+def _up2_backward(x, dy, w, scale=None):
+    """(dx, dw) of the stride-2 transposed conv of x (of x * scale: then (dx, dscale, dw), see
+    _conv3x3_backward): the strided conv (it reads rows 0..2H only, so the zero row gets no gradient), and one
+    matmul per tap."""
+    dxs = _conv3x3_down2_fast(dy, _swap_io(w))
+    dw = _tap_matmuls(dy, x, 3, 2, big_is_input=False, scale=scale)
+    if scale is None:
+        return dxs, dw
+    return (*_scale_grads(dxs, x, scale), dw)
 
 
 @tf.custom_gradient
@@ -324,11 +428,7 @@ def _conv_transpose3x3_up2_scaled_fast(x, scale, w):
     """_conv_transpose3x3_up2_fast(x * scale, w), keeping x rather than x * scale for the backward pass."""
     y = _up2_phases(_scaled(x, scale), w)
 
-    def grad(dy):
-        dxs, dw = _up2_backward(_scaled(x, scale), dy, w)
-        return (*_scale_grads(dxs, x, scale), dw)
-
-    return y, grad
+    return y, lambda dy: _up2_backward(x, dy, w, scale)
 
 
 def _swap_io(w):
@@ -376,12 +476,19 @@ def _styled_epilogue(y, demod, noise, strength, bias):
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _styled_epilogue_grad(dout, out, y, demod, noise, strength):
-    # out > 0 exactly where the pre-activation z > 0 (leaky ReLU keeps the sign), so the backward pass
-    # needs only the output (the next layer's input, kept anyway) and y, never z itself.
-    dz = tf.where(out > 0, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(np.sqrt(2.0), dout.dtype)
+def _styled_epilogue_grad(dout, out, demod, noise, strength, bias):
+    # The backward pass reads the output only (the next layer's input, kept anyway): out > 0 exactly where
+    # the pre-activation z > 0 (leaky ReLU keeps the sign), the leaky ReLU is inverted to get z, and
+    # y = (z - strength * noise - bias) / demod (demod = rsqrt(. + 1e-8) > 0). Neither z nor y is kept between
+    # the passes: two image-sized tensors less per styled conv. y is rebuilt in float32 (mixed precision).
+    gain = np.sqrt(2.0)
+    pos = out > 0
+    dz = tf.where(pos, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(gain, dout.dtype)
     dy = dz * demod[:, None, None, :]
-    ddemod = tf.reduce_sum(dz * y, axis=[1, 2])
+    f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731
+    z = f32(out) * tf.where(pos, np.float32(1.0 / gain), np.float32(1.0 / (0.2 * gain)))
+    y = (z - f32(strength) * f32(noise) - f32(bias)) / f32(demod)[:, None, None, :]
+    ddemod = tf.cast(tf.reduce_sum(f32(dz) * y, axis=[1, 2]), demod.dtype)
     dnoise = tf.reduce_sum(dz, axis=-1, keepdims=True) * strength
     if noise.shape[0] == 1 and dnoise.shape[0] != 1:  # one noise map broadcast over the batch
         dnoise = tf.reduce_sum(dnoise, axis=0, keepdims=True)
@@ -395,7 +502,7 @@ def _styled_epilogue_fast(y, demod, noise, strength, bias):
     out = _styled_epilogue(y, demod, noise, strength, bias)
 
     def grad(dout):
-        return _styled_epilogue_grad(dout, out, y, demod, noise, strength)
+        return _styled_epilogue_grad(dout, out, demod, noise, strength, bias)
 
     return out, grad
 
@@ -403,7 +510,7 @@ def _styled_epilogue_fast(y, demod, noise, strength, bias):
 def styled_epilogue(y, demod, noise, strength, bias, impl: str = "auto"):
     """lrelu(y * demod + strength * noise + bias, 0.2) * sqrt(2): demodulation, noise injection and the
     fused bias + leaky ReLU of a StyledConv in ONE pass over the feature map (XLA fuses it) instead of
-    four, and a backward pass that keeps y and the output only (not the pre-activation).
+    four, and a backward pass that keeps the output only (neither y nor the pre-activation).
     y [N, H, W, C], demod [N, C], noise [N or 1, H, W, 1], strength [1], bias [C]."""
     if resolve(impl) == "direct":
         z = y * demod[:, None, None, :] + strength * noise + bias

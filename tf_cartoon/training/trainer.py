@@ -25,6 +25,7 @@ Known, documented deviations from the reference (the method's intent, not its bu
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -99,6 +100,10 @@ class Trainer:
             self._build(cfg, start, gen_cfg, dis_cfg, source_path, needs_source)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
+        # The loaded checkpoint's networks (copied into ours) are as large as G and D together; Keras
+        # models hold reference cycles, so without a collection they would stay through training.
+        del start
+        gc.collect()
 
         self.g_train_vars = freeze.generator_trainable(self.g, cfg.freezeG)
         self.d_train_vars = freeze.discriminator_trainable(self.d, cfg.freezeD)
@@ -253,22 +258,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def _d_compute(self, real, step):
         b = self.per_replica_batch
-        z1, z2, mixed, inject, src_inject = self._latents(step, _D, b)
-        w = self._fake_wplus(z1, z2, mixed, inject, src_inject, for_d=True)
-        fake = tf.stop_gradient(_f32(self.g.synthesis(w, self._noise(step, _D, b)).image))
-        fake = self._augment(fake, step, _AUG_D)
-        real_aug = self._augment(real, step, _AUG_D + 100)
         # The logistic loss is a sum of a real and a fake term, so its gradient is the sum of two backward
-        # passes. Running them one after the other (the fake forward waits for the real gradients) keeps
-        # one set of D activations alive instead of two: the D step's peak memory drops by about one D
-        # forward's activations, for the same arithmetic.
+        # passes. They run one after the other, and the fakes are generated between them (everything below
+        # the real gradients waits for them): one set of D activations or one G forward is alive at a time,
+        # never two, for the same arithmetic.
+        real_aug = self._augment(real, step, _AUG_D + 100)
         with tf.GradientTape() as tape:
             real_pred = _f32(self.d(real_aug, recompute=self.cfg.recompute))
             real_loss = losses.d_logistic_real_term(real_pred)
             scaled = real_loss / self.replicas  # (inside the tape: the division must be recorded)
         real_grads = tape.gradient(scaled, self.d_train_vars)
         with tf.control_dependencies([g for g in real_grads if g is not None]):
-            fake = tf.identity(fake)
+            z1, z2, mixed, inject, src_inject = self._latents(step, _D, b)
+            w = self._fake_wplus(z1, z2, mixed, inject, src_inject, for_d=True)
+            fake = tf.stop_gradient(_f32(self.g.synthesis(w, self._noise(step, _D, b)).image))
+            fake = self._augment(fake, step, _AUG_D)
         with tf.GradientTape() as tape:
             fake_pred = _f32(self.d(fake, recompute=self.cfg.recompute))
             fake_loss = losses.d_logistic_fake_term(fake_pred)
