@@ -4,8 +4,9 @@
 along the LAST axis (channels in NHWC, features in ``[N, F]``).
 
 The ``"ref"`` path spells the definition with ``tf.where``; the ``"tf"`` (= ``"xla"``) path
-uses ``tf.nn.leaky_relu`` (one fused kernel, XLA fuses both) with a backward pass that keeps a bool
-mask of the pre-activation's sign, not the pre-activation. Both are plain TF and differentiable to any order (R1 and path length need grad-of-grad). ``"custom"`` is the
+uses ``tf.nn.leaky_relu`` (one fused kernel, XLA fuses both) with a backward pass that keeps a
+bool mask of the pre-activation's sign, not the pre-activation. Both are plain TF and
+differentiable to any order (R1 and path length need grad-of-grad). ``"custom"`` is the
 compiled op (custom_ops/bias_act.cc / .cu: one pass over memory), with registered
 gradients to any order; ``"auto"`` picks through tf_cartoon/ops/dispatch.py.
 """
@@ -46,7 +47,7 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha: float = 0.2, gain: float |
         from tf_cartoon.ops import custom
         return custom.bias_act(x, bias, act, alpha, gain)
     if act == "lrelu" and path != "ref":
-        return _lrelu_from_output(x, bias, alpha, gain)
+        return _lrelu_keeping_sign(x, bias, alpha, gain)
     if bias is not None:
         x = x + bias
     if act == "lrelu":
@@ -56,7 +57,7 @@ def bias_act(x, bias=None, act: str = "lrelu", alpha: float = 0.2, gain: float |
     return x
 
 
-def _lrelu_from_output(x, bias, alpha, gain):
+def _lrelu_keeping_sign(x, bias, alpha, gain):
     """leaky_relu(x + bias, alpha) * gain whose backward pass keeps only the sign of the pre-activation, as a
     bool mask (a quarter of a float32 tensor), not the pre-activation itself as TF's LeakyReluGrad would.
     A discriminator layer's output is kept anyway only where the next conv needs its weight gradient (the
