@@ -267,3 +267,22 @@ def test_conv1x1_scaled_fast_equals_conv2d_of_scaled_input(n, h, w, ci, co):
     x, s, k = _xsw(n, h, w, ci, co)
     _assert_same_n(lambda x, s, k: C.conv1x1(x, k, impl="fast", scale=s),
                    lambda x, s, k: tf.nn.conv2d(x * s[:, None, None, :], k, 1, "VALID"), [x, s, k[1:2, 1:2]])
+
+
+@pytest.mark.parametrize("noise_batch", [3, 1])
+def test_styled_epilogue_backward_per_image_equals_direct(monkeypatch, noise_batch):
+    """Above EPILOGUE_GRAD_SPLIT_BYTES the epilogue's reductions run one image at a time: same values and
+    gradients to second order as TF's gradients of the direct formula."""
+    monkeypatch.setattr(C, "EPILOGUE_GRAD_SPLIT_BYTES", 0)
+    rng = np.random.default_rng(6)
+    inputs = [tf.constant(rng.normal(size=(3, 6, 5, 4)), tf.float32),
+              tf.constant(rng.uniform(0.5, 2, size=(3, 4)), tf.float32),
+              tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
+              tf.constant([0.3], tf.float32),
+              tf.constant(rng.normal(size=(4,)), tf.float32)]
+    graph = tf.function(lambda *a: tf.gradients(C.styled_epilogue(*a, impl="fast"), a)).get_concrete_function(
+        *inputs).graph
+    calls = [op for op in graph.get_operations() if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
+    assert len(calls) >= 1 + 3 + 1  # forward, one reduction call per image, dy
+    _assert_same_n(lambda *a: C.styled_epilogue(*a, impl="fast"), lambda *a: C.styled_epilogue(*a, impl="direct"),
+                   inputs)

@@ -523,8 +523,8 @@ def test_discriminator_r1_grads():
                                        atol=1e-4 * max(1.0, np.abs(b.numpy()).max()))
 
 
-@pytest.mark.parametrize("mode", ["eager", "function"])
-def test_recompute_same_values_and_gradients(g16, d16, mode):
+@pytest.mark.parametrize("mode,recompute", [("eager", True), ("function", True), ("function", 1)])
+def test_recompute_same_values_and_gradients(g16, d16, mode, recompute):
     """Gradient checkpointing (recompute=True) against the plain networks: the same image, tapped features,
     RGB skips, logits and first-order gradients for every G and D variable; with noise=None it draws one
     set of fresh noise and the recomputation reuses it (else the gradient would not match its forward)."""
@@ -540,7 +540,7 @@ def test_recompute_same_values_and_gradients(g16, d16, mode):
         return out, logits, tape.gradient(loss, variables)
 
     f = run if mode == "eager" else tf.function(run, autograph=False)
-    (o0, l0, g0), (o1, l1, g1) = f(False, maps), f(True, maps)
+    (o0, l0, g0), (o1, l1, g1) = f(False, maps), f(recompute, maps)
     close(o1.image, o0.image)
     close(l1, l0)
     for L in (1, 2):
@@ -632,3 +632,30 @@ def test_generator_parameter_count(size, n_mlp):
     assert {id(v) for _, v, _ in table} == {id(v) for v in g.variables}
     assert len(table) == len(g.variables)
     assert {id(v) for v in g.non_trainable_variables} == {id(v) for v in g.noise_buffers}
+
+
+def test_partial_recompute_checkpoints_only_the_highest_resolution_blocks(g16, d16):
+    """recompute=k wraps the k highest-resolution G blocks (+ ToRGBs) and D blocks (D's first one with the
+    from-RGB conv) in tf.recompute_grad, and nothing else; True wraps every block."""
+    from tf_cartoon import networks
+    wrapped = []
+    real = networks.recompute_blocks
+
+    def spy(fn, recompute):
+        wrapped.append(bool(recompute))
+        return real(fn, recompute)
+
+    wp = g16.make_wplus(normal([2, D], 5))
+    try:
+        networks.recompute_blocks = spy
+        for k, expect_g, expect_d in [(0, 0, 0), (1, 2, 1), (True, 2 * g16.n_blocks, len(d16.convs) - 1)]:
+            wrapped.clear()
+            g16.synthesis(wp, recompute=k)
+            assert sum(wrapped) == expect_g, k  # one conv pair + one ToRGB per block
+            wrapped.clear()
+            d16(tf.zeros([2, 16, 16, 3]), recompute=k)
+            assert sum(wrapped) == expect_d, k  # convs[0] goes with convs[1] into one wrapper
+    finally:
+        networks.recompute_blocks = real
+    with pytest.raises(ValueError, match="block count"):
+        g16.synthesis(wp, recompute=-1)

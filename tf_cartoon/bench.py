@@ -358,12 +358,10 @@ def bench_train_step(cfg: Config):
     _to_host(trainer.d_step(dist, step))
     _to_host(trainer.g_step(step))
     first_ms = (time.perf_counter() - t0) * 1e3
-    chain, peak_flops = peak_chain(cfg)
-    _to_host(chain())
-    ms, times, cpu, idle = time_fns({"d": lambda: trainer.d_step(dist, step), "g": lambda: trainer.g_step(step),
-                                     "peak": chain}, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
-    total = ms["d"] + ms["g"]
-    flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
+    _to_host(trainer.d_step(dist, step))
+    _to_host(trainer.g_step(step))
+    # Peak memory of training itself: taken here, after a compiled and a steady-state step and before the
+    # bare conv chain below (the FLOP yardstick, not part of training) allocates its own activations.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # TF's own allocator: the peak of live tensors (variables, activations, gradients) on the device the
     # step ran on; peak RSS adds the process itself (libraries, graphs, Python) on CPU.
@@ -372,6 +370,12 @@ def bench_train_step(cfg: Config):
         peak_tensor_mb = round(tf.config.experimental.get_memory_info(device)["peak"] / 2 ** 20, 1)
     except (ValueError, RuntimeError):  # an allocator without statistics
         peak_tensor_mb = None
+    chain, peak_flops = peak_chain(cfg)
+    _to_host(chain())
+    ms, times, cpu, idle = time_fns({"d": lambda: trainer.d_step(dist, step), "g": lambda: trainer.g_step(step),
+                                     "peak": chain}, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
+    total = ms["d"] + ms["g"]
+    flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
     return [result(cfg, total, flops, ms["peak"], peak_flops, d_ms=round(ms["d"], 1), g_ms=round(ms["g"], 1),
                    sec_per_kimg=round(total / cfg.batch, 1), peak_rss_mb=round(peak_rss_mb, 1),
                    peak_tensor_mb=peak_tensor_mb, recompute=cfg.recompute,

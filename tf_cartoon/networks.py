@@ -245,6 +245,7 @@ class Generator(keras.Model):
           only these low-resolution outputs.
         recompute: gradient checkpointing (``recompute_blocks``): a backward pass keeps only each
           block's inputs and recomputes the block's forward; same values and gradients, far less memory.
+          True: every block; an int k: the k highest-resolution blocks (and their ToRGBs) only.
         """
         wplus = tf.convert_to_tensor(wplus)
         if noise is None:
@@ -260,7 +261,8 @@ class Generator(keras.Model):
             raise ValueError("swap_layer and swap_feature go together")
 
         x = self.const_input(tf.shape(wplus)[0])
-        if recompute:  # a recomputed block must see the same noise twice: draw fresh noise out here
+        first_recomputed = _first_recomputed(recompute, self.n_blocks)
+        if first_recomputed < self.n_blocks:  # a recomputed block must see the same noise twice: draw it here
             noise = [tf.random.normal(tf.stack([tf.shape(wplus)[0], self.noise_resolution(i),
                                                 self.noise_resolution(i), 1]), dtype=x.dtype) if n is None else n
                      for i, n in enumerate(noise)]
@@ -269,15 +271,16 @@ class Generator(keras.Model):
         features, skips = {}, [skip] if return_skips else []
         for b in range(self.n_blocks):
             L = b + 1
-            x = recompute_blocks(self._conv_pair(b), recompute)(x, wplus[:, 2 * b + 1], wplus[:, 2 * b + 2],
-                                                                 noise[2 * b + 1], noise[2 * b + 2])
+            again = b >= first_recomputed
+            x = recompute_blocks(self._conv_pair(b), again)(x, wplus[:, 2 * b + 1], wplus[:, 2 * b + 2],
+                                                             noise[2 * b + 1], noise[2 * b + 2])
             if L in tap:
                 features[L] = x
             if L == swap_layer:
                 x = self._check_swap_feature(swap_feature, x, L)
             if L == stop_after_layer and not return_skips:
                 return SynthesisOutput(None, features, skips)
-            skip = recompute_blocks(self.to_rgbs[b], recompute)(x, wplus[:, 2 * b + 3], skip)
+            skip = recompute_blocks(self.to_rgbs[b], again)(x, wplus[:, 2 * b + 3], skip)
             if return_skips:
                 skips.append(skip)
             if L == stop_after_layer:
@@ -327,6 +330,17 @@ def recompute_blocks(fn, recompute: bool):
     activations instead of all of them, for one extra forward of the wrapped blocks. First-order gradients
     only (R1 and path length, which take grad-of-grad, call the networks without it)."""
     return tf.recompute_grad(fn) if recompute else fn
+
+
+def _first_recomputed(recompute, n_blocks: int) -> int:
+    """Index of the first block (of n_blocks, lowest resolution first) that ``recompute`` (bool | int k: the
+    k highest-resolution blocks) checkpoints; n_blocks when none."""
+    if recompute is True:
+        return 0
+    k = int(recompute or 0)
+    if k < 0:
+        raise ValueError(f"recompute must be a bool or a block count >= 0, got {recompute!r}")
+    return max(0, n_blocks - k)
 
 
 def _truncate(s, t, psi):
@@ -386,13 +400,21 @@ class Discriminator(keras.Model):
     def call(self, x, return_activations=False, training=None, recompute=False):
         """Logits [N, 1]; with ``return_activations`` also a dict of reference-named
         intermediate outputs ('convs.0' ... 'convs.K', 'final_conv'), NHWC. ``recompute``: gradient
-        checkpointing per ResBlock (``recompute_blocks``); first-order gradients only."""
+        checkpointing per ResBlock (``recompute_blocks``): True for every block, an int k for the k
+        highest-resolution ones; first-order gradients only."""
         x = tf.convert_to_tensor(x)
         if x.shape.rank != 4 or x.shape[-1] != 3 or (x.shape[1] is not None and x.shape[1] != self.size):
             raise ValueError(f"discriminator expects NHWC images [N, {self.size}, {self.size}, 3], got {x.shape}")
-        acts = {}
-        for i, layer in enumerate(self.convs):
-            x = recompute_blocks(layer, recompute)(x)
+        n_blocks = len(self.convs) - 1
+        last_recomputed = n_blocks - _first_recomputed(recompute, n_blocks)  # convs[1..last] are checkpointed
+        acts, start = {}, 0
+        if last_recomputed >= 1 and not return_activations:
+            # The from-RGB conv (3 input channels: nearly free) is recomputed with the first block, so its
+            # full-resolution output is not kept either.
+            x = recompute_blocks(lambda t: self.convs[1](self.convs[0](t)), True)(x)
+            start = 2
+        for i in range(start, len(self.convs)):
+            x = recompute_blocks(self.convs[i], 1 <= max(i, 1) <= last_recomputed)(x)  # convs[0] with convs[1]
             acts[f"convs.{i}"] = x
         x = self.final_conv(self.stddev(x))
         acts["final_conv"] = x

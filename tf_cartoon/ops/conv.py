@@ -481,12 +481,24 @@ def _styled_epilogue_grad(dout, out, demod, noise, strength, bias):
     # the pre-activation z > 0 (leaky ReLU keeps the sign), the leaky ReLU is inverted to get z, and
     # y = (z - strength * noise - bias) / demod (demod = rsqrt(. + 1e-8) > 0). Neither z nor y is kept between
     # the passes: two image-sized tensors less per styled conv. y is rebuilt in float32 (mixed precision).
-    gain = np.sqrt(2.0)
-    pos = out > 0
-    dz = tf.where(pos, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(gain, dout.dtype)
-    dy = dz * demod[:, None, None, :]
+    dy = _epilogue_dy(dout, out, demod)
+    return (dy, *_epilogue_reductions(dout, out, demod, noise, strength, bias))
+
+
+def _epilogue_dz(dout, out):
+    return tf.where(out > 0, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(np.sqrt(2.0), dout.dtype)
+
+
+def _epilogue_dy(dout, out, demod):
+    return _epilogue_dz(dout, out) * demod[:, None, None, :]
+
+
+def _epilogue_reductions(dout, out, demod, noise, strength, bias):
+    """(ddemod, dnoise, dstrength, dbias) of the epilogue."""
+    dz = _epilogue_dz(dout, out)
     f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731
-    z = f32(out) * tf.where(pos, np.float32(1.0 / gain), np.float32(1.0 / (0.2 * gain)))
+    gain = np.sqrt(2.0)
+    z = f32(out) * tf.where(out > 0, np.float32(1.0 / gain), np.float32(1.0 / (0.2 * gain)))
     y = (z - f32(strength) * f32(noise) - f32(bias)) / f32(demod)[:, None, None, :]
     ddemod = tf.cast(tf.reduce_sum(f32(dz) * y, axis=[1, 2]), demod.dtype)
     dnoise = tf.reduce_sum(dz, axis=-1, keepdims=True) * strength
@@ -494,7 +506,35 @@ def _styled_epilogue_grad(dout, out, demod, noise, strength, bias):
         dnoise = tf.reduce_sum(dnoise, axis=0, keepdims=True)
     dstrength = tf.reshape(tf.reduce_sum(dz * noise), [1])
     dbias = tf.reduce_sum(dz, axis=[0, 1, 2])
-    return dy, ddemod, dnoise, dstrength, dbias
+    return ddemod, dnoise, dstrength, dbias
+
+
+_epilogue_dy_xla = tf.function(_epilogue_dy, jit_compile=True, autograph=False)
+_epilogue_reductions_xla = tf.function(_epilogue_reductions, jit_compile=True, autograph=False)
+
+# XLA's CPU backend materialises each reduced product (dz, dz * y, dz * noise) as a full map: 0.4 GB at 256 px
+# for 4 images. Above this many bytes per map the reductions go one image at a time (one compiled call per
+# image, each after the previous one), and dy (elementwise only, no temporaries) is a call of its own.
+EPILOGUE_GRAD_SPLIT_BYTES = 32 * 2 ** 20
+
+
+def _styled_epilogue_backward(dout, out, demod, noise, strength, bias):
+    n = dout.shape[0]
+    if n is None or n == 1 or dout.shape.num_elements() * dout.dtype.size <= EPILOGUE_GRAD_SPLIT_BYTES:
+        return _styled_epilogue_grad(dout, out, demod, noise, strength, bias)
+    shared_noise = noise.shape[0] == 1
+    parts, last = [], []
+    for i in range(n):
+        with tf.control_dependencies(last):
+            take = lambda t: t[i: i + 1]  # noqa: E731
+            parts.append(_epilogue_reductions_xla(take(dout), take(out), take(demod),
+                                                  noise if shared_noise else take(noise), strength, bias))
+        last = list(parts[-1])
+    with tf.control_dependencies(last):
+        dy = _epilogue_dy_xla(dout, out, demod)
+    ddemod, dnoise, dstrength, dbias = (list(t) for t in zip(*parts))
+    dnoise = tf.add_n(dnoise) if shared_noise else tf.concat(dnoise, axis=0)
+    return dy, tf.concat(ddemod, axis=0), dnoise, tf.add_n(dstrength), tf.add_n(dbias)
 
 
 @tf.custom_gradient
@@ -502,7 +542,7 @@ def _styled_epilogue_fast(y, demod, noise, strength, bias):
     out = _styled_epilogue(y, demod, noise, strength, bias)
 
     def grad(dout):
-        return _styled_epilogue_grad(dout, out, demod, noise, strength, bias)
+        return _styled_epilogue_backward(dout, out, demod, noise, strength, bias)
 
     return out, grad
 

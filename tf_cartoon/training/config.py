@@ -57,7 +57,7 @@ class TrainConfig:
     export_torch: bool = False  # also write the reference .pt format at each checkpoint
     seed: int = 0
     fused_modconv: bool = False
-    recompute: bool = False  # gradient checkpointing of G and D blocks in the D and G steps (memory)
+    recompute: bool = False  # checkpoint every G and D block (default: the highest-resolution ones only)
     max_time_minutes: float = 0.0  # stop (and checkpoint) after this long; 0 = no limit
     ema_halflife_steps: float = 312.5  # g_ema half-life in steps; 312.5 = the reference's 0.5 ** (32 / 10000)
     # --- when the run reaches --iter (also on a rerun of a finished run, if still missing) ------------
