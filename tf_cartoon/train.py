@@ -48,8 +48,8 @@ _HELP = {
     "seed": "random seed", "fused_modconv": "use the fused (grouped-conv) modulated convolution",
     "recompute": "gradient checkpointing of every G/D block: the D and G steps keep only each block's inputs "
                  "and recompute the block in the backward pass (same results, less memory, ~25% slower; R1 "
-                 "and path length steps run without it). Off, only the highest-resolution blocks are "
-                 "(two of G's in the G step, one of D's in the D step)",
+                 "and path length steps run without it). Off, only G's two highest-resolution blocks in "
+                 "the G step are",
     "max_time_minutes": "stop and checkpoint after this many minutes (0 = no limit)",
     "ema_halflife_steps": "half-life of g_ema's moving average in steps (312.5: the reference's per-step "
                           "0.5 ** (32 / 10000); short fine-tuning runs want less)",

@@ -67,11 +67,10 @@ def _dense_grads(grads, variables):
     return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
 
 
-# Highest-resolution blocks checkpointed by default in a training step: G's two largest in the G step, D's
-# largest (with the from-RGB conv) in the D step. At 256 px they hold the largest activations and cost about
-# a tenth of a step's time to recompute (bench train_step, 2026-11-26: peak RSS 4.84 -> 4.47 GB with G 1 /
-# D 1 block; the second G block is another 128 MB at the G step's peak for about 0.5 s).
-LEAN_RECOMPUTE_G, LEAN_RECOMPUTE_D = 2, 1
+# Highest-resolution blocks checkpointed by default in a training step: G's two largest in the G step (their
+# activations are the largest a step keeps while D's backward pass runs). D's are not: tf.recompute_grad
+# around D's first block cost 7 s per D step (bench train_step, 2026-11-26), far more than its forward.
+LEAN_RECOMPUTE_G, LEAN_RECOMPUTE_D = 2, 0
 
 
 class TrainingDiverged(RuntimeError):
