@@ -414,7 +414,7 @@ class Discriminator(keras.Model):
             x = recompute_blocks(lambda t: self.convs[1](self.convs[0](t)), True)(x)
             start = 2
         for i in range(start, len(self.convs)):
-            x = recompute_blocks(self.convs[i], 1 <= max(i, 1) <= last_recomputed)(x)  # convs[0] with convs[1]
+            x = recompute_blocks(self.convs[i], max(i, 1) <= last_recomputed)(x)  # convs[0] goes with convs[1]
             acts[f"convs.{i}"] = x
         x = self.final_conv(self.stddev(x))
         acts["final_conv"] = x

@@ -477,15 +477,13 @@ def _styled_epilogue(y, demod, noise, strength, bias):
 
 @tf.function(jit_compile=True, autograph=False)
 def _styled_epilogue_grad(dout, out, demod, noise, strength, bias):
-    # The backward pass reads the output only (the next layer's input, kept anyway): out > 0 exactly where
-    # the pre-activation z > 0 (leaky ReLU keeps the sign), the leaky ReLU is inverted to get z, and
-    # y = (z - strength * noise - bias) / demod (demod = rsqrt(. + 1e-8) > 0). Neither z nor y is kept between
-    # the passes: two image-sized tensors less per styled conv. y is rebuilt in float32 (mixed precision).
+    """(dy, ddemod, dnoise, dstrength, dbias) from the output only (see _epilogue_reductions)."""
     dy = _epilogue_dy(dout, out, demod)
     return (dy, *_epilogue_reductions(dout, out, demod, noise, strength, bias))
 
 
 def _epilogue_dz(dout, out):
+    # out > 0 exactly where the pre-activation z > 0 (leaky ReLU keeps the sign)
     return tf.where(out > 0, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(np.sqrt(2.0), dout.dtype)
 
 
@@ -494,7 +492,10 @@ def _epilogue_dy(dout, out, demod):
 
 
 def _epilogue_reductions(dout, out, demod, noise, strength, bias):
-    """(ddemod, dnoise, dstrength, dbias) of the epilogue."""
+    """(ddemod, dnoise, dstrength, dbias) of the epilogue, reading the output (the next layer's input, kept
+    anyway), never z or y: the leaky ReLU is inverted to get z, and y = (z - strength * noise - bias) / demod
+    (demod = rsqrt(. + 1e-8) > 0), rebuilt in float32 (mixed precision). Neither is kept between the passes:
+    two image-sized tensors less per styled conv."""
     dz = _epilogue_dz(dout, out)
     f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731
     gain = np.sqrt(2.0)
