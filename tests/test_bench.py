@@ -46,6 +46,7 @@ def test_all_combinations_in_process():
 
 def test_cli_prints_only_json_lines():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
     args = [sys.executable, "-m", "tf_cartoon.bench", "--what", "g_forward", "--size", "8", "--batch", "2",
             "--repeats", "1", "--warmup", "1", "--style_dim", "32", "--n_mlp", "2", "--channels_small", "--noxla",
             "--nofused"]
@@ -55,6 +56,17 @@ def test_cli_prints_only_json_lines():
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1
     _check_row(json.loads(lines[0]), bench.Config(**TINY))
+    assert json.loads(lines[0])["cpu_allocator"] == "bfc"  # what the generating tools run with
+
+
+def test_pooled_cpu_allocator_keeps_the_users_choice(monkeypatch):
+    import tf_cartoon
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+    assert tf_cartoon.use_pooled_cpu_allocator() is True
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "false")
+    assert tf_cartoon.use_pooled_cpu_allocator() is False
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "false"
 
 
 def test_flops_by_hand_size8():
@@ -175,3 +187,9 @@ def test_custom_ops_bench_rows_and_summary():
         if have_compiler:
             assert entry["custom_faster_than_tf"] == (entry["ms"]["custom"] < entry["ms"]["tf"])
     assert custom.status()["loaded"] == have_compiler
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="M_ARENA_MAX is glibc's")
+def test_malloc_arena_cap_applies_on_glibc():
+    import tf_cartoon
+    assert tf_cartoon.limit_malloc_arenas(8) is True  # 8 per core is glibc's own default: harmless here

@@ -21,6 +21,7 @@ if "tensorflow" not in _sys.modules:
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
+
 def load(path, models=("g_ema", "g", "d"), fused_modconv=False):
     """Load a reference ``.pt`` checkpoint, a converted directory or a training workdir.
 
@@ -31,3 +32,35 @@ def load(path, models=("g_ema", "g", "d"), fused_modconv=False):
     from tf_cartoon.io.store import load as _load
 
     return _load(path, models=models, fused_modconv=fused_modconv)
+
+
+def use_pooled_cpu_allocator():
+    """Make TF's CPU allocator keep freed memory for reuse (TF_CPU_ALLOCATOR_USE_BFC=true, unless set).
+
+    With TF's default CPU allocator, every large tensor of a forward pass is page-faulted in afresh on every
+    call (measured for a batch-4 256 px generator forward: ~600k page faults, 1.8 s of kernel CPU time and
+    ~1 s of wall-clock per call); TF's BFC allocator (its GPU allocator, offered for the CPU by this switch)
+    reuses freed memory. The generating command-line tools call this first thing; training does not (its
+    peak RSS measured 0.1 GB higher with it, and its steps are long enough that the faults cost ~1%). Read
+    when TF creates its CPU allocator (at its first op): call it before any TF computation.
+    Returns whether the pooled allocator is asked for."""
+    _os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    return _os.environ["TF_CPU_ALLOCATOR_USE_BFC"].strip().lower() in ("1", "true")
+
+
+TRAINING_MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = TRAINING_MALLOC_ARENAS):
+    """Cap the C library's malloc arenas (glibc M_ARENA_MAX; elsewhere nothing happens). TF's thread pools
+    otherwise get up to 8 per core, each keeping its own freed memory: a training step's peak RSS measured
+    0.12-0.15 GB lower with 2 and the step no slower. The training entry points call it before TF starts
+    its threads (arenas that already exist stay). Returns whether it was applied."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, int(arenas)))  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        return False

@@ -265,7 +265,9 @@ def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
            "gflop_per_batch": round(flops / 1e9, 4), "gflops": round(gflops, 3), "peak_gflops": round(peak, 3),
            "peak_ratio": round(gflops / peak, 4), "peak_ms": round(peak_ms, 3), "layout": "NHWC",
            "device": device_name(), "onednn": onednn_enabled(), "tf_version": tf.__version__, "repeats": cfg.repeats, "warmup": cfg.warmup,
-           "load_avg_1m": round(os.getloadavg()[0], 2)}
+           "load_avg_1m": round(os.getloadavg()[0], 2),
+           "cpu_allocator": "bfc" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").strip().lower() in ("1", "true")
+           else "default"}
     ref = REFERENCE_MS.get((cfg.what, cfg.size, cfg.batch))
     if ref is not None and not cfg.channels_small and cfg.style_dim == 512 and cfg.n_mlp == 8 \
             and cfg.channel_multiplier == 2:
@@ -648,6 +650,14 @@ def main(argv):
     elif FLAGS.onednn is False:
         logging.warning("--noonednn: leaving TF_ENABLE_ONEDNN_OPTS as it is (%s); this bench never sets it to 0",
                         os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+    # The process settings of the tool measured (before TF runs anything): the generating tools' pooled CPU
+    # allocator, or the trainer's malloc arena cap.
+    if FLAGS.what != "train_step":
+        from tf_cartoon import use_pooled_cpu_allocator
+        use_pooled_cpu_allocator()
+    else:
+        from tf_cartoon import limit_malloc_arenas
+        limit_malloc_arenas()
     import tensorflow as tf
     if FLAGS.intra_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_threads)

@@ -426,4 +426,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from tf_cartoon import use_pooled_cpu_allocator
+    use_pooled_cpu_allocator()  # before TF runs anything
     sys.exit(main())

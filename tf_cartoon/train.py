@@ -123,4 +123,7 @@ def summary(trainer) -> str:
 define_flags()
 
 if __name__ == "__main__":
+    from tf_cartoon import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before TF starts its thread pools
     app.run(lambda argv: sys.exit(main(argv)))

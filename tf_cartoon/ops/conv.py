@@ -6,17 +6,18 @@
     Convolutional Neural Networks"). Each 2x2 output tile needs 16 products of transformed inputs and
     transformed weights instead of 36, and the 16 products over all tiles are 16 batched
     ``[T, Ci] x [Ci, Co]`` matmuls: 2.25x fewer multiply-adds. The input/output transforms are only
-    additions; they are compiled with XLA so they fuse into a few passes over memory. XLA's CPU backend runs
-    dots at full speed while its convolutions are ~3x slower than oneDNN's, so this keeps XLA away from
-    convolutions altogether.
+    additions; they are compiled with XLA so they fuse into a few passes over memory (applying the modulated
+    conv's input scale on the way); the products are one TF batched matmul between them (oneDNN's, faster
+    here than XLA's dot). XLA's CPU convolutions are ~3x slower than oneDNN's, so XLA never convolves.
 
 ``conv_transpose3x3_up2_blur(x, w, fir, pad)``: the generator's upsampling convolution, a stride-2 "VALID"
 transposed 3x3 convolution (output 2H+1) followed by the FIR blur ``upfirdn2d(y, fir, pad=pad)``.
   * ``direct``: ``tf.nn.conv2d_transpose`` then the blur.
   * ``phase``: the transposed convolution split into its four output phases, each an ordinary stride-1
     convolution at the INPUT resolution with the kernel taps that reach it (2x2, 2x1, 1x2, 1x1 taps: 9 in
-    all, no multiplications by inserted zeros), interleaved with depth_to_space. oneDNN's transposed
-    convolution loses much of its speed at large spatial sizes; its ordinary convolutions do not.
+    all, no multiplications by inserted zeros). The blur then reads the four phases and writes the
+    interleaved, blurred image in one compiled pass (``phase_fir``): the 2H+1 image is never built.
+    The discriminator's stride-2 conv is the adjoint: four stride-1 convs of its input's phases.
 
 Both rewrites are exact reformulations (equal up to float rounding); tests compare them with the direct
 path, values and gradients to second order. Which path ``"auto"`` means is decided per device from
@@ -28,6 +29,7 @@ SavedModel that TF Serving must run).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import numpy as np
@@ -136,14 +138,18 @@ def _rows(x, start, stop, col_pad):
 def _tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
     """Filter gradient [k, k, Ci, Co] as one matmul per tap (stride 1 or 2), band by band.
 
-    big [N, Hb, Wb, Cb], read as if zero-padded by ``pad`` on each spatial side; small [N, Ho, Wo, Cs]; tap
-    (a, b) pairs padded big[s*i + a, s*j + b] with small[i, j] (a VALID strided correlation).
+    big [N, Hb, Wb, Cb], read as if zero-padded by ``pad`` on each spatial side, or (stride 2, no pad) the
+    dict of its phases {(a, b): big[:, a::2, b::2]}; small [N, Ho, Wo, Cs]; tap (a, b) pairs padded
+    big[s*i + a, s*j + b] with small[i, j] (a VALID strided correlation).
     big_is_input: big is the input (Ci), small the output gradient dy (Co); else (transposed conv) big is dy,
       small the input.
     scale [N, Ci] (optional): the input side is x * scale (modulated convs), multiplied in band by band.
     """
+    phased = isinstance(big, dict)
+    first = big[(0, 0)] if phased else big
     n, ho, wo = small.shape[0], small.shape[1], small.shape[2]
-    row_bytes = (n or 1) * stride * (big.shape[2] + 2 * pad) * big.shape[-1] * big.dtype.size
+    row_bytes = (n or 1) * stride * (stride * first.shape[2] if phased else first.shape[2] + 2 * pad) \
+        * first.shape[-1] * first.dtype.size
     band = max(1, FILTER_GRAD_BAND_BYTES // row_bytes, -(-ho // _MAX_BANDS))
     total, last = None, []
     for r0 in range(0, ho, band):
@@ -151,11 +157,14 @@ def _tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
         # Each band (and each tap's window copy below) waits for the previous matmul: in a graph all copies
         # would otherwise be ready at once and live together; the matmuls use every core anyway.
         with tf.control_dependencies(last):
-            big_b = _rows(big, stride * r0 - pad, stride * (r1 - 1) + k - pad, pad)
+            if phased:  # a phase's tap offsets are 0 .. (k - 1) // 2 rows
+                big_b = big if (r0, r1) == (0, ho) else {p: v[:, r0: r1 + (k - 1) // 2] for p, v in big.items()}
+            else:
+                big_b = _rows(big, stride * r0 - pad, stride * (r1 - 1) + k - pad, pad)
             small_b = small if (r0, r1) == (0, ho) else small[:, r0:r1]
         if scale is not None:
             if big_is_input:
-                big_b = _scaled(big_b, scale)
+                big_b = {p: _scaled(v, scale) for p, v in big_b.items()} if phased else _scaled(big_b, scale)
             else:
                 small_b = _scaled(small_b, scale)
         taps, last = _band_taps(big_b, small_b, k, stride, big_is_input, r1 - r0, wo, last)
@@ -165,7 +174,8 @@ def _tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
 
 def _band_taps(big, small, k, stride, big_is_input, ho, wo, last):
     small2 = tf.reshape(small, [-1, small.shape[-1]])
-    phases = _phases(big) if stride == 2 else None
+    phases = big if isinstance(big, dict) else _phases(big) if stride == 2 else None
+    channels = (phases[(0, 0)] if phases else big).shape[-1]
     taps = []
     for a in range(k):
         for b in range(k):
@@ -174,7 +184,7 @@ def _band_taps(big, small, k, stride, big_is_input, ho, wo, last):
                     part = _window(phases[(a % 2, b % 2)], a // 2, b // 2, ho, wo)
                 else:
                     part = _window(big, a, b, ho, wo)
-            part = tf.reshape(part, [-1, big.shape[-1]])
+            part = tf.reshape(part, [-1, channels])
             taps.append(tf.matmul(part, small2, transpose_a=True) if big_is_input
                         else tf.matmul(small2, part, transpose_a=True))
             last = [taps[-1]]
@@ -259,8 +269,10 @@ def _conv3x3_backward(x, dy, w, scale=None):
     return (*_scale_grads(dxs, x, scale), dw)
 
 
-def _conv3x3_forward(x, w):
-    return _winograd(x, w) if _use_winograd(x, w) else tf.nn.conv2d(x, w, 1, "SAME")
+def _conv3x3_forward(x, w, scale=None):
+    if _use_winograd(x, w):
+        return _winograd(x, w, scale)
+    return tf.nn.conv2d(x if scale is None else _scaled(x, scale), w, 1, "SAME")
 
 
 def _scaled(x, scale):
@@ -276,7 +288,7 @@ def _scale_grads(dxs, x, scale):
 
 @tf.custom_gradient
 def _conv3x3_scaled_fast(x, scale, w):
-    y = _conv3x3_forward(_scaled(x, scale), w)
+    y = _conv3x3_forward(x, w, scale)
 
     # x * scale is not kept: the filter gradient scales its bands of x, the input gradient needs w only
     return y, lambda dy: _conv3x3_backward(x, dy, w, scale)
@@ -300,52 +312,251 @@ def _winograd_tiles(v, axis, n_tiles):
 WINOGRAD_BAND_BYTES = 32 * 2 ** 20
 
 
-def _winograd(x, w):
-    """SAME 3x3 correlation by Winograd F(2x2, 3x3), in row bands when the whole image's transforms would be
-    larger than WINOGRAD_BAND_BYTES."""
+def _winograd(x, w, scale=None):
+    """SAME 3x3 correlation of x (of x * scale [N, Ci] when given) by Winograd F(2x2, 3x3), in bands of output
+    rows when the whole image's transforms would be larger than WINOGRAD_BAND_BYTES. Each band's input
+    transform reads its rows (and a halo row each side) of x itself and applies the scale on the way: no
+    band copies, no scaled copy of x."""
     n, h, wd, ci = x.shape
     per_row_pair = 16 * (n or 1) * ((wd + 1) // 2) * max(ci, w.shape[-1]) * x.dtype.size
     rows = 2 * max(1, WINOGRAD_BAND_BYTES // per_row_pair, -(-h // (2 * _MAX_BANDS)))
-    if n is None or rows >= h:
-        return _winograd_f2x3(x, w, False)
+    if n is None:  # the band's slice needs static sizes
+        rows = h + h % 2
+    u = _winograd_weights(w)
     bands, last = [], []
     for r0 in range(0, h, rows):
         r1 = min(r0 + rows, h)
+        th = (r1 - r0 + 1) // 2  # tile rows; an odd last band is padded to even, then cropped
         with tf.control_dependencies(last):
-            xb = _rows(x, r0 - 1, r1 + 1, 0)  # the band and one halo row each side (zero at the edges)
-        bands.append(_winograd_f2x3(xb, w, True))
+            # The 16 [T, Ci] x [Ci, Co] products: one TF batched matmul between the compiled transforms
+            # (oneDNN's; measured 8-12% faster here than XLA's dot inside the compiled function).
+            lo, hi = max(r0 - 1, 0), min(r0 + 2 * th + 1, h)  # rows read; zero rows beyond the edges
+            pads = (lo - (r0 - 1), r0 + 2 * th + 1 - hi)
+            m = tf.matmul(_winograd_input(x, scale, tf.constant(lo, tf.int32), hi - lo, pads, th), u)
+        bands.append(_winograd_output(m, th, (wd + 1) // 2, r1 - r0, wd))
         last = [bands[-1]]
-    return tf.concat(bands, axis=1)
+    return bands[0] if len(bands) == 1 else tf.concat(bands, axis=1)
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _winograd_f2x3(x, w, halo):
-    """halo=False: SAME correlation of x. halo=True: x carries one extra row above and below (VALID along
-    rows, SAME along columns): the output has two rows fewer than x."""
-    _, h, wd, ci = x.shape
-    ho = h - 2 if halo else h
-    th, tw = (ho + 1) // 2, (wd + 1) // 2  # tiles per axis; odd sizes are padded to even, then cropped
-    top = 0 if halo else 1
-    xp = tf.pad(x, [[0, 0], [top, 2 * th + 2 - h - top], [1, 1 + 2 * tw - wd], [0, 0]])
+def _winograd_weights(w):
     g = tf.constant(_G, w.dtype)
-    u = tf.reshape(tf.einsum("ai,ijcd,bj->abcd", g, w, g), [16, ci, w.shape[-1]])  # G g G^T
-    y = _winograd_band(xp, u, th, tw)
-    return y[:, :ho, :wd] if (2 * th != ho or 2 * tw != wd) else y
+    return tf.reshape(tf.einsum("ai,ijcd,bj->abcd", g, w, g), [16, w.shape[2], w.shape[-1]])  # G g G^T
 
 
-def _winograd_band(xp, u, th, tw):
-    """Output rows [N, 2 th, 2 tw, Co] of th tile rows from their padded input rows xp [N, 2 th + 2, ., Ci]."""
-    ci, co = u.shape[1], u.shape[2]
+@tf.function(jit_compile=True, autograph=False)
+def _winograd_input(x, scale, lo, rows, pads, th):
+    """B^T d B of the 4x4 input tiles (stride 2) of th tile rows: [16, N * th * tw, Ci]. They read rows
+    lo .. lo + rows - 1 of x, zero-padded by pads (top, bottom) rows, scaled by scale [N, Ci] when given.
+    lo is a tensor: all inner bands of a conv share one compiled function."""
+    n, _, wd, ci = x.shape
+    tw = (wd + 1) // 2
+    xb = tf.slice(x, tf.stack([0, lo, 0, 0]), [n, rows, wd, ci])
+    if scale is not None:
+        xb = xb * scale[:, None, None, :]
+    xp = tf.pad(xb, [[0, 0], list(pads), [1, 1 + 2 * tw - wd], [0, 0]])
     d = []
     for v in _winograd_tiles(xp, 1, th):
         d += _winograd_tiles(v, 2, tw)
-    d = tf.reshape(tf.stack(d), [16, -1, ci])  # [16, N*th*tw, Ci]
-    m = tf.reshape(tf.matmul(d, u), [4, 4, -1, th, tw, co])  # [4 (row), 4 (col), N, th, tw, Co]
+    return tf.reshape(tf.stack(d), [16, -1, ci])
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _winograd_output(m, th, tw, ho, wd):
+    """A^T m A of the 16 products [16, N * th * tw, Co] -> output rows [N, ho, wd, Co]."""
+    co = m.shape[-1]
+    m = tf.reshape(m, [4, 4, -1, th, tw, co])  # [4 (row), 4 (col), N, th, tw, Co]
     # A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
     t0, t1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
     y = tf.concat([t0[0] + t0[1] + t0[2], t0[1] - t0[2] - t0[3],
                    t1[0] + t1[1] + t1[2], t1[1] - t1[2] - t1[3]], axis=-1)  # [N, th, tw, 4*Co]
-    return tf.nn.depth_to_space(y, 2)  # channel blocks (0,0), (0,1), (1,0), (1,1) -> 2x2 pixels
+    y = tf.nn.depth_to_space(y, 2)  # channel blocks (0,0), (0,1), (1,0), (1,1) -> 2x2 pixels
+    return y[:, :ho, :wd] if (2 * th != ho or 2 * tw != wd) else y
+
+
+# ---------------------------------------------------------------------------------------------
+# Stride-2 convolutions by phases. The generator's upsampling conv (a stride-2 transposed 3x3 conv, then a
+# blur) and the discriminator's downsampling conv (a blur, then a stride-2 3x3 conv) are each other's
+# adjoints, and both split into four stride-1 convolutions at the LOW resolution, one per (row, column) parity
+# of the high-resolution side, each with the taps that reach it (2x2, 2x1, 1x2, 1x1: 9 in all, nothing
+# multiplied by inserted zeros). For a low-resolution side [N, H, W, .] the phases of the high-resolution side
+# y [N, 2H+1, 2W+1, .] are {(a, b): y[:, a::2, b::2]}: (0, 0) [H+1, W+1], (0, 1) [H+1, W], (1, 0) [H, W+1],
+# (1, 1) [H, W], listed in PARITIES order wherever they travel as a tuple.
+# ---------------------------------------------------------------------------------------------
+
+PARITIES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _down2_kernels(w, flip=False):
+    """The taps of w [3, 3, Ci, Co] per input parity of y[i] = sum_k x[2i + k] w[k]: the even offsets
+    k = 0, 2 read phase 0 at i and i + 1, the odd offset k = 1 reads phase 1 at i (per axis). flip: each
+    kernel spatially reversed (the transposed conv's). One gather per kernel (w is up to 9 MB; slicing it tap
+    by tap was 20 ops per layer)."""
+    w9 = tf.reshape(w, [9, *w.shape[2:]])
+    taps = {(0, 0): ([0, 2, 6, 8], 2, 2), (0, 1): ([1, 7], 2, 1), (1, 0): ([3, 5], 1, 2), (1, 1): ([4], 1, 1)}
+    return {p: tf.reshape(tf.gather(w9, idx[::-1] if flip else idx), [kh, kw, *w.shape[2:]])
+            for p, (idx, kh, kw) in taps.items()}
+
+
+def _down2_sum(ph, w):
+    """Stride-2 VALID 3x3 correlation from the input's phases (dict, shapes above) -> [N, H, W, Co]."""
+    k = _down2_kernels(w)
+    return tf.add_n([tf.nn.conv2d(ph[p], k[p], 1, "VALID") for p in PARITIES])
+
+
+def _up2_convs(x, w):
+    """The stride-2 transposed 3x3 conv of x [N, H, W, Ci] (out[2i + k] += x[i] w[k]) as its output's
+    phases (dict): x correlated with the flipped taps of _down2_kernels, zero-padded by one on each side
+    of an axis with two taps. oneDNN pads inside the convolution: no padded copy of x."""
+    out = {}
+    for p, k in _down2_kernels(w, flip=True).items():
+        r, c = k.shape[0] - 1, k.shape[1] - 1
+        out[p] = tf.nn.conv2d(x, k, 1, [[0, 0], [r, r], [c, c], [0, 0]])
+    return out
+
+
+@tf.custom_gradient
+def _up2_fast(x, w):
+    """_up2_convs as a tuple in PARITIES order, with its gradient written in the same building blocks."""
+    ph = _up2_convs(x, w)
+
+    return tuple(ph[p] for p in PARITIES), lambda *dph: _up2_backward(x, dph, w)
+
+
+def _up2_backward(x, dph, w, scale=None):
+    """(dx, dw) of _up2_fast (of x * scale when given: then (dx, dscale, dw), see _conv3x3_backward): the
+    stride-2 conv of the phase gradients, and one matmul per tap."""
+    dph = {p: _zero_phase(x, w, p) if d is None else d for p, d in zip(PARITIES, dph)}
+    dxs = _down2_fast(*(dph[p] for p in PARITIES), _swap_io(w))
+    dw = _tap_matmuls(dph, x, 3, 2, big_is_input=False, scale=scale)
+    if scale is None:
+        return dxs, dw
+    return (*_scale_grads(dxs, x, scale), dw)
+
+
+def _zero_phase(x, w, p):
+    """Zeros shaped like phase p of _up2_fast(x, w) (the gradient of an output nothing used)."""
+    return tf.zeros([tf.shape(x)[0], x.shape[1] + 1 - p[0], x.shape[2] + 1 - p[1], w.shape[-1]], x.dtype)
+
+
+@tf.custom_gradient
+def _up2_scaled_fast(x, scale, w):
+    """_up2_fast(x * scale, w), keeping x rather than x * scale for the backward pass."""
+    ph = _up2_convs(_scaled(x, scale), w)
+
+    return tuple(ph[p] for p in PARITIES), lambda *dph: _up2_backward(x, dph, w, scale)
+
+
+@tf.custom_gradient
+def _down2_fast(ee, eo, oe, oo, w):
+    """_down2_sum of the phases (positional, PARITIES order); its input gradient is _up2_fast."""
+    ph = dict(zip(PARITIES, (ee, eo, oe, oo)))
+    y = _down2_sum(ph, w)
+
+    def grad(dy):
+        return (*_up2_fast(dy, _swap_io(w)), _tap_matmuls(ph, dy, 3, 2))
+
+    return y, grad
+
+
+def phase_fir(ph, taps, pads):
+    """upfirdn2d(y, fir, pad) of the image y [N, 2H+1, 2W+1, C] whose four phases ph are (tuple in PARITIES
+    order), without building y: output pixel (2m + a, 2n + b) is sum_{t,u} taps[t][u] y[2m + a + t - py0,
+    2n + b + u - px0], and y[2i + r] is phase r at row i, so each output phase is a sum of shifted phases;
+    one compiled pass computes them and writes them interleaved. taps: the FIR kernel flipped (a
+    correlation), nested tuples of floats; pads (py0, py1, px0, px1), negative ones crop. taps ((1.0,),) with
+    pads (0, 1, 0, 1) just interleaves (2H+2 rows, the last zero).
+
+    Its gradient is the adjoint map, compiled likewise: XLA's own gradient of the compiled function would
+    keep every padded phase alive until the backward pass."""
+    return _phase_fir_op(taps, tuple(pads), tuple(ph[0].shape[1:3]))(*ph)
+
+
+@functools.lru_cache(maxsize=None)
+def _phase_fir_op(taps, pads, rows_cols):
+    """The custom-gradient op of phase_fir for one (taps, pads, phase (0, 0) size): forward and adjoint are
+    each other's gradients, so it is differentiable to any order."""
+    plan = _phase_fir_plan(taps, pads, rows_cols)
+    forward = tf.function(functools.partial(_phase_fir_forward, plan), jit_compile=True, autograph=False)
+    adjoint = tf.function(functools.partial(_phase_fir_adjoint, plan), jit_compile=True, autograph=False)
+
+    @tf.custom_gradient
+    def op(ee, eo, oe, oo):
+        return forward(ee, eo, oe, oo), adjoint_op
+
+    @tf.custom_gradient
+    def adjoint_op(dz):
+        return adjoint(dz), lambda *d: op(*d)
+
+    return op
+
+
+def _phase_fir_plan(taps, pads, rows_cols):
+    """Static bookkeeping of phase_fir: output size, output phase size (mh, mw), and per output phase the
+    terms (weight, source phase, first row, first column); per source phase the zero padding (top, bottom,
+    left, right) that makes every shifted window of it a plain slice."""
+    (py0, py1, px0, px1), (rows, cols) = pads, rows_cols
+    kh, kw = len(taps), len(taps[0])
+    ho, wo = 2 * rows - 1 + py0 + py1 - kh + 1, 2 * cols - 1 + px0 + px1 - kw + 1
+    mh, mw = (ho + 1) // 2, (wo + 1) // 2  # output phase 0's size (phase 1 has as many or one fewer)
+    terms = {q: [] for q in PARITIES}
+    for a, b in PARITIES:
+        for t in range(kh):
+            for u in range(kw):
+                if taps[t][u] != 0:
+                    (i0, r), (j0, c) = divmod(a + t - py0, 2), divmod(b + u - px0, 2)
+                    terms[(a, b)].append((taps[t][u], (r, c), i0, j0))
+    padding = {}
+    for q in PARITIES:
+        used = [(i0, j0) for ts in terms.values() for _, src, i0, j0 in ts if src == q]
+        if used:
+            size = (rows - q[0], cols - q[1])
+            padding[q] = (max(0, -min(i for i, _ in used)), max(0, max(i for i, _ in used) + mh - size[0]),
+                          max(0, -min(j for _, j in used)), max(0, max(j for _, j in used) + mw - size[1]))
+    return {"out": (ho, wo), "phase": (mh, mw), "terms": terms, "padding": padding, "rows_cols": rows_cols}
+
+
+def _phase_fir_forward(plan, ee, eo, oe, oo):
+    ph = dict(zip(PARITIES, (ee, eo, oe, oo)))
+    (mh, mw), (ho, wo) = plan["phase"], plan["out"]
+    padded = {q: tf.pad(ph[q], [[0, 0], [t, b], [l, r], [0, 0]]) for q, (t, b, l, r) in plan["padding"].items()}
+    out = []
+    for q in PARITIES:
+        acc = tf.zeros([tf.shape(ee)[0], mh, mw, ee.shape[-1]], ee.dtype)
+        for weight, src, i0, j0 in plan["terms"][q]:
+            top, left = plan["padding"][src][0], plan["padding"][src][2]
+            acc += weight * padded[src][:, top + i0: top + i0 + mh, left + j0: left + j0 + mw]
+        out.append(acc)
+    # [N, mh, 2, mw, 2, C] -> [N, 2 mh, 2 mw, C], cropped to the output size
+    y = tf.stack([tf.stack(out[:2], axis=3), tf.stack(out[2:], axis=3)], axis=2)
+    return tf.reshape(y, [-1, 2 * mh, 2 * mw, ee.shape[-1]])[:, :ho, :wo]
+
+
+def _phase_fir_adjoint(plan, dz):
+    (mh, mw), (ho, wo), (rows, cols) = plan["phase"], plan["out"], plan["rows_cols"]
+    c = dz.shape[-1]
+    dz = tf.reshape(tf.pad(dz, [[0, 0], [0, 2 * mh - ho], [0, 2 * mw - wo], [0, 0]]), [-1, mh, 2, mw, 2, c])
+    dout = {(a, b): dz[:, :, a, :, b] for a, b in PARITIES}
+    grads = []
+    for q in PARITIES:
+        shape = [tf.shape(dz)[0], rows - q[0], cols - q[1], c]
+        if q not in plan["padding"]:
+            grads.append(tf.zeros(shape, dz.dtype))
+            continue
+        top, bottom, left, right = plan["padding"][q]
+        acc = None
+        for p in PARITIES:
+            for weight, src, i0, j0 in plan["terms"][p]:
+                if src != q:
+                    continue
+                # the forward read padded[top + i0: top + i0 + mh, left + j0: ...]; put the gradient there
+                h_pad = rows - q[0] + top + bottom
+                w_pad = cols - q[1] + left + right
+                term = tf.pad(weight * dout[p], [[0, 0], [top + i0, h_pad - top - i0 - mh],
+                                                 [left + j0, w_pad - left - j0 - mw], [0, 0]])
+                acc = term if acc is None else acc + term
+        grads.append(acc[:, top: top + rows - q[0], left: left + cols - q[1]])
+    return tuple(grads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,29 +570,22 @@ def conv3x3_down2(x, w, impl: str = "auto"):
     return _conv3x3_down2_fast(x, w)
 
 
-def _down2_phases(x, w):
-    """y[i] = sum_k x[2i + k] w[k]: taps k = 0, 2 read the even rows, k = 1 the odd ones; one stride-1 VALID
-    convolution per (row, col) parity with the taps that reach it (2x2, 2x1, 1x2, 1x1)."""
-    ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+def _input_phases(x, ho, wo):
+    """The phases of x [N, H, W, C] a stride-2 3x3 conv with output [Ho, Wo] reads (shapes as above)."""
     p = _phases(x)
-    ee, eo = _window(p[(0, 0)], 0, 0, ho + 1, wo + 1), _window(p[(0, 1)], 0, 0, ho + 1, wo)
-    oe, oo = _window(p[(1, 0)], 0, 0, ho, wo + 1), _window(p[(1, 1)], 0, 0, ho, wo)
-    y = tf.nn.conv2d(ee, tf.stack([tf.stack([w[0, 0], w[0, 2]]), tf.stack([w[2, 0], w[2, 2]])]), 1, "VALID")
-    y += tf.nn.conv2d(eo, tf.stack([w[0, 1], w[2, 1]])[:, None], 1, "VALID")
-    y += tf.nn.conv2d(oe, tf.stack([w[1, 0], w[1, 2]])[None], 1, "VALID")
-    return y + tf.nn.conv2d(oo, w[1:2, 1:2], 1, "VALID")
+    return {(a, b): _window(p[(a, b)], 0, 0, ho + 1 - a, wo + 1 - b) for a, b in PARITIES}
 
 
 @tf.custom_gradient
 def _conv3x3_down2_fast(x, w):
-    y = _down2_phases(x, w)
+    ho, wo = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    y = _down2_sum(_input_phases(x, ho, wo), w)
     h, wd = x.shape[1], x.shape[2]
 
     def grad(dy):
-        dx = _conv_transpose3x3_up2_fast(dy, _swap_io(w))  # [N, 2Ho+2, 2Wo+2, Ci]; H is 2Ho+1 or 2Ho+2
-        dx = _window(dx, 0, 0, h, wd)
-        dw = _tap_matmuls(x, dy, 3, 2)
-        return dx, dw
+        # the transposed conv's 2Ho+1 rows, and a zero row where H is 2Ho+2
+        dx = phase_fir(_up2_fast(dy, _swap_io(w)), ((1.0,),), (0, h - 2 * ho - 1, 0, wd - 2 * wo - 1))
+        return dx, _tap_matmuls(x, dy, 3, 2)
 
     return y, grad
 
@@ -390,47 +594,6 @@ def _conv3x3_down2_fast(x, w):
 # Stride-2 transposed 3x3 convolution + blur (the generator's upsampling conv)
 # ---------------------------------------------------------------------------------------------
 
-def _up2_phases(x, w):
-    """Transposed conv by output phases (module docstring): [N, H, W, Ci] -> [N, 2H+2, 2W+2, Co] whose last
-    row and column are zero. Even outputs 2m take x[m] * w[0] + x[m-1] * w[2] (m = 0..H), odd outputs
-    2m+1 take x[m] * w[1] (m = 0..H-1). With x zero-padded by one on each side every phase is a VALID
-    stride-1 convolution with H+1 rows (the odd phases' extra last row reads only padding: zero)."""
-    xp = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    ee = tf.nn.conv2d(xp, tf.stack([tf.stack([w[2, 2], w[2, 0]]), tf.stack([w[0, 2], w[0, 0]])]), 1, "VALID")
-    h, wd = x.shape[1], x.shape[2]
-    eo = tf.nn.conv2d(_window(xp, 0, 1, h + 2, wd + 1), tf.stack([w[2, 1], w[0, 1]])[:, None], 1, "VALID")
-    oe = tf.nn.conv2d(_window(xp, 1, 0, h + 1, wd + 2), tf.stack([w[1, 2], w[1, 0]])[None], 1, "VALID")
-    oo = tf.nn.conv2d(_window(xp, 1, 1, h + 1, wd + 1), w[1:2, 1:2], 1, "VALID")
-    return tf.nn.depth_to_space(tf.concat([ee, eo, oe, oo], axis=-1), 2)
-
-
-@tf.custom_gradient
-def _conv_transpose3x3_up2_fast(x, w):
-    """out[2i + k] += x[i] w[k], as [N, 2H+2, 2W+2, Co] (last row/col zero); w [3, 3, Ci, Co]."""
-    y = _up2_phases(x, w)
-
-    return y, lambda dy: _up2_backward(x, dy, w)
-
-
-def _up2_backward(x, dy, w, scale=None):
-    """(dx, dw) of the stride-2 transposed conv of x (of x * scale: then (dx, dscale, dw), see
-    _conv3x3_backward): the strided conv (it reads rows 0..2H only, so the zero row gets no gradient), and one
-    matmul per tap."""
-    dxs = _conv3x3_down2_fast(dy, _swap_io(w))
-    dw = _tap_matmuls(dy, x, 3, 2, big_is_input=False, scale=scale)
-    if scale is None:
-        return dxs, dw
-    return (*_scale_grads(dxs, x, scale), dw)
-
-
-@tf.custom_gradient
-def _conv_transpose3x3_up2_scaled_fast(x, scale, w):
-    """_conv_transpose3x3_up2_fast(x * scale, w), keeping x rather than x * scale for the backward pass."""
-    y = _up2_phases(_scaled(x, scale), w)
-
-    return y, lambda dy: _up2_backward(x, dy, w, scale)
-
-
 def _swap_io(w):
     return tf.transpose(w, [0, 1, 3, 2])
 
@@ -438,9 +601,10 @@ def _swap_io(w):
 def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto", scale=None):
     """tf.nn.conv2d_transpose(x, w, stride 2, VALID) -> [N, 2H+1, 2W+1, Co], then upfirdn2d(., fir, pad).
 
-    x [N, H, W, Ci]; w [3, 3, Ci, Co] in correlation layout (out[2i + k] += x[i] * w[k]).
-    scale [N, Ci] (optional): the same for x * scale, which the fast path recomputes in its backward pass
-    instead of keeping it (see conv3x3).
+    x [N, H, W, Ci]; w [3, 3, Ci, Co] in correlation layout (out[2i + k] += x[i] * w[k]); fir a 2-D kernel
+    (numpy). scale [N, Ci] (optional): the same for x * scale, which the fast path recomputes in its
+    backward pass instead of keeping it (see conv3x3). The fast path never builds the 2H+1 image: the blur
+    reads the transposed conv's four phases and writes the interleaved result (phase_fir).
     """
     if resolve(impl) == "direct" or x.shape[1] is None or x.shape[2] is None:
         if scale is not None:
@@ -452,11 +616,10 @@ def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto", scale=None):
         if x.shape[1] is not None and x.shape[2] is not None:
             y = tf.ensure_shape(y, [x.shape[0], 2 * x.shape[1] + 1, 2 * x.shape[2] + 1, co])
         return upfirdn2d(y, fir, pad=pad)
-    # 2H+2 rows: the 2H+1 true ones and a zero row
-    y = _conv_transpose3x3_up2_fast(x, w) if scale is None else _conv_transpose3x3_up2_scaled_fast(x, scale, w)
-    # The blur pads the 2H+1 rows by pad1 at the end; one of those zeros is already there.
+    ph = _up2_fast(x, w) if scale is None else _up2_scaled_fast(x, scale, w)
     (px0, px1), (py0, py1) = _pads(pad)
-    return upfirdn2d(y, fir, pad=(px0, px1 - 1, py0, py1 - 1))
+    taps = tuple(tuple(float(v) for v in row) for row in np.asarray(fir, np.float32)[::-1, ::-1])
+    return phase_fir(ph, taps, (py0, py1, px0, px1))
 
 
 def _pads(pad):
