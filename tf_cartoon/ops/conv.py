@@ -539,23 +539,19 @@ def _phase_fir_adjoint(plan, dz):
     dout = {(a, b): dz[:, :, a, :, b] for a, b in PARITIES}
     grads = []
     for q in PARITIES:
-        shape = [tf.shape(dz)[0], rows - q[0], cols - q[1], c]
-        if q not in plan["padding"]:
-            grads.append(tf.zeros(shape, dz.dtype))
+        h, w = rows - q[0], cols - q[1]  # source phase q's size
+        if q not in plan["padding"]:  # no tap reads it
+            grads.append(tf.zeros([tf.shape(dz)[0], h, w, c], dz.dtype))
             continue
         top, bottom, left, right = plan["padding"][q]
         acc = None
         for p in PARITIES:
             for weight, src, i0, j0 in plan["terms"][p]:
-                if src != q:
-                    continue
-                # the forward read padded[top + i0: top + i0 + mh, left + j0: ...]; put the gradient there
-                h_pad = rows - q[0] + top + bottom
-                w_pad = cols - q[1] + left + right
-                term = tf.pad(weight * dout[p], [[0, 0], [top + i0, h_pad - top - i0 - mh],
-                                                 [left + j0, w_pad - left - j0 - mw], [0, 0]])
-                acc = term if acc is None else acc + term
-        grads.append(acc[:, top: top + rows - q[0], left: left + cols - q[1]])
+                if src == q:  # the forward read padded q at [top + i0: top + i0 + mh, left + j0: ...]
+                    term = tf.pad(weight * dout[p], [[0, 0], [top + i0, h + bottom - i0 - mh],
+                                                     [left + j0, w + right - j0 - mw], [0, 0]])
+                    acc = term if acc is None else acc + term
+        grads.append(acc[:, top: top + h, left: left + w])
     return tuple(grads)
 
 
