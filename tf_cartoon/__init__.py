@@ -21,7 +21,6 @@ if "tensorflow" not in _sys.modules:
     _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
-
 def load(path, models=("g_ema", "g", "d"), fused_modconv=False):
     """Load a reference ``.pt`` checkpoint, a converted directory or a training workdir.
 
@@ -41,11 +40,16 @@ def use_pooled_cpu_allocator():
     call (measured for a batch-4 256 px generator forward: ~600k page faults, 1.8 s of kernel CPU time and
     ~1 s of wall-clock per call); TF's BFC allocator (its GPU allocator, offered for the CPU by this switch)
     reuses freed memory. The generating command-line tools call this first thing; training does not (its
-    peak RSS measured 0.1 GB higher with it, and its steps are long enough that the faults cost ~1%). Read
+    peak RSS measured 0.1 GB higher with it, and its steps are long enough that the faults cost a few percent). Read
     when TF creates its CPU allocator (at its first op): call it before any TF computation.
     Returns whether the pooled allocator is asked for."""
     _os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-    return _os.environ["TF_CPU_ALLOCATOR_USE_BFC"].strip().lower() in ("1", "true")
+    return pooled_cpu_allocator_requested()
+
+
+def pooled_cpu_allocator_requested():
+    """Whether TF_CPU_ALLOCATOR_USE_BFC asks TF for its BFC allocator on the CPU."""
+    return _os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").strip().lower() in ("1", "true")
 
 
 TRAINING_MALLOC_ARENAS = 2

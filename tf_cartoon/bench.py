@@ -258,6 +258,7 @@ def peak_chain(cfg: Config):
 def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
     """The common keys of one measurement."""
     import tensorflow as tf
+    from tf_cartoon import pooled_cpu_allocator_requested
     gflops = flops / ms / 1e6
     peak = peak_flops / peak_ms / 1e6
     out = {"what": cfg.what, "size": cfg.size, "batch": cfg.batch, "xla": cfg.xla, "fused": cfg.fused,
@@ -266,8 +267,7 @@ def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
            "peak_ratio": round(gflops / peak, 4), "peak_ms": round(peak_ms, 3), "layout": "NHWC",
            "device": device_name(), "onednn": onednn_enabled(), "tf_version": tf.__version__, "repeats": cfg.repeats, "warmup": cfg.warmup,
            "load_avg_1m": round(os.getloadavg()[0], 2),
-           "cpu_allocator": "bfc" if os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "").strip().lower() in ("1", "true")
-           else "default"}
+           "cpu_allocator": "bfc" if pooled_cpu_allocator_requested() else "default"}
     ref = REFERENCE_MS.get((cfg.what, cfg.size, cfg.batch))
     if ref is not None and not cfg.channels_small and cfg.style_dim == 512 and cfg.n_mlp == 8 \
             and cfg.channel_multiplier == 2:
