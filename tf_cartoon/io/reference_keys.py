@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from tf_cartoon.io.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
 from tf_cartoon.ops import make_kernel
 
 
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 OPTIONAL_PREFIXES = ("noises.",)
 
 
-class CheckpointMismatchError(ValueError):
-    """A state dict does not fit the network: missing/unexpected keys or wrong shapes."""
 
 
 # layout name -> (reference -> ours, ours -> reference)

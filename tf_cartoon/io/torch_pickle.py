@@ -92,15 +92,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tf_cartoon.io.errors import CheckpointFormatError, UnsafePickleError
+
 __all__ = ["CheckpointFormatError", "UnsafePickleError", "load", "save"]
 
 
-class UnsafePickleError(ValueError):
-    """The checkpoint's pickle asks for something outside the allow-list."""
-
-
-class CheckpointFormatError(ValueError):
-    """The file is not a readable PyTorch zip checkpoint."""
 
 
 _ALLOWED_SUMMARY = (
