@@ -56,6 +56,18 @@ class _Layer(keras.layers.Layer):
         self.built = True
 
 
+def clamp(x, conv_clamp):
+    """``x`` clipped to [-conv_clamp, conv_clamp]; unchanged when conv_clamp is None.
+
+    NVlabs' StyleGAN2-ADA clamps every activated conv output (and ToRGB's output before the skip sum) at
+    ``conv_clamp`` (256 in its configs) so that its float16 layers cannot overflow; networks loaded from its
+    pickles keep the clamp so that they compute what NVlabs' code computes. The reference (rosinality) has none.
+    """
+    if conv_clamp is None:
+        return x
+    return tf.clip_by_value(x, -float(conv_clamp), float(conv_clamp))
+
+
 class PixelNorm(keras.layers.Layer):
     """x * rsqrt(mean(x^2 over the last axis) + 1e-8)."""
 
@@ -323,11 +335,12 @@ class StyledConv(_Layer):
     """Modulated conv -> + noise -> bias + leaky ReLU * sqrt(2) (the reference's order)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, style_dim, upsample=False,
-                 blur_kernel=DEFAULT_BLUR, demodulate=True, fused=False, **kwargs):
+                 blur_kernel=DEFAULT_BLUR, demodulate=True, fused=False, conv_clamp=None, **kwargs):
         super().__init__(**kwargs)
         self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), int(kernel_size)
         self.style_dim, self.upsample, self.demodulate = int(style_dim), bool(upsample), bool(demodulate)
         self.blur_kernel = tuple(blur_kernel)
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
         self.conv = ModulatedConv2d(in_channels, out_channels, kernel_size, style_dim, demodulate=demodulate,
                                     upsample=upsample, blur_kernel=blur_kernel, fused=fused, name="conv")
         self.noise = NoiseInjection(name="noise")
@@ -335,6 +348,9 @@ class StyledConv(_Layer):
         self._done()
 
     def call(self, x, w, noise=None, fused=None):
+        return clamp(self._styled(x, w, noise, fused), self.conv_clamp)
+
+    def _styled(self, x, w, noise, fused):
         conv = self.conv
         fused = conv.fused if fused is None else fused
         if fused or not self.demodulate or conv_impl.resolve("auto") == "direct" or x.shape[1] is None:
@@ -352,16 +368,19 @@ class StyledConv(_Layer):
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "style_dim": self.style_dim, "upsample": self.upsample,
-                "blur_kernel": list(self.blur_kernel), "demodulate": self.demodulate, "fused": self.conv.fused}
+                "blur_kernel": list(self.blur_kernel), "demodulate": self.demodulate, "fused": self.conv.fused,
+                "conv_clamp": self.conv_clamp}
 
 
 class ToRGB(_Layer):
-    """1x1 modulated conv (no demodulation) + bias + the upsampled previous RGB skip."""
+    """1x1 modulated conv (no demodulation) + bias [clamped] + the upsampled previous RGB skip."""
 
-    def __init__(self, in_channels, style_dim, upsample=True, blur_kernel=DEFAULT_BLUR, fused=False, **kwargs):
+    def __init__(self, in_channels, style_dim, upsample=True, blur_kernel=DEFAULT_BLUR, fused=False, conv_clamp=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.in_channels, self.style_dim, self.upsample = int(in_channels), int(style_dim), bool(upsample)
         self.blur_kernel = tuple(blur_kernel)
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False, fused=fused, name="conv")
         self.bias = self.add_weight(name="bias", shape=(3,), initializer="zeros")
         if self.upsample:
@@ -371,29 +390,32 @@ class ToRGB(_Layer):
         self._done()
 
     def call(self, x, w, skip=None, fused=None):
-        out = self.conv(x, w, fused=fused) + tf.cast(self.bias, x.dtype)
+        out = clamp(self.conv(x, w, fused=fused) + tf.cast(self.bias, x.dtype), self.conv_clamp)
         if skip is not None:
             out = out + upfirdn2d(skip, self.skip_fir, up=2, pad=self.skip_pad)
         return out
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "style_dim": self.style_dim,
-                "upsample": self.upsample, "blur_kernel": list(self.blur_kernel), "fused": self.conv.fused}
+                "upsample": self.upsample, "blur_kernel": list(self.blur_kernel), "fused": self.conv.fused,
+                "conv_clamp": self.conv_clamp}
 
 
 class ConvLayer(_Layer):
     """Discriminator conv: [blur] -> EqualConv2d (stride 2 when downsampling) -> [bias + lrelu].
 
     With ``activate`` the bias lives in the activation (reference: ``ConvLayer.1.bias``
-    or ``.2.bias`` after a blur); without it, in the conv when ``use_bias``.
+    or ``.2.bias`` after a blur); without it, in the conv when ``use_bias``. ``conv_clamp`` clips the
+    activated output (NVlabs networks; see ``clamp``).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, downsample=False, blur_kernel=DEFAULT_BLUR,
-                 use_bias=True, activate=True, **kwargs):
+                 use_bias=True, activate=True, conv_clamp=None, **kwargs):
         super().__init__(**kwargs)
         self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), int(kernel_size)
         self.downsample, self.use_bias, self.activate = bool(downsample), bool(use_bias), bool(activate)
         self.blur_kernel = tuple(blur_kernel)
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
         if self.downsample:
             p = (len(self.blur_kernel) - 2) + (self.kernel_size - 1)
             self.blur_pad = ((p + 1) // 2, p // 2)
@@ -416,25 +438,33 @@ class ConvLayer(_Layer):
         else:
             x = self.conv(x)
         if self.act is not None:
-            return self.act(x)
+            return clamp(self.act(x), self.conv_clamp)
         if self.activate:  # activation without a bias
-            return bias_act(x, None, "lrelu")
+            return clamp(bias_act(x, None, "lrelu"), self.conv_clamp)
         return x
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "downsample": self.downsample,
-                "blur_kernel": list(self.blur_kernel), "use_bias": self.use_bias, "activate": self.activate}
+                "blur_kernel": list(self.blur_kernel), "use_bias": self.use_bias, "activate": self.activate,
+                "conv_clamp": self.conv_clamp}
 
 
 class ResBlock(_Layer):
-    """(conv2(conv1(x)) + skip(x)) / sqrt(2); conv2 and skip downsample by 2."""
+    """(conv2(conv1(x)) + skip(x)) / sqrt(2); conv2 and skip downsample by 2.
 
-    def __init__(self, in_channels, out_channels, blur_kernel=DEFAULT_BLUR, **kwargs):
+    ``conv_clamp`` clips conv1's and conv2's activated outputs, not the (linear) skip: NVlabs' block computes
+    clamp(lrelu * sqrt(2) * sqrt(1/2), conv_clamp * sqrt(1/2)) for conv2, which is the same clip before the sum's
+    1 / sqrt(2)."""
+
+    def __init__(self, in_channels, out_channels, blur_kernel=DEFAULT_BLUR, conv_clamp=None, **kwargs):
         super().__init__(**kwargs)
         self.in_channels, self.out_channels, self.blur_kernel = int(in_channels), int(out_channels), tuple(blur_kernel)
-        self.conv1 = ConvLayer(in_channels, in_channels, 3, blur_kernel=blur_kernel, name="conv1")
-        self.conv2 = ConvLayer(in_channels, out_channels, 3, downsample=True, blur_kernel=blur_kernel, name="conv2")
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
+        self.conv1 = ConvLayer(in_channels, in_channels, 3, blur_kernel=blur_kernel, conv_clamp=conv_clamp,
+                               name="conv1")
+        self.conv2 = ConvLayer(in_channels, out_channels, 3, downsample=True, blur_kernel=blur_kernel,
+                               conv_clamp=conv_clamp, name="conv2")
         self.skip = ConvLayer(in_channels, out_channels, 1, downsample=True, blur_kernel=blur_kernel,
                               use_bias=False, activate=False, name="skip")
         self._done()
@@ -444,7 +474,7 @@ class ResBlock(_Layer):
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "blur_kernel": list(self.blur_kernel)}
+                "blur_kernel": list(self.blur_kernel), "conv_clamp": self.conv_clamp}
 
 
 class MinibatchStddev(keras.layers.Layer):

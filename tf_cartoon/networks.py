@@ -67,18 +67,20 @@ def resolve_channels(size, channel_multiplier=2, channels=None) -> dict[int, int
 
 
 class MappingNetwork(keras.layers.Layer):
-    """PixelNorm then n_mlp x EqualLinear(lr_mul) + leaky ReLU.
+    """PixelNorm then n_mlp x EqualLinear(lr_mul) + leaky ReLU: z [.., z_dim] -> w [.., style_dim].
 
     Normalises over the LAST axis, so [N, D] and [N, n, D] inputs both work (the
-    reference normalises a 3-D input across rows; we do not reproduce that).
+    reference normalises a 3-D input across rows; we do not reproduce that). z_dim is style_dim in the
+    reference; NVlabs' networks may have another (the first layer then maps z_dim -> style_dim).
     """
 
-    def __init__(self, style_dim=512, n_mlp=8, lr_mul=0.01, **kwargs):
+    def __init__(self, style_dim=512, n_mlp=8, lr_mul=0.01, z_dim=None, **kwargs):
         super().__init__(**kwargs)
         self.style_dim, self.n_mlp, self.lr_mul = int(style_dim), int(n_mlp), float(lr_mul)
+        self.z_dim = self.style_dim if z_dim is None else int(z_dim)
         self.norm = PixelNorm(name="pixel_norm")
-        self.dense = [EqualLinear(style_dim, style_dim, lr_mul=lr_mul, activation="lrelu", name=f"dense_{i + 1}")
-                      for i in range(self.n_mlp)]
+        self.dense = [EqualLinear(self.z_dim if i == 0 else style_dim, style_dim, lr_mul=lr_mul, activation="lrelu",
+                                  name=f"dense_{i + 1}") for i in range(self.n_mlp)]
         track_items(self, "dense", self.dense)
         self.built = True
 
@@ -89,7 +91,8 @@ class MappingNetwork(keras.layers.Layer):
         return x
 
     def get_config(self):
-        return {**super().get_config(), "style_dim": self.style_dim, "n_mlp": self.n_mlp, "lr_mul": self.lr_mul}
+        return {**super().get_config(), "style_dim": self.style_dim, "n_mlp": self.n_mlp, "lr_mul": self.lr_mul,
+                "z_dim": self.z_dim}
 
 
 class SynthesisOutput(NamedTuple):
@@ -106,10 +109,15 @@ class Generator(keras.Model):
     """
 
     def __init__(self, size=256, style_dim=512, n_mlp=8, channel_multiplier=2, lr_mlp=0.01, channels=None,
-                 blur_kernel=DEFAULT_BLUR, fused_modconv=False, **kwargs):
+                 blur_kernel=DEFAULT_BLUR, fused_modconv=False, z_dim=None, conv_clamp=None, **kwargs):
         kwargs.setdefault("name", "generator")
         super().__init__(**kwargs)
         self.size, self.style_dim, self.n_mlp = int(size), int(style_dim), int(n_mlp)
+        self.z_dim = self.style_dim if z_dim is None else int(z_dim)
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
+        # The truncation centre a checkpoint stores (NVlabs' w_avg, rosinality's latent_avg), [1, style_dim];
+        # None: mean_latent computes the mean of the mapping instead. Set by the checkpoint loaders.
+        self.stored_mean_latent = None
         self.channel_multiplier, self.lr_mlp = int(channel_multiplier), float(lr_mlp)
         self.blur_kernel = tuple(blur_kernel)
         self.log_size = log2_size(size)
@@ -119,20 +127,20 @@ class Generator(keras.Model):
         self.n_blocks = self.log_size - 2  # synthesis blocks above 4x4 = valid swap indices 1..n_blocks
         ch = self.channels
 
-        self.style = MappingNetwork(style_dim, n_mlp, lr_mlp, name="style")
+        self.style = MappingNetwork(style_dim, n_mlp, lr_mlp, z_dim=self.z_dim, name="style")
         self.const_input = ConstantInput(ch[4], name="input")
-        self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=blur_kernel, fused=fused_modconv,
-                                name="conv1")
-        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False, fused=fused_modconv, name="to_rgb1")
+        clip = {"conv_clamp": self.conv_clamp, "fused": fused_modconv}
+        self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=blur_kernel, name="conv1", **clip)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False, name="to_rgb1", **clip)
         self.convs, self.to_rgbs = [], []
         in_ch = ch[4]
         for b in range(self.n_blocks):
             out_ch = ch[2 ** (b + 3)]
             self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True, blur_kernel=blur_kernel,
-                                         fused=fused_modconv, name=f"convs_{2 * b}"))
+                                         name=f"convs_{2 * b}", **clip))
             self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel,
-                                         fused=fused_modconv, name=f"convs_{2 * b + 1}"))
-            self.to_rgbs.append(ToRGB(out_ch, style_dim, fused=fused_modconv, name=f"to_rgbs_{b}"))
+                                         name=f"convs_{2 * b + 1}", **clip))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, name=f"to_rgbs_{b}", **clip))
             in_ch = out_ch
         # The stored noise maps (reference buffers noises.noise_i), [1, R, R, 1].
         self.noise_buffers = [
@@ -163,10 +171,14 @@ class Generator(keras.Model):
             layer.conv.fused = self._fused
 
     def get_config(self):
+        """The constructor's arguments; z_dim and conv_clamp only where they differ from the reference's
+        (style_dim, none), so that configs of reference networks stay as they were."""
+        extra = {**({"z_dim": self.z_dim} if self.z_dim != self.style_dim else {}),
+                 **({"conv_clamp": self.conv_clamp} if self.conv_clamp is not None else {})}
         return {"size": self.size, "style_dim": self.style_dim, "n_mlp": self.n_mlp,
                 "channel_multiplier": self.channel_multiplier, "lr_mlp": self.lr_mlp,
                 "channels": {str(k): v for k, v in self.channels.items()},
-                "blur_kernel": list(self.blur_kernel), "fused_modconv": self._fused, "name": self.name}
+                "blur_kernel": list(self.blur_kernel), "fused_modconv": self._fused, "name": self.name, **extra}
 
     @classmethod
     def from_config(cls, config):
@@ -174,13 +186,17 @@ class Generator(keras.Model):
 
     # -- latents -----------------------------------------------------------------------------------
     def mapping(self, z):
-        """z [N, D] (or [N, n, D]) -> w of the same shape."""
+        """z [N, z_dim] (or [N, n, z_dim]) -> w [N, (n,) style_dim]."""
         return self.style(z)
 
     def mean_latent(self, n: int = 4096, seed: int | None = None):
-        """Mean of the mapping over ``n`` N(0, 1) latents, [1, style_dim]."""
-        z = (tf.random.stateless_normal([n, self.style_dim], seed=[seed, 0]) if seed is not None
-             else tf.random.normal([n, self.style_dim]))
+        """The truncation centre, [1, style_dim]: the checkpoint's stored one where it has one
+        (``stored_mean_latent``: NVlabs' w_avg, the average of w over training, which NVlabs' code truncates
+        toward), else the mean of the mapping over ``n`` N(0, 1) latents."""
+        if self.stored_mean_latent is not None:
+            return tf.constant(np.reshape(self.stored_mean_latent, [1, self.style_dim]), tf.float32)
+        z = (tf.random.stateless_normal([n, self.z_dim], seed=[seed, 0]) if seed is not None
+             else tf.random.normal([n, self.z_dim]))
         return tf.reduce_mean(self.style(z), axis=0, keepdims=True)
 
     def make_wplus(self, styles, input_is_latent=False, truncation=1.0, truncation_latent=None, inject_index=None,
@@ -202,10 +218,11 @@ class Generator(keras.Model):
         if not 1 <= len(styles) <= 2:
             raise ValueError(f"styles must hold one or two tensors, got {len(styles)}")
         styles = [tf.convert_to_tensor(s) for s in styles]
+        width = self.style_dim if input_is_latent else self.z_dim
         for s in styles:
-            if s.shape.rank not in (2, 3) or (s.shape[-1] is not None and s.shape[-1] != self.style_dim):
-                raise ValueError(f"style tensor must be [N, {self.style_dim}] or [N, {self.n_latent}, "
-                                 f"{self.style_dim}], got {s.shape}")
+            if s.shape.rank not in (2, 3) or (s.shape[-1] is not None and s.shape[-1] != width):
+                raise ValueError(f"style tensor must be [N, {width}] or [N, {self.n_latent}, "
+                                 f"{width}], got {s.shape}")
             if s.shape.rank == 3 and s.shape[1] is not None and s.shape[1] != self.n_latent:
                 raise ValueError(f"W+ input must have {self.n_latent} rows, got shape {s.shape}")
         if not input_is_latent:
@@ -366,22 +383,24 @@ class Discriminator(keras.Model):
     """
 
     def __init__(self, size=256, channel_multiplier=2, channels=None, blur_kernel=DEFAULT_BLUR, stddev_group=4,
-                 **kwargs):
+                 stddev_features=1, conv_clamp=None, **kwargs):
         kwargs.setdefault("name", "discriminator")
         super().__init__(**kwargs)
         self.size, self.channel_multiplier = int(size), int(channel_multiplier)
         self.blur_kernel, self.stddev_group = tuple(blur_kernel), int(stddev_group)
+        self.stddev_features = int(stddev_features)
+        self.conv_clamp = None if conv_clamp is None else float(conv_clamp)
         self.log_size = log2_size(size)
         self.channels = resolve_channels(size, channel_multiplier, channels)
         ch = self.channels
-        self.convs = [ConvLayer(3, ch[self.size], 1, name="convs_0")]
+        self.convs = [ConvLayer(3, ch[self.size], 1, conv_clamp=conv_clamp, name="convs_0")]
         in_ch = ch[self.size]
         for j, i in enumerate(range(self.log_size, 2, -1)):
             out_ch = ch[2 ** (i - 1)]
-            self.convs.append(ResBlock(in_ch, out_ch, blur_kernel, name=f"convs_{j + 1}"))
+            self.convs.append(ResBlock(in_ch, out_ch, blur_kernel, conv_clamp=conv_clamp, name=f"convs_{j + 1}"))
             in_ch = out_ch
-        self.stddev = MinibatchStddev(stddev_group, 1, name="stddev")
-        self.final_conv = ConvLayer(in_ch + 1, ch[4], 3, name="final_conv")
+        self.stddev = MinibatchStddev(stddev_group, self.stddev_features, name="stddev")
+        self.final_conv = ConvLayer(in_ch + self.stddev_features, ch[4], 3, conv_clamp=conv_clamp, name="final_conv")
         self.final_linear = [EqualLinear(ch[4] * 4 * 4, ch[4], activation="lrelu", name="final_linear_0"),
                              EqualLinear(ch[4], 1, name="final_linear_1")]
         track_items(self, "convs", self.convs)
@@ -389,9 +408,11 @@ class Discriminator(keras.Model):
         self.built = True
 
     def get_config(self):
+        extra = {**({"stddev_features": self.stddev_features} if self.stddev_features != 1 else {}),
+                 **({"conv_clamp": self.conv_clamp} if self.conv_clamp is not None else {})}
         return {"size": self.size, "channel_multiplier": self.channel_multiplier,
                 "channels": {str(k): v for k, v in self.channels.items()}, "blur_kernel": list(self.blur_kernel),
-                "stddev_group": self.stddev_group, "name": self.name}
+                "stddev_group": self.stddev_group, "name": self.name, **extra}
 
     @classmethod
     def from_config(cls, config):

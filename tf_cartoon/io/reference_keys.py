@@ -214,14 +214,16 @@ def _need(sd, key, what, source):
 
 
 def infer_generator_config(sd, source: str = "", lr_mlp: float = 0.01) -> dict:
-    """Generator kwargs (size, style_dim, n_mlp, channels, blur_kernel) from a state dict."""
+    """Generator kwargs (size, style_dim, n_mlp, channels, blur_kernel; z_dim where it is not style_dim)
+    from a state dict."""
     what = "generator"
     style_idx = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k)))
     if not style_idx:
         _need(sd, "style.1.weight", what, source)
     if style_idx != list(range(1, len(style_idx) + 1)):
         raise CheckpointMismatchError(f"{what}: mapping layers style.{style_idx} are not numbered 1..n")
-    style_dim = int(_need(sd, "style.1.weight", what, source).shape[1])
+    z_dim = int(_need(sd, "style.1.weight", what, source).shape[1])
+    style_dim = int(_need(sd, "conv1.conv.modulation.weight", what, source).shape[1])
     n_convs = len({int(m.group(1)) for k in sd if (m := re.fullmatch(r"convs\.(\d+)\.conv\.weight", k))})
     if n_convs == 0 or n_convs % 2:
         raise CheckpointMismatchError(f"{what}: found {n_convs} synthesis convs (convs.*.conv.weight); "
@@ -232,9 +234,12 @@ def infer_generator_config(sd, source: str = "", lr_mlp: float = 0.01) -> dict:
     for b in range(n_convs // 2):
         channels[2 ** (b + 3)] = int(_need(sd, f"convs.{2 * b}.conv.weight", what, source).shape[1])
     blur = _infer_blur(sd, "convs.0.conv.blur.kernel", gain=4)
-    return {"size": size, "style_dim": style_dim, "n_mlp": len(style_idx), "lr_mlp": lr_mlp,
-            "channels": {str(k): v for k, v in channels.items()}, "blur_kernel": blur,
-            "channel_multiplier": _guess_multiplier(channels)}
+    config = {"size": size, "style_dim": style_dim, "n_mlp": len(style_idx), "lr_mlp": lr_mlp,
+              "channels": {str(k): v for k, v in channels.items()}, "blur_kernel": blur,
+              "channel_multiplier": _guess_multiplier(channels)}
+    if z_dim != style_dim:  # NVlabs networks may map a z of another width (the reference's never do)
+        config["z_dim"] = z_dim
+    return config
 
 
 def infer_discriminator_config(sd, source: str = "") -> dict:

@@ -1,7 +1,13 @@
-"""Checkpoints: reference ``.pt`` files and our converted directories, one loader.
+"""Checkpoints: every format, one loader (``load``).
+
+Read: reference ``.pt`` files (torch zip or legacy format, ``io/torch_pickle``), NVlabs network pickles
+(stylegan2-ada-pytorch and TensorFlow stylegan2 ``.pkl``, ``io/network_pickle`` + ``io/nvlabs``), our
+converted directories, training workdirs and ``builtin:<name>``. Every file is read as data; nothing in
+it runs.
 
 A converted directory holds:
-  config.json             architecture of each network, the reference args, ada_aug_p
+  config.json             architecture of each network, the reference args, ada_aug_p, latent_avg (where the
+                          source stored a truncation centre)
   weights/ckpt-1.*        tf.train.Checkpoint(g_ema=..., g=..., d=...) (whichever exist)
   optimizer_states.npz    optional: the reference Adam states, reference names and layouts
 
@@ -41,6 +47,7 @@ class Checkpoint:
     ada_aug_p: float = 0.0
     optimizer_states: dict | None = None  # {"g_optim": {...}, "d_optim": {...}} reference names/layouts
     path: str = ""
+    latent_avg: np.ndarray | None = None  # [style_dim]: the stored truncation centre (NVlabs w_avg), if any
 
     def models(self) -> dict:
         return {n: m for n in MODEL_NAMES if (m := getattr(self, n)) is not None}
@@ -57,11 +64,16 @@ def build_generator(cfg: dict, **overrides):
     return Generator(**{**cfg, **overrides})
 
 
+# Architecture settings the reference's state dict cannot express, kept in a .pt's args (flat keys, so that
+# torch.load(weights_only=True) reads them) and restored from there: NVlabs networks have them.
+ARCH_ARGS = {"generator": ("z_dim", "conv_clamp"), "discriminator": ("conv_clamp", "stddev_group", "stddev_features")}
+
+
 def build_discriminator(cfg: dict, **overrides):
     from tf_cartoon.networks import Discriminator
 
     cfg = {k: v for k, v in cfg.items() if k in ("size", "channel_multiplier", "channels", "blur_kernel",
-                                                  "stddev_group")}
+                                                  "stddev_group", "stddev_features", "conv_clamp")}
     return Discriminator(**{**cfg, **overrides})
 
 
@@ -70,8 +82,25 @@ def build_discriminator(cfg: dict, **overrides):
 # ---------------------------------------------------------------------------
 
 def read_reference(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
-    """Load a reference-format ``.pt`` (no torch needed) into Keras models."""
-    obj = torch_pickle.load(path)
+    """Load a reference-format ``.pt`` (torch zip or legacy format; no torch needed) into Keras models."""
+    return from_reference_object(torch_pickle.load(path), path, models, fused_modconv)
+
+
+def read_nvlabs(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
+    """Load an NVlabs network pickle (stylegan2-ada-pytorch or TensorFlow stylegan2) into Keras models."""
+    from tf_cartoon.io import network_pickle, nvlabs
+
+    obj = network_pickle.load(path)
+    if not nvlabs.is_nvlabs(obj):
+        raise rk.CheckpointMismatchError(f"{path}: a pickle, but not an NVlabs network pickle (no persistent "
+                                         "G / G_ema / D networks, no dnnlib.tflib networks)")
+    return from_reference_object(nvlabs.to_reference(obj, path), path, models, fused_modconv)
+
+
+def from_reference_object(obj, path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
+    """A reference-format object (dict of state dicts, args, ada_aug_p, latent_avg) -> Checkpoint.
+
+    ``obj.extras`` (io/nvlabs.Converted) carries what NVlabs networks add to the architecture."""
     if not isinstance(obj, dict):
         raise rk.CheckpointMismatchError(f"{path}: expected a dict at the top level, got {type(obj).__name__}")
     if "style.1.weight" in obj:  # a bare generator state dict
@@ -82,15 +111,20 @@ def read_reference(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
             f"{path}: no 'g_ema', 'g' or 'd' state dict (top-level keys: {sorted(map(str, obj))})")
     args = _args_dict(obj.get("args"))
     lr_mlp = float(args.get("lr_mlp", 0.01)) if isinstance(args.get("lr_mlp", 0.01), (int, float)) else 0.01
+    extras = getattr(obj, "extras", None) or {k: {n: args[n] for n in names if args.get(n) is not None}
+                                              for k, names in ARCH_ARGS.items()}
     config = {"format": FORMAT}
     gen_sd = obj.get("g_ema", obj.get("g"))
     if gen_sd is not None:
         config["generator"] = rk.infer_generator_config(gen_sd, source=path, lr_mlp=lr_mlp)
+        config["generator"].update({k: v for k, v in extras.get("generator", {}).items() if v is not None})
     if "d" in obj:
         config["discriminator"] = rk.infer_discriminator_config(obj["d"], source=path)
+        config["discriminator"].update({k: v for k, v in extras.get("discriminator", {}).items() if v is not None})
     _check_size_arg(args, config, path)
+    latent_avg = _latent_avg(obj.get("latent_avg"), config.get("generator"), path)
     ckpt = Checkpoint(config=config, args=args, ada_aug_p=float(np.asarray(obj.get("ada_aug_p", 0.0))),
-                      path=str(path))
+                      path=str(path), latent_avg=latent_avg)
     for name in present:
         if name not in models:
             continue
@@ -101,10 +135,22 @@ def read_reference(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
         else:
             model = build_generator(config["generator"], fused_modconv=fused_modconv, name=name)
             rk.load_state_dict(model, sd, rk.generator_table, name, str(path))
+            model.stored_mean_latent = latent_avg
         setattr(ckpt, name, model)
     opt = {k: obj[k] for k in ("g_optim", "d_optim") if isinstance(obj.get(k), dict)}
     ckpt.optimizer_states = opt or None
     return ckpt
+
+
+def _latent_avg(value, gen_config, path):
+    """The stored truncation centre as float32 [style_dim], or None (checked against the generator)."""
+    if value is None or gen_config is None:
+        return None
+    arr = np.asarray(value, np.float32).reshape(-1)
+    if arr.shape != (gen_config["style_dim"],) or not np.isfinite(arr).all():
+        raise rk.CheckpointMismatchError(f"{path}: latent_avg has shape {np.shape(value)} (or non-finite values); "
+                                         f"the generator's style_dim is {gen_config['style_dim']}")
+    return arr
 
 
 def write_reference(ckpt: Checkpoint, path: str) -> None:
@@ -122,6 +168,11 @@ def write_reference(ckpt: Checkpoint, path: str) -> None:
     if ckpt.optimizer_states:
         obj.update(ckpt.optimizer_states)
     obj["args"] = dict(ckpt.args)
+    for kind, names in ARCH_ARGS.items():
+        cfg = ckpt.config.get(kind) or {}
+        obj["args"].update({n: cfg[n] for n in names if cfg.get(n) is not None})
+    if ckpt.latent_avg is not None:
+        obj["latent_avg"] = np.asarray(ckpt.latent_avg, np.float32)  # where rosinality's convert_weight puts it
     obj["ada_aug_p"] = float(ckpt.ada_aug_p)
     stem = os.path.splitext(os.path.basename(path))[0] or "archive"
     torch_pickle.save(obj, path, archive_name=stem)
@@ -164,6 +215,8 @@ def write_converted(ckpt: Checkpoint, out_dir: str, overwrite: bool = False) -> 
         models = ckpt.models()
         config = dict(ckpt.config, format=FORMAT, models=sorted(models), args=ckpt.args,
                       ada_aug_p=float(ckpt.ada_aug_p))
+        if ckpt.latent_avg is not None:
+            config["latent_avg"] = [float(v) for v in np.asarray(ckpt.latent_avg).reshape(-1)]
         tf.train.Checkpoint(**models).write(os.path.join(tmp, "weights", "ckpt"))
         if ckpt.optimizer_states:
             np.savez(os.path.join(tmp, "optimizer_states.npz"), **_flatten_optim(ckpt.optimizer_states))
@@ -191,9 +244,14 @@ def read_converted(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
         raise ValueError(f"{cfg_path}: unknown format {config.get('format')!r}, expected {FORMAT!r}")
     present = [n for n in config.get("models", []) if n in models]
     built = _restore_networks(config, present, fused_modconv, os.path.join(path, "weights", "ckpt"), path)
-    ckpt = Checkpoint(config={k: v for k, v in config.items() if k not in ("args", "ada_aug_p", "models")},
+    latent_avg = _latent_avg(config.get("latent_avg"), config.get("generator"), cfg_path)
+    for name in ("g_ema", "g"):
+        if name in built:
+            built[name].stored_mean_latent = latent_avg
+    ckpt = Checkpoint(config={k: v for k, v in config.items()
+                              if k not in ("args", "ada_aug_p", "models", "latent_avg")},
                       args=config.get("args", {}), ada_aug_p=float(config.get("ada_aug_p", 0.0)), path=str(path),
-                      **built)
+                      latent_avg=latent_avg, **built)
     opt_path = os.path.join(path, "optimizer_states.npz")
     if os.path.exists(opt_path):
         with np.load(opt_path) as data:
@@ -305,6 +363,29 @@ def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoi
             return read_workdir(path, models, fused_modconv)
         raise ValueError(f"{path} is a directory without config.json or {WORKDIR_CONFIG}: neither a converted "
                          "checkpoint (python -m tf_cartoon.convert SRC.pt OUT_DIR) nor a training workdir")
-    if zipfile.is_zipfile(path) or path.endswith(".pt") or path.endswith(".pth"):
+    kind = sniff(path)
+    if kind in ("torch_zip", "torch_legacy"):
         return read_reference(path, models, fused_modconv)
-    raise ValueError(f"{path}: neither a reference .pt checkpoint nor a converted directory")
+    if kind == "pickle":
+        return read_nvlabs(path, models, fused_modconv)
+    if path.endswith((".pt", ".pth")):  # let the torch reader name what is wrong with it
+        return read_reference(path, models, fused_modconv)
+    raise rk.CheckpointFormatError(f"{path}: not a checkpoint: neither a torch .pt (zip or legacy format), an "
+                                   "NVlabs .pkl, a converted directory nor a training workdir")
+
+
+def sniff(path: str) -> str | None:
+    """The file's format by its first bytes: 'torch_zip', 'torch_legacy', 'pickle' or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise rk.CheckpointFormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    if head.startswith(b"PK") or zipfile.is_zipfile(path):
+        return "torch_zip"
+    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:  # a pickle starts with PROTO 2..5
+        return None
+    # torch's legacy format starts with a pickled int, the magic number 0x1950a86a20f9469cfc6c (LONG1)
+    if head[2:14] == b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little"):
+        return "torch_legacy"
+    return "pickle"

@@ -145,9 +145,10 @@ class Trainer:
                 src = store.load(source_path, models=("g_ema",), fused_modconv=fused).g_ema
                 if src is None:
                     raise ValueError(f"--source_ckpt {source_path} holds no generator")
-                if src.size != self.size or src.style_dim != self.g.style_dim:
-                    raise ValueError(f"source {source_path} is {src.size} px / style_dim {src.style_dim}, "
-                                     f"the trained generator {self.size} px / {self.g.style_dim}")
+                if (src.size, src.style_dim, src.z_dim) != (self.size, self.g.style_dim, self.g.z_dim):
+                    raise ValueError(f"source {source_path} is {src.size} px / style_dim {src.style_dim} / z_dim "
+                                     f"{src.z_dim}, the trained generator {self.size} px / {self.g.style_dim} / "
+                                     f"{self.g.z_dim}")
                 self.source = store.build_generator(src.get_config(), name="source")
                 _copy(src, self.source)
             elif needs_source:
@@ -225,7 +226,7 @@ class Trainer:
         """z1, z2 [n, D] for this replica, whether mixing fired, the inject index (n_latent = no mixing)."""
         n_global = per_replica * self.replicas
         seed = self._seed(step, purpose)
-        z = tf.random.stateless_normal([2, n_global, self.g.style_dim], seed=seed)
+        z = tf.random.stateless_normal([2, n_global, self.g.z_dim], seed=seed)
         z1, z2 = self._replica_slice(z[0]), self._replica_slice(z[1])
         u = tf.random.stateless_uniform([3], seed=seed + [0, 7919])
         mixed = u[0] < self.cfg.mixing
@@ -449,7 +450,7 @@ class Trainer:
     def sample_grid(self, n: int | None = None) -> np.ndarray:
         """Fixed latents -> rows source | target (g_ema) | layer-swapped at each swap layer; uint8 HWC grid."""
         n = n or self.cfg.n_sample
-        z = tf.random.stateless_normal([n, self.g.style_dim], seed=[self.cfg.seed, 2 ** 31 - 1])
+        z = tf.random.stateless_normal([n, self.g.z_dim], seed=[self.cfg.seed, 2 ** 31 - 1])
         noise = [tf.constant(v.numpy()) for v in self.g_ema.noise_buffers]
         rows = []
         tgt_w = self.g_ema.make_wplus(z)
