@@ -622,13 +622,19 @@ def test_legacy_matches_zip_written_by_torch(tmp_path):
         f64=torch.randn(3, dtype=torch.float64, generator=gen),
         i32=torch.tensor([1, -7], dtype=torch.int32), u8=torch.tensor([0, 255], dtype=torch.uint8),
         mask=torch.tensor([True, False]), empty=torch.zeros(0, 3), step=torch.tensor(4.0),
+        flag=torch.tensor(True), bf0=torch.tensor(1.5, dtype=torch.bfloat16),
     )
     obj = {"sd": sd, "size": torch.Size([2, 3]), "raw": b"abc", "set": {1, 2},
            "args": argparse.Namespace(size=32), "nested": [{"x": (1, 2.5)}, None]}
     torch.save(obj, tmp_path / "zip.pt")
     torch.save(obj, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     assert tp.sniff(tmp_path / "legacy.pt") == "torch_legacy"
-    assert_tree_equal(tp.load(tmp_path / "legacy.pt"), tp.load(tmp_path / "zip.pt"))
+    legacy = tp.load(tmp_path / "legacy.pt")
+    assert_tree_equal(legacy, tp.load(tmp_path / "zip.pt"))
+    # 0-d bool / bfloat16 tensors stay 0-d arrays (numpy operators would make them scalars)
+    assert isinstance(legacy["sd"]["flag"], np.ndarray) and legacy["sd"]["flag"].shape == ()
+    assert legacy["sd"]["flag"].dtype == np.bool_ and bool(legacy["sd"]["flag"])
+    assert isinstance(legacy["sd"]["bf0"], np.ndarray) and legacy["sd"]["bf0"] == np.float32(1.5)
 
 
 def test_legacy_storage_view_and_big_endian(tmp_path):

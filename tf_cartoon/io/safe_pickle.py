@@ -133,7 +133,7 @@ class _Machine:
 
     __slots__ = ("data", "pos", "end", "stack", "metastack", "memo", "policy")
 
-    def __init__(self, data: bytes | memoryview, policy: Policy, start: int):
+    def __init__(self, data: bytes, policy: Policy, start: int):
         self.data = data
         self.pos = start
         self.end = len(data)
@@ -150,7 +150,7 @@ class _Machine:
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > self.end:
             raise self.fail("unexpected end of pickle data (truncated)")
-        chunk = bytes(self.data[self.pos:self.pos + n])
+        chunk = self.data[self.pos:self.pos + n]
         self.pos += n
         return chunk
 
@@ -158,15 +158,10 @@ class _Machine:
         return struct.unpack(fmt, self.take(size))[0]
 
     def line(self) -> bytes:
-        data = self.data
-        if isinstance(data, memoryview):
-            nl = bytes(data[self.pos:self.pos + 4096]).find(b"\n")
-            nl = -1 if nl < 0 else self.pos + nl
-        else:
-            nl = data.find(b"\n", self.pos)
+        nl = self.data.find(b"\n", self.pos)
         if nl < 0:
             raise self.fail("unexpected end of pickle data (truncated)")
-        chunk = bytes(data[self.pos:nl])
+        chunk = self.data[self.pos:nl]
         self.pos = nl + 1
         return chunk
 
@@ -525,7 +520,7 @@ def _buffer(m: _Machine) -> None:
     raise m.fail("out-of-band pickle buffers are not supported")
 
 
-def unpickle(data: bytes | memoryview, policy: Policy, start: int = 0) -> tuple[Any, int]:
+def unpickle(data: bytes, policy: Policy, start: int = 0) -> tuple[Any, int]:
     """Run the pickle that starts at byte ``start`` of ``data`` under ``policy``.
 
     Returns ``(object, end)`` where ``end`` is the position just after its

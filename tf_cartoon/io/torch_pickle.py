@@ -279,10 +279,11 @@ def _make_tensor(reader, storage, offset, size, stride, dtype_name=None) -> np.n
         flat[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
     arr = np.array(view, order="C", copy=True)
+    # (np.asarray: numpy operators turn 0-d arrays into scalars.)
     if dtype_name == "bfloat16":
-        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        arr = np.asarray(arr.astype(np.uint32) << 16).view(np.float32)
     elif dtype_name == "bool":
-        arr = arr != 0
+        arr = np.asarray(arr != 0)
     elif not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
