@@ -298,3 +298,23 @@ def test_nvlabs_ada_snapshot():
         np.testing.assert_array_equal(g_tensors[key], tensors[key], err_msg=key)
     assert "b64.conv1.weight" in npk.module_tensors(d)
     assert not ADA_MARKER.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_tensors_pickled_by_torch(tmp_path, protocol):
+    # torch's own plain-pickle layout of tensors (what an ADA module's _parameters hold).
+    torch = pytest.importorskip("torch")
+    base = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    obj = {"t": base, "view": base[1:, 2:], "p": torch.nn.Parameter(torch.randn(2)),
+           "h": torch.ones(2, dtype=torch.float16), "bf": torch.tensor([1.5], dtype=torch.bfloat16),
+           "i": torch.arange(3), "od": collections.OrderedDict(a=torch.zeros(1))}
+    path = tmp_path / "torch.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    out = npk.load(path)
+    for key in ("t", "view", "p", "h", "i"):
+        assert_same(out[key], np.ascontiguousarray(obj[key].detach().numpy()), key)
+    assert_same(out["bf"], np.array([1.5], np.float32))
+    assert_same(out["od"], collections.OrderedDict(a=np.zeros(1, np.float32)))
+    path.write_bytes(pickle.dumps({"m": torch.nn.Linear(2, 2)}, protocol=protocol))
+    with pytest.raises(UnsafePickleError, match="torch.nn.modules.linear.Linear"):
+        npk.load(path)
