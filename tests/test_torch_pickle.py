@@ -263,10 +263,11 @@ def test_truncated_checkpoint(tmp_path):
     _check_format_error(path, "truncated")
 
 
-def test_legacy_format(tmp_path):
-    path = tmp_path / "legacy.pt"
-    path.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2))
-    _check_format_error(path, r"legacy \(pre-1\.6\) torch format not supported: re-save with torch>=1\.6")
+def test_plain_pickle_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    _check_format_error(path, "not a PyTorch zip checkpoint nor a legacy torch file")
+    assert tp.sniff(path) == "pickle"
 
 
 def test_zip_without_data_pkl(tmp_path):
@@ -545,3 +546,155 @@ def test_failed_write_leaves_target_untouched(tmp_path, monkeypatch):
     tp.save({"a": np.ones(3, np.float32)}, target)  # a successful save replaces it
     assert tp.load(target)["a"].tolist() == [1.0, 1.0, 1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+# ---------------------------------------------------------------------------
+# 7. the legacy (pre-1.6) format
+# ---------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch"
+LEGACY_HEADER = (pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + pickle.dumps(1001, protocol=2)
+                 + pickle.dumps({"protocol_version": 1001, "little_endian": True,
+                                 "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2))
+
+
+def legacy_pid(storage: str, key: str, numel: int, view: tuple | None = None) -> bytes:
+    """Protocol-2 bytes for a legacy storage persistent id (6 fields), plus BINPERSID."""
+    if view is None:
+        view_bytes = b"N"
+    else:
+        view_bytes = b"(" + pstr(view[0]) + b"".join(b"J" + struct.pack("<i", v) for v in view[1:]) + b"t"
+    return (b"(" + pstr("storage") + f"ctorch\n{storage}\n".encode() + pstr(key) + pstr("cpu")
+            + b"J" + struct.pack("<i", numel) + view_bytes + b"tQ")
+
+
+def legacy_tensor(storage: str, key: str, numel: int, size: tuple, stride: tuple, offset: int = 0,
+                  view: tuple | None = None) -> bytes:
+    def tup(vals):
+        return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in vals) + b"t"
+    return (b"ctorch._utils\n_rebuild_tensor_v2\n(" + legacy_pid(storage, key, numel, view)
+            + b"J" + struct.pack("<i", offset) + tup(size) + tup(stride)
+            + b"\x89ccollections\nOrderedDict\n)RtR")
+
+
+def legacy_file(path: Path, obj_pickle: bytes, storages: dict[str, np.ndarray]) -> Path:
+    keys = sorted(storages)
+    body = LEGACY_HEADER + obj_pickle + pickle.dumps(keys, protocol=2)
+    for key in keys:
+        arr = storages[key]
+        body += struct.pack("<q", arr.size) + arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    path.write_bytes(body)
+    return path
+
+
+def _fixture_expected():
+    base = np.arange(12, dtype=np.float32).reshape(3, 4) / 4
+    sd = collections.OrderedDict(
+        weight=base, view=base[1:, 1:3].copy(),
+        half=np.array([0.5, -1.25, 3.0], np.float16),
+        steps=np.array([1, -2, 2 ** 40], np.int64),
+        scalar=np.array(2.5, np.float32),
+        param=np.array([[1.0, 2.0], [3.0, 4.0]], np.float32),
+    )
+    return {"state": sd, "args": argparse.Namespace(size=32, lr=0.002, name="tiny"),
+            "meta": {"iter": 7, "nested": {"betas": (0.0, 0.99), "tags": ["a", "b"]}}}
+
+
+def test_committed_legacy_and_zip_fixtures_agree():
+    legacy, zipped = FIXTURES / "small_legacy.pt", FIXTURES / "small_zip.pt"
+    assert tp.sniff(legacy) == "torch_legacy" and tp.sniff(zipped) == "torch_zip"
+    a, b = tp.load(legacy), tp.load(zipped)
+    expected = _fixture_expected()
+    assert_tree_equal(a, expected)
+    assert_tree_equal(b, expected)
+    for arr in a["state"].values():
+        assert arr.flags.c_contiguous and arr.flags.writeable
+
+
+def test_legacy_matches_zip_written_by_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 5, generator=gen)
+    sd = collections.OrderedDict(
+        base=base, view=base[1:, 2:], transposed=base.t(), column=base[:, 3],
+        weight=torch.nn.Parameter(torch.randn(3, 2, generator=gen)),
+        bf16=torch.tensor([1.0, -0.5, 3.0], dtype=torch.bfloat16),
+        f64=torch.randn(3, dtype=torch.float64, generator=gen),
+        i32=torch.tensor([1, -7], dtype=torch.int32), u8=torch.tensor([0, 255], dtype=torch.uint8),
+        mask=torch.tensor([True, False]), empty=torch.zeros(0, 3), step=torch.tensor(4.0),
+        flag=torch.tensor(True), bf0=torch.tensor(1.5, dtype=torch.bfloat16),
+    )
+    obj = {"sd": sd, "size": torch.Size([2, 3]), "raw": b"abc", "set": {1, 2},
+           "args": argparse.Namespace(size=32), "nested": [{"x": (1, 2.5)}, None]}
+    torch.save(obj, tmp_path / "zip.pt")
+    torch.save(obj, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert tp.sniff(tmp_path / "legacy.pt") == "torch_legacy"
+    legacy = tp.load(tmp_path / "legacy.pt")
+    assert_tree_equal(legacy, tp.load(tmp_path / "zip.pt"))
+    # 0-d bool / bfloat16 tensors stay 0-d arrays (numpy operators would make them scalars)
+    assert isinstance(legacy["sd"]["flag"], np.ndarray) and legacy["sd"]["flag"].shape == ()
+    assert legacy["sd"]["flag"].dtype == np.bool_ and bool(legacy["sd"]["flag"])
+    assert isinstance(legacy["sd"]["bf0"], np.ndarray) and legacy["sd"]["bf0"] == np.float32(1.5)
+
+
+def test_legacy_storage_view_and_big_endian(tmp_path):
+    data = np.arange(6, dtype=np.float32)
+    # A tensor over elements 2..4 of storage '0' through a legacy storage view.
+    pkl = (b"\x80\x02}(" + pstr("full") + legacy_tensor("FloatStorage", "0", 6, (6,), (1,))
+           + pstr("view") + legacy_tensor("FloatStorage", "0", 6, (3,), (1,), view=("9", 2, 3))
+           + b"u.")
+    out = tp.load(legacy_file(tmp_path / "view.pt", pkl, {"0": data}))
+    np.testing.assert_array_equal(out["full"], data)
+    np.testing.assert_array_equal(out["view"], [2, 3, 4])
+    big_header = LEGACY_HEADER.replace(b"\x88", b"\x89")  # little_endian: False
+    assert big_header != LEGACY_HEADER
+    body = (big_header + b"\x80\x02" + legacy_tensor("FloatStorage", "0", 6, (6,), (1,)) + b"."
+            + pickle.dumps(["0"], protocol=2) + struct.pack(">q", 6) + data.astype(">f4").tobytes())
+    (tmp_path / "be.pt").write_bytes(body)
+    got = tp.load(tmp_path / "be.pt")
+    assert got.dtype == np.float32 and got.dtype.isnative
+    np.testing.assert_array_equal(got, data)
+
+
+def test_legacy_malicious_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = b"\x80\x02cos\nsystem\n" + pstr(f"touch {marker}") + b"\x85R."
+    path = legacy_file(tmp_path / "evil.pt", evil, {})
+    with pytest.raises(UnsafePickleError, match="os.system") as err:
+        tp.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+def test_legacy_module_persistent_id_refused(tmp_path):
+    # As torch writes a whole nn.Module: the class global comes first and is refused by name.
+    real_layout = (b"\x80\x02(" + pstr("module") + b"cmymodels\nNet\n" + pstr("mymodels.py")
+                   + pstr("import os\nos.system('x')\n") + b"tQ.")
+    with pytest.raises(UnsafePickleError, match="mymodels.Net"):
+        tp.load(legacy_file(tmp_path / "cls.pt", real_layout, {}))
+    # The persistent id itself is refused too, whatever it carries.
+    bare = b"\x80\x02(" + pstr("module") + pstr("Net") + b"NNtQ."
+    with pytest.raises(UnsafePickleError, match=r"nn\.Module.*persistent id 'module'") as err:
+        tp.load(legacy_file(tmp_path / "mod.pt", bare, {}))
+    assert "\n" not in str(err.value)
+
+
+def test_legacy_truncated_and_inconsistent(tmp_path):
+    data = (FIXTURES / "small_legacy.pt").read_bytes()
+    for cut in range(1, len(data)):
+        path = tmp_path / "cut.pt"
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointFormatError) as err:
+            tp.load(path)
+        assert str(path) in str(err.value), cut
+    one = np.ones(4, np.float32)
+    pkl = b"\x80\x02" + legacy_tensor("FloatStorage", "0", 4, (4,), (1,)) + b"."
+    good = legacy_file(tmp_path / "good.pt", pkl, {"0": one})
+    np.testing.assert_array_equal(tp.load(good), one)
+    _check_format_error(legacy_file(tmp_path / "count.pt", pkl, {"0": np.ones(3, np.float32)}),
+                        "holds 3 elements, the pickle says 4")
+    _check_format_error(legacy_file(tmp_path / "extra.pt", pkl, {"0": one, "1": one}),
+                        "not used by the object pickle")
+    _check_format_error(legacy_file(tmp_path / "none.pt", pkl, {}), r"used but not stored")
+    oob = b"\x80\x02" + legacy_tensor("FloatStorage", "0", 4, (3,), (1,), offset=2) + b"."
+    _check_format_error(legacy_file(tmp_path / "oob.pt", oob, {"0": one}), "holds 4")

@@ -1,5 +1,8 @@
 """Read and write PyTorch ``.pt`` checkpoints without PyTorch, safely.
 
+Reads both the zip format and the legacy (pre-1.6) format; writes the zip
+format.
+
 Only numpy and the standard library are used; this module never imports torch
 or TensorFlow.
 
@@ -53,17 +56,38 @@ with BUILD.  Protocol-2 pickles spell ``bytes`` as
 ``_codecs.encode(<latin-1 text>, 'latin1')`` and builtins as
 ``__builtin__.<name>``.
 
+The legacy format (torch < 1.6, or ``_use_new_zipfile_serialization=False``)
+------------------------------------------------------------------------------
+One stream of pickles followed by raw storages::
+
+    pickle(0x1950a86a20f9469cfc6c)      magic number
+    pickle(1001)                        protocol version
+    pickle(sys_info)                    {'little_endian': bool, 'type_sizes': {...}}
+    pickle(obj)                         storages as BINPERSID of
+        ('storage', <storage type>, key, location, numel, view_metadata)
+        view_metadata: None, or (view_key, element offset, element count)
+        of a slice of storage ``key``
+    pickle(sorted list of storage keys)
+    for each key in that order: int64 element count, then the elements' bytes
+        (byte order per ``little_endian``)
+
+A ``('module', <class>, source_file, source)`` persistent id marks a whole
+``nn.Module`` class saved with the model; it is refused.  :func:`load` reads
+both formats into the same result; :func:`sniff` tells them (and plain
+pickles) apart by their first bytes.
+
 Why an allow-list
 -----------------
 A ``.pt`` file *is* a pickle, and unpickling can call any importable function
 named in the file (``os.system`` and friends): loading an untrusted
 checkpoint with :mod:`pickle` runs whatever code its author chose.  This module
-therefore does not use :mod:`pickle`'s loader at all.  It runs its own small
-pickle interpreter in which a global name is only ever looked up in a fixed
-table (``_ALLOWED_GLOBALS``), which maps the permitted names onto our own
-local handlers.  No module is imported and no real object is called because a
-file names it.  Anything else raises :class:`UnsafePickleError` the moment the
-name is read, before any call happens.  BUILD (state restore) is only allowed on
+therefore does not use :mod:`pickle`'s loader at all: it runs the pickle in
+:mod:`tf_cartoon.io.safe_pickle` (which states the threat model) under a
+policy in which a global name is only ever looked up in a fixed table
+(``_ALLOWED_GLOBALS``) mapping the permitted names onto our own local
+handlers.  No module is imported and no real object is called because a file
+names it.  Anything else raises :class:`UnsafePickleError` the moment the name
+is read, before any call happens.  BUILD (state restore) is only allowed on
 OrderedDict and argparse.Namespace, and only sets plain instance attributes.
 
 Loaded results hold numpy arrays in place of tensors and Parameters (a
@@ -82,7 +106,6 @@ dict (``vars(args)``).
 from __future__ import annotations
 
 import argparse
-import codecs
 import collections
 import os
 import struct
@@ -93,8 +116,9 @@ from typing import Any, Callable
 import numpy as np
 
 from tf_cartoon.io.errors import CheckpointFormatError, UnsafePickleError
+from tf_cartoon.io.safe_pickle import AllowedGlobal, Policy, unpickle
 
-__all__ = ["CheckpointFormatError", "UnsafePickleError", "load", "save"]
+__all__ = ["CheckpointFormatError", "UnsafePickleError", "load", "load_legacy_bytes", "save", "sniff"]
 
 
 
@@ -110,6 +134,7 @@ _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 # pickle of the magic number that starts the legacy (pre-1.6) torch format.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PREFIX = b"\x8a\x0a" + _LEGACY_MAGIC.to_bytes(10, "little")
+_LEGACY_PROTOCOL = 1001
 
 _ALIGNMENT = 64
 
@@ -167,36 +192,39 @@ def _itemsize(dtype_name: str) -> int:
 # ---------------------------------------------------------------------------
 
 
-class _Global:
-    """Stand-in for an allow-listed global; the pickle never sees real objects.
+class _Global(AllowedGlobal):
+    """An allow-listed torch-format global; the pickle never sees real objects.
 
-    ``call`` implements REDUCE / NEWOBJ / INST / OBJ for the name (``None``:
-    the global may only be passed around, e.g. a storage type or a dtype).
+    ``call`` (see :class:`AllowedGlobal`) implements REDUCE / NEWOBJ for the
+    name; storage types carry their element dtype and ``torch.<dtype>``
+    globals their numpy dtype name, so that the rebuild handlers can read them.
     """
 
-    __slots__ = ("qualname", "call", "storage_dtype", "torch_dtype")
+    __slots__ = ("storage_dtype", "torch_dtype")
 
     def __init__(self, qualname: str, call: Callable[..., Any] | None = None,
                  storage_dtype: str | None = None, torch_dtype: str | None = None):
-        self.qualname = qualname
-        self.call = call
+        super().__init__(qualname, call)
         self.storage_dtype = storage_dtype  # for storage types ("" = untyped)
         self.torch_dtype = torch_dtype      # for torch.<dtype> globals
 
-    def __repr__(self) -> str:
-        return f"<allowed global {self.qualname}>"
-
 
 class _StorageRef:
-    """A storage named by a persistent id; bytes are read on first use."""
+    """A storage named by a persistent id; its bytes are read on first use.
 
-    __slots__ = ("key", "dtype", "nbytes", "reader")
+    ``start`` is a byte offset into the stored bytes of ``key``: legacy files
+    may name a view of a storage (a slice of its elements) in the persistent id.
+    """
 
-    def __init__(self, key: str, dtype: str | None, nbytes: int, reader: "_CheckpointReader"):
+    __slots__ = ("key", "dtype", "nbytes", "reader", "start")
+
+    def __init__(self, key: str, dtype: str | None, nbytes: int, reader: "_TorchPolicy",
+                 start: int = 0):
         self.key = key
         self.dtype = dtype  # None for torch.storage.UntypedStorage
         self.nbytes = nbytes
         self.reader = reader
+        self.start = start
 
     def __repr__(self) -> str:
         return f"<storage {self.key!r} dtype={self.dtype} nbytes={self.nbytes}>"
@@ -242,15 +270,20 @@ def _make_tensor(reader, storage, offset, size, stride, dtype_name=None) -> np.n
             f"tensor (offset {offset}, size {size}, stride {stride}) reaches element "
             f"{last} but storage {storage.key!r} holds {numel} {dtype_name} elements",
         )
-    flat = reader.storage_array(storage, dtype_name)
+    if storage.reader.dry:
+        # First pass over a legacy file: the storage bytes come after the
+        # object pickle, so only the layout is checked here.
+        return np.empty(0, dtype=out_dtype)
+    flat = storage.reader.storage_array(storage, dtype_name)
     view = np.lib.stride_tricks.as_strided(
         flat[offset:], shape=size, strides=tuple(s * itemsize for s in stride), writeable=False
     )
     arr = np.array(view, order="C", copy=True)
+    # (np.asarray: numpy operators turn 0-d arrays into scalars.)
     if dtype_name == "bfloat16":
-        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        arr = np.asarray(arr.astype(np.uint32) << 16).view(np.float32)
     elif dtype_name == "bool":
-        arr = arr != 0
+        arr = np.asarray(arr != 0)
     elif not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
@@ -370,20 +403,22 @@ def _build_allowed_globals() -> dict[tuple[str, str], _Global]:
 _ALLOWED_GLOBALS = _build_allowed_globals()
 
 
-class _CheckpointReader:
-    """Holds the open zip archive and turns persistent ids into storages."""
+class _TorchPolicy(Policy):
+    """The allow-list shared by both torch formats; subclasses own the bytes."""
 
-    def __init__(self, path: str, zf: zipfile.ZipFile, prefix: str, byteorder: str):
+    label = "data.pkl"
+    allowed_summary = _ALLOWED_SUMMARY
+    build_types = (collections.OrderedDict, argparse.Namespace)
+    byteorder = "little"
+    # True while a legacy file's object pickle is scanned before its storage
+    # bytes are located (see _LegacyReader): tensors are then only checked.
+    dry = False
+
+    def __init__(self, path: str):
         self.path = path
-        self.zf = zf
-        self.prefix = prefix
-        self.byteorder = byteorder
-        self._sizes = {info.filename: info.file_size for info in zf.infolist()}
-        self._refs: dict[tuple[str, str | None], _StorageRef] = {}
-        self._raw: dict[str, bytes] = {}
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._refs: dict[tuple, _StorageRef] = {}
+        self._arrays: dict[tuple, np.ndarray] = {}
 
-    # -- pickle hooks ------------------------------------------------------
     def find_class(self, module: str, name: str) -> _Global:
         module = _PY2_MODULES.get(module, module)
         entry = _ALLOWED_GLOBALS.get((module, name))
@@ -398,17 +433,54 @@ class _CheckpointReader:
             f"pickle: {_ALLOWED_SUMMARY} (nothing from the file was executed)"
         )
 
-    def persistent_load(self, pid: Any) -> _StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+    def _check_pid(self, pid: Any, length: int) -> tuple[str, str | None, int]:
+        """Validate a 'storage' persistent id; returns (key, dtype or None, numel)."""
+        if isinstance(pid, tuple) and pid and pid[0] in ("module", b"module"):
+            raise UnsafePickleError(
+                f"{self.path}: refused a pickled nn.Module class (persistent id 'module'): "
+                "whole-model torch files carry classes that would have to be imported; "
+                "save a state_dict instead (nothing from the file was executed)"
+            )
+        if not (isinstance(pid, tuple) and len(pid) == length and pid[0] in ("storage", b"storage")):
             raise _fail(self, f"unsupported persistent id {pid!r} (expected a 'storage' tuple)")
-        _, storage_type, key, _location, numel = pid
+        storage_type, key, numel = pid[1], pid[2], pid[4]
         if not isinstance(storage_type, _Global) or storage_type.storage_dtype is None:
             raise _fail(self, f"persistent id names {storage_type!r}, not a storage type")
         if type(key) is not str or not key or "/" in key or ".." in key:
             raise _fail(self, f"bad storage key {key!r}")
         if type(numel) is not int or numel < 0:
             raise _fail(self, f"bad storage size {numel!r} for storage {key!r}")
-        dtype = storage_type.storage_dtype or None
+        return key, storage_type.storage_dtype or None, numel
+
+    def raw_bytes(self, key: str) -> bytes | memoryview:
+        raise NotImplementedError
+
+    def storage_array(self, ref: _StorageRef, dtype_name: str) -> np.ndarray:
+        """1-D read-only array over a storage's bytes, in the file's byte order."""
+        cache_key = (ref.key, ref.start, ref.nbytes, dtype_name)
+        arr = self._arrays.get(cache_key)
+        if arr is None:
+            np_name = {"bfloat16": "uint16", "bool": "uint8"}.get(dtype_name, dtype_name)
+            dt = np.dtype(np_name).newbyteorder("<" if self.byteorder == "little" else ">")
+            arr = np.frombuffer(self.raw_bytes(ref.key), dtype=dt, count=ref.nbytes // dt.itemsize,
+                                offset=ref.start)
+            self._arrays[cache_key] = arr
+        return arr
+
+
+class _CheckpointReader(_TorchPolicy):
+    """Holds the open zip archive and turns persistent ids into storages."""
+
+    def __init__(self, path: str, zf: zipfile.ZipFile, prefix: str, byteorder: str):
+        super().__init__(path)
+        self.zf = zf
+        self.prefix = prefix
+        self.byteorder = byteorder
+        self._sizes = {info.filename: info.file_size for info in zf.infolist()}
+        self._raw: dict[str, bytes] = {}
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        key, dtype, numel = self._check_pid(pid, 5)
         ref = self._refs.get((key, dtype))
         if ref is not None:
             return ref
@@ -425,20 +497,11 @@ class _CheckpointReader:
         ref = self._refs[(key, dtype)] = _StorageRef(key, dtype, nbytes, self)
         return ref
 
-    # -- storage data ------------------------------------------------------
-    def storage_array(self, ref: _StorageRef, dtype_name: str) -> np.ndarray:
-        """1-D read-only array over a storage's bytes, in the file's byte order."""
-        cache_key = (ref.key, dtype_name)
-        arr = self._arrays.get(cache_key)
-        if arr is None:
-            raw = self._raw.get(ref.key)
-            if raw is None:
-                raw = self._raw[ref.key] = self.read_record(f"data/{ref.key}")
-            np_name = {"bfloat16": "uint16", "bool": "uint8"}.get(dtype_name, dtype_name)
-            dt = np.dtype(np_name).newbyteorder("<" if self.byteorder == "little" else ">")
-            arr = np.frombuffer(raw, dtype=dt, count=ref.nbytes // dt.itemsize)
-            self._arrays[cache_key] = arr
-        return arr
+    def raw_bytes(self, key: str) -> bytes:
+        raw = self._raw.get(key)
+        if raw is None:
+            raw = self._raw[key] = self.read_record(f"data/{key}")
+        return raw
 
     def read_record(self, name: str) -> bytes:
         full = self.prefix + name
@@ -450,324 +513,161 @@ class _CheckpointReader:
             raise _fail(self, f"cannot read record '{full}' (truncated or corrupt): {exc}") from None
 
 
-def _unpickle(data: bytes, reader: _CheckpointReader) -> Any:
-    """A small pickle interpreter (protocols 0-5) that only builds plain data.
+class _LegacyReader(_TorchPolicy):
+    """Reads the pre-1.6 format: pickles followed by the raw storages.
 
-    Every opcode is handled here explicitly; globals go through
-    ``reader.find_class`` (the allow-list) and calls only ever reach our own
-    handlers, so nothing named by the file is imported or executed.
+    Layout (torch ``_legacy_save``)::
+
+        pickle(MAGIC_NUMBER)  pickle(1001)  pickle(sys_info)
+        pickle(obj)           # storages as ('storage', type, key, location,
+                              #              numel, view_metadata)
+        pickle(sorted storage keys)
+        for each key: int64 element count, then count * element-size bytes
+
+    The storage bytes follow the object pickle, and their offsets depend on
+    the element size of every earlier storage, which only the object pickle
+    tells.  So the object pickle is run twice: first "dry" (persistent ids are
+    recorded and tensor layouts checked, no data read), then for real once
+    every storage's bytes are located.
     """
-    stack: list[Any] = []
-    metastack: list[list[Any]] = []
-    memo: dict[int, Any] = {}
-    pos = 0
-    end = len(data)
-    unpack = struct.unpack_from
 
-    def fail(what: str) -> CheckpointFormatError:
-        return _fail(reader, f"malformed data.pkl at byte {pos}: {what}")
+    label = "legacy torch pickle"
 
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if n < 0 or pos + n > end:
-            raise fail("unexpected end of pickle data (truncated)")
-        chunk = data[pos:pos + n]
-        pos += n
-        return chunk
+    def __init__(self, path: str, data: bytes):
+        super().__init__(path)
+        self.data = data
+        self.dry = True
+        self._roots: dict[str, tuple[str | None, int]] = {}  # key -> (dtype, numel)
+        self._spans: dict[str, tuple[int, int]] = {}          # key -> (start, nbytes)
 
-    def line() -> bytes:
-        nonlocal pos
-        nl = data.find(b"\n", pos)
-        if nl < 0:
-            raise fail("unexpected end of pickle data (truncated)")
-        chunk = data[pos:nl]
-        pos = nl + 1
-        return chunk
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        key, dtype, numel = self._check_pid(pid, 6)
+        view = pid[5]
+        seen = self._roots.setdefault(key, (dtype, numel))
+        if seen != (dtype, numel):
+            raise _fail(self, f"storage {key!r} is named as both {seen} and {(dtype, numel)} "
+                              "(dtype, element count)")
+        itemsize = _itemsize(dtype) if dtype else 1
+        start, count, ref_key = 0, numel, (key, dtype)
+        if view is not None:
+            # (view_key, element offset, element count) of a slice of the storage
+            if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
+                    and type(view[2]) is int and 0 <= view[1] and 0 <= view[2]
+                    and view[1] + view[2] <= numel):
+                raise _fail(self, f"bad storage view {view!r} of storage {key!r} ({numel} elements)")
+            start, count, ref_key = view[1] * itemsize, view[2], (key, dtype, view[1], view[2])
+        ref = self._refs.get(ref_key)
+        if ref is None:
+            ref = self._refs[ref_key] = _StorageRef(key, dtype, count * itemsize, self, start)
+        return ref
 
-    def pop_mark() -> list[Any]:
-        # Rebinds ``stack``: callers must call this *before* touching ``stack``
-        # in the same expression (``stack.append(pop_mark())`` would append to
-        # the discarded inner list).
-        nonlocal stack
-        if not metastack:
-            raise fail("MARK expected")
-        items = stack
-        stack = metastack.pop()
-        return items
+    def raw_bytes(self, key: str) -> memoryview:
+        start, nbytes = self._spans[key]
+        return memoryview(self.data)[start:start + nbytes]
 
-    def call(func: Any, args: Any, opname: str) -> Any:
-        if not isinstance(func, _Global) or func.call is None:
-            raise UnsafePickleError(
-                f"{reader.path}: refused {opname} of {func!r}: calls are only allowed to "
-                f"allow-listed constructors; {_ALLOWED_SUMMARY}"
-            )
-        if not isinstance(args, tuple):
-            raise fail(f"{opname} arguments are not a tuple")
-        return func.call(reader, args)
+    def header(self) -> int:
+        """Check magic number, protocol version and sys_info; returns the next offset."""
+        empty = Policy()
+        empty.path, empty.label = self.path, self.label
+        magic, pos = unpickle(self.data, empty)
+        if magic != _LEGACY_MAGIC:
+            raise _fail(self, "not a legacy torch file (bad magic number)")
+        version, pos = unpickle(self.data, empty, pos)
+        if version != _LEGACY_PROTOCOL:
+            raise _fail(self, f"unsupported legacy torch protocol version {version!r} "
+                              f"(expected {_LEGACY_PROTOCOL})")
+        sys_info, pos = unpickle(self.data, empty, pos)
+        if not isinstance(sys_info, dict):
+            raise _fail(self, f"bad sys_info record {sys_info!r}")
+        little = sys_info.get("little_endian", True)
+        if type(little) is not bool:
+            raise _fail(self, f"bad sys_info little_endian {little!r}")
+        self.byteorder = "little" if little else "big"
+        return pos
 
-    def build(inst: Any, state: Any) -> None:
-        if type(inst) not in (collections.OrderedDict, argparse.Namespace):
-            raise UnsafePickleError(
-                f"{reader.path}: refused BUILD (state restore) on {type(inst).__name__}: only "
-                "OrderedDict and argparse.Namespace may receive attributes"
-            )
-        slots = None
-        if isinstance(state, tuple) and len(state) == 2:
-            state, slots = state
-        for part in (state, slots):
-            if part is None:
-                continue
-            if type(part) not in (dict, collections.OrderedDict) or not all(
-                    type(k) is str for k in part):
-                raise fail(f"BUILD state for {type(inst).__name__} is not a str-keyed dict")
-            # Plain instance attributes only: writing to __dict__ never invokes
-            # descriptors or methods, so keys like "__class__" stay inert.
-            vars(inst).update(part)
+    def locate_storages(self, pos: int) -> None:
+        """Read the sorted key list at ``pos`` and find each storage's bytes."""
+        keys, pos = unpickle(self.data, self, pos)
+        if not isinstance(keys, list) or not all(type(k) is str for k in keys):
+            raise _fail(self, "storage key list is not a list of strings")
+        missing = sorted(set(self._roots) - set(keys))
+        if missing:
+            raise _fail(self, f"storages {missing} are used but not stored")
+        order = "little" if self.byteorder == "little" else "big"
+        end = len(self.data)
+        for key in keys:
+            if key not in self._roots:
+                raise _fail(self, f"stored storage {key!r} is not used by the object pickle")
+            if key in self._spans:
+                raise _fail(self, f"storage {key!r} is stored twice")
+            dtype, numel = self._roots[key]
+            if pos + 8 > end:
+                raise _fail(self, f"truncated file: storage {key!r} starts at byte {pos}, "
+                                  f"the file has {end} bytes")
+            count = int.from_bytes(self.data[pos:pos + 8], order, signed=True)
+            if count != numel:
+                raise _fail(self, f"storage {key!r} holds {count} elements, the pickle says {numel}")
+            nbytes = count * (_itemsize(dtype) if dtype else 1)
+            if pos + 8 + nbytes > end:
+                raise _fail(self, f"truncated file: storage {key!r} needs bytes {pos + 8}.."
+                                  f"{pos + 8 + nbytes}, the file has {end} bytes")
+            self._spans[key] = (pos + 8, nbytes)
+            pos += 8 + nbytes
 
-    def set_items(target: Any, items: list[Any]) -> None:
-        if type(target) not in (dict, collections.OrderedDict):
-            raise fail(f"SETITEM(S) on {type(target).__name__}")
-        if len(items) % 2:
-            raise fail("odd number of items for SETITEMS")
-        for i in range(0, len(items), 2):
-            target[items[i]] = items[i + 1]
-
-    def memo_get(idx: int) -> Any:
-        if idx not in memo:
-            raise fail(f"memo key {idx} missing")
-        return memo[idx]
-
-    def memo_put(idx: int) -> None:
-        if not stack:
-            raise fail("PUT on an empty stack")
-        memo[idx] = stack[-1]
-
-    def decode_str(raw: bytes) -> str:
-        return raw.decode("utf-8", "surrogatepass")
-
-    def text_string(raw: bytes) -> str:
-        # Protocol 0 STRING: a quoted Python 2 str literal.
-        if len(raw) < 2 or raw[:1] != raw[-1:] or raw[:1] not in (b"'", b'"'):
-            raise fail("STRING argument is not quoted")
-        return codecs.escape_decode(raw[1:-1])[0].decode("latin-1")
-
-    try:
-        while True:
-            if pos >= end:
-                raise fail("unexpected end of pickle data (no STOP opcode; truncated?)")
-            op = data[pos]
-            pos += 1
-            # -- structure ------------------------------------------------
-            if op == 0x80:  # PROTO
-                proto = take(1)[0]
-                if proto > 5:
-                    raise fail(f"unsupported pickle protocol {proto}")
-            elif op == 0x95:  # FRAME (length is only a hint)
-                take(8)
-            elif op == 0x2E:  # STOP
-                if not stack:
-                    raise fail("STOP with an empty stack")
-                return stack.pop()
-            elif op == 0x28:  # MARK
-                metastack.append(stack)
-                stack = []
-            elif op == 0x30:  # POP
-                if stack:
-                    stack.pop()
-                else:
-                    pop_mark()
-            elif op == 0x31:  # POP_MARK
-                pop_mark()
-            elif op == 0x32:  # DUP
-                stack.append(stack[-1])
-            # -- memo -----------------------------------------------------
-            elif op == 0x70:  # PUT
-                memo_put(int(line()))
-            elif op == 0x71:  # BINPUT
-                memo_put(take(1)[0])
-            elif op == 0x72:  # LONG_BINPUT
-                memo_put(unpack("<I", take(4))[0])
-            elif op == 0x94:  # MEMOIZE
-                memo_put(len(memo))
-            elif op == 0x67:  # GET
-                stack.append(memo_get(int(line())))
-            elif op == 0x68:  # BINGET
-                stack.append(memo_get(take(1)[0]))
-            elif op == 0x6A:  # LONG_BINGET
-                stack.append(memo_get(unpack("<I", take(4))[0]))
-            # -- constants ------------------------------------------------
-            elif op == 0x4E:  # NONE
-                stack.append(None)
-            elif op == 0x88:  # NEWTRUE
-                stack.append(True)
-            elif op == 0x89:  # NEWFALSE
-                stack.append(False)
-            elif op == 0x49:  # INT (text; I00/I01 are bools)
-                raw = line()
-                stack.append(raw == b"01" if raw in (b"00", b"01") else int(raw))
-            elif op == 0x4A:  # BININT
-                stack.append(unpack("<i", take(4))[0])
-            elif op == 0x4B:  # BININT1
-                stack.append(take(1)[0])
-            elif op == 0x4D:  # BININT2
-                stack.append(unpack("<H", take(2))[0])
-            elif op == 0x4C:  # LONG (text)
-                stack.append(int(line().rstrip(b"L")))
-            elif op == 0x8A:  # LONG1
-                stack.append(int.from_bytes(take(take(1)[0]), "little", signed=True))
-            elif op == 0x8B:  # LONG4
-                n = unpack("<i", take(4))[0]
-                stack.append(int.from_bytes(take(n), "little", signed=True))
-            elif op == 0x46:  # FLOAT (text)
-                stack.append(float(line()))
-            elif op == 0x47:  # BINFLOAT
-                stack.append(unpack(">d", take(8))[0])
-            elif op == 0x53:  # STRING
-                stack.append(text_string(line()))
-            elif op == 0x54:  # BINSTRING
-                n = unpack("<i", take(4))[0]
-                stack.append(take(n).decode("latin-1"))
-            elif op == 0x55:  # SHORT_BINSTRING
-                stack.append(take(take(1)[0]).decode("latin-1"))
-            elif op == 0x56:  # UNICODE (raw-unicode-escape text)
-                stack.append(line().decode("raw-unicode-escape"))
-            elif op == 0x58:  # BINUNICODE
-                stack.append(decode_str(take(unpack("<I", take(4))[0])))
-            elif op == 0x8C:  # SHORT_BINUNICODE
-                stack.append(decode_str(take(take(1)[0])))
-            elif op == 0x8D:  # BINUNICODE8
-                stack.append(decode_str(take(unpack("<Q", take(8))[0])))
-            elif op == 0x42:  # BINBYTES
-                stack.append(take(unpack("<I", take(4))[0]))
-            elif op == 0x43:  # SHORT_BINBYTES
-                stack.append(take(take(1)[0]))
-            elif op == 0x8E:  # BINBYTES8
-                stack.append(take(unpack("<Q", take(8))[0]))
-            elif op == 0x96:  # BYTEARRAY8
-                stack.append(bytearray(take(unpack("<Q", take(8))[0])))
-            # -- containers -----------------------------------------------
-            elif op == 0x29:  # EMPTY_TUPLE
-                stack.append(())
-            elif op == 0x74:  # TUPLE
-                items = pop_mark()
-                stack.append(tuple(items))
-            elif op in (0x85, 0x86, 0x87):  # TUPLE1/2/3
-                n = op - 0x84
-                if len(stack) < n:
-                    raise fail("stack underflow")
-                items = tuple(stack[-n:])
-                del stack[-n:]
-                stack.append(items)
-            elif op == 0x5D:  # EMPTY_LIST
-                stack.append([])
-            elif op == 0x6C:  # LIST
-                items = pop_mark()
-                stack.append(items)
-            elif op == 0x61:  # APPEND
-                value = stack.pop()
-                if type(stack[-1]) is not list:
-                    raise fail(f"APPEND to {type(stack[-1]).__name__}")
-                stack[-1].append(value)
-            elif op == 0x65:  # APPENDS
-                items = pop_mark()
-                if type(stack[-1]) is not list:
-                    raise fail(f"APPENDS to {type(stack[-1]).__name__}")
-                stack[-1].extend(items)
-            elif op == 0x7D:  # EMPTY_DICT
-                stack.append({})
-            elif op == 0x64:  # DICT
-                new: dict = {}
-                set_items(new, pop_mark())
-                stack.append(new)
-            elif op == 0x73:  # SETITEM
-                value = stack.pop()
-                key = stack.pop()
-                set_items(stack[-1], [key, value])
-            elif op == 0x75:  # SETITEMS
-                items = pop_mark()
-                set_items(stack[-1], items)
-            elif op == 0x8F:  # EMPTY_SET
-                stack.append(set())
-            elif op == 0x90:  # ADDITEMS
-                items = pop_mark()
-                if type(stack[-1]) is not set:
-                    raise fail(f"ADDITEMS to {type(stack[-1]).__name__}")
-                stack[-1].update(items)
-            elif op == 0x91:  # FROZENSET
-                items = pop_mark()
-                stack.append(frozenset(items))
-            # -- globals, calls, objects ------------------------------------
-            elif op == 0x63:  # GLOBAL "module\nname\n"
-                module = line().decode("utf-8")
-                name = line().decode("utf-8")
-                stack.append(reader.find_class(module, name))
-            elif op == 0x93:  # STACK_GLOBAL
-                name = stack.pop()
-                module = stack.pop()
-                if type(module) is not str or type(name) is not str:
-                    raise fail("STACK_GLOBAL needs two strings")
-                stack.append(reader.find_class(module, name))
-            elif op == 0x52:  # REDUCE
-                args = stack.pop()
-                func = stack.pop()
-                stack.append(call(func, args, "REDUCE"))
-            elif op == 0x81:  # NEWOBJ
-                args = stack.pop()
-                cls = stack.pop()
-                stack.append(call(cls, args, "NEWOBJ"))
-            elif op == 0x92:  # NEWOBJ_EX
-                kwargs = stack.pop()
-                args = stack.pop()
-                cls = stack.pop()
-                if kwargs:
-                    raise fail("NEWOBJ_EX with keyword arguments")
-                stack.append(call(cls, args, "NEWOBJ_EX"))
-            elif op == 0x69:  # INST "module\nname\n" + marked args
-                module = line().decode("utf-8")
-                name = line().decode("utf-8")
-                cls = reader.find_class(module, name)
-                items = pop_mark()
-                stack.append(call(cls, tuple(items), "INST"))
-            elif op == 0x6F:  # OBJ: marked (cls, *args)
-                items = pop_mark()
-                if not items:
-                    raise fail("OBJ without a class")
-                stack.append(call(items[0], tuple(items[1:]), "OBJ"))
-            elif op == 0x62:  # BUILD
-                state = stack.pop()
-                build(stack[-1], state)
-            elif op == 0x50:  # PERSID (text id)
-                stack.append(reader.persistent_load(line().decode("ascii")))
-            elif op == 0x51:  # BINPERSID
-                stack.append(reader.persistent_load(stack.pop()))
-            elif op in (0x82, 0x83, 0x84):  # EXT1/EXT2/EXT4
-                raise UnsafePickleError(
-                    f"{reader.path}: refused pickle extension-registry code (EXT opcode): "
-                    f"{_ALLOWED_SUMMARY}"
-                )
-            elif op in (0x97, 0x98):  # NEXT_BUFFER / READONLY_BUFFER
-                raise fail("out-of-band pickle buffers are not supported")
-            else:
-                raise fail(f"unknown pickle opcode 0x{op:02x}")
-    except (UnsafePickleError, CheckpointFormatError):
-        raise
-    except (IndexError, KeyError, TypeError, ValueError, AttributeError,
-            OverflowError, UnicodeError, struct.error, RecursionError, MemoryError) as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+    def load(self) -> Any:
+        start = self.header()
+        obj, end = unpickle(self.data, self, start)
+        self.locate_storages(end)
+        if not self._roots:
+            return obj  # no tensors: the dry result is the result
+        self.dry = False
+        return unpickle(self.data, self, start)[0]
 
 
-def _open_archive(path: str) -> zipfile.ZipFile:
+def load_legacy_bytes(data: bytes, path: str) -> Any:
+    """Load an in-memory legacy torch file (e.g. the bytes of a pickled storage).
+
+    ``path`` names the file the bytes came from, for error messages.
+    """
+    if not data.startswith(b"\x80") or data[2:2 + len(_LEGACY_PREFIX)] != _LEGACY_PREFIX:
+        raise CheckpointFormatError(f"{path}: not a legacy torch file (no magic number pickle)")
+    return _LegacyReader(path, data).load()
+
+
+def _read_head(path: str, n: int = 512) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            return f.read(n)
     except IsADirectoryError:
-        raise CheckpointFormatError(f"{path}: is a directory, not a PyTorch zip checkpoint") from None
-    if not head:
-        raise CheckpointFormatError(f"{path}: empty file (0 bytes): not a PyTorch zip checkpoint")
-    if head[:1] == b"\x80" and head[2:2 + len(_LEGACY_PREFIX)] == _LEGACY_PREFIX:
-        raise CheckpointFormatError(
-            f"{path}: legacy (pre-1.6) torch format not supported: re-save with torch>=1.6"
-        )
+        raise CheckpointFormatError(f"{path}: is a directory, not a PyTorch checkpoint") from None
+
+
+def _is_legacy(head: bytes) -> bool:
+    # torch pickles the magic number first: PROTO n, LONG1 of 10 bytes.
+    return head[:1] == b"\x80" and head[2:2 + len(_LEGACY_PREFIX)] == _LEGACY_PREFIX
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """Guess a file's format from its first bytes, without parsing it.
+
+    ``'torch_zip'`` (``torch.save`` since 1.6: a zip archive), ``'torch_legacy'``
+    (``torch.save`` before 1.6 or with ``_use_new_zipfile_serialization=False``:
+    a pickle of torch's magic number), ``'pickle'`` (any other binary pickle,
+    e.g. an NVlabs network pickle, read by :mod:`tf_cartoon.io.network_pickle`)
+    or ``None``.  Raises OSError if the file cannot be read.
+    """
+    with open(os.fspath(path), "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK"):
+        return "torch_zip"
+    if _is_legacy(head):
+        return "torch_legacy"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
+
+
+def _open_archive(path: str, head: bytes) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, EOFError, ValueError) as exc:
@@ -776,41 +676,58 @@ def _open_archive(path: str) -> zipfile.ZipFile:
                 f"{path}: truncated or corrupt zip archive, not a readable PyTorch zip "
                 f"checkpoint ({exc})"
             ) from None
-        raise CheckpointFormatError(f"{path}: not a PyTorch zip checkpoint (no zip signature)") from None
+        if len(head) > 262 and head[257:262] == b"ustar":
+            raise CheckpointFormatError(
+                f"{path}: tar-format torch checkpoint (torch < 0.4) not supported: re-save with a newer torch"
+            ) from None
+        raise CheckpointFormatError(
+            f"{path}: not a PyTorch zip checkpoint nor a legacy torch file (no zip signature or "
+            "torch magic number)"
+        ) from None
 
 
 def load(path: str | os.PathLike) -> Any:
-    """Load a ``torch.save`` zip checkpoint into plain Python + numpy objects.
+    """Load a ``torch.save`` checkpoint (zip or legacy) into plain Python + numpy objects.
 
     Tensors and Parameters become C-contiguous numpy arrays (bfloat16 ->
     float32), ``torch.Size`` becomes a tuple, OrderedDict and
-    argparse.Namespace are kept.  Raises :class:`UnsafePickleError` if the
-    pickle names any global outside the allow-list (nothing is executed) and
+    argparse.Namespace are kept.  Both formats give the same result for the
+    same saved object.  Raises :class:`UnsafePickleError` if the pickle names
+    any global outside the allow-list (nothing is executed) and
     :class:`CheckpointFormatError` for anything malformed.
     """
     path = os.fspath(path)
-    zf = _open_archive(path)
-    with zf:
-        try:
-            names = zf.namelist()
-        except Exception as exc:  # pragma: no cover - zipfile already parsed it
-            raise CheckpointFormatError(f"{path}: corrupt zip directory: {exc}") from None
-        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-        if not pickles:
-            raise CheckpointFormatError(
-                f"{path}: zip archive is not a torch checkpoint: missing '<folder>/data.pkl' record"
-            )
-        if len(pickles) > 1:
-            raise CheckpointFormatError(f"{path}: several data.pkl records: {sorted(pickles)}")
-        prefix = pickles[0][: -len("data.pkl")]
-        reader = _CheckpointReader(path, zf, prefix, "little")
-        if prefix + "byteorder" in names:
-            order = reader.read_record("byteorder").decode("ascii", "replace").strip()
-            if order not in ("little", "big"):
-                raise CheckpointFormatError(f"{path}: bad byteorder record {order!r}")
-            reader.byteorder = order
-        data = reader.read_record("data.pkl")
-        return _unpickle(data, reader)
+    head = _read_head(path)
+    if not head:
+        raise CheckpointFormatError(f"{path}: empty file (0 bytes): not a PyTorch checkpoint")
+    if _is_legacy(head):
+        with open(path, "rb") as f:
+            return _LegacyReader(path, f.read()).load()
+    with _open_archive(path, head) as zf:
+        return _load_zip(path, zf)
+
+
+def _load_zip(path: str, zf: zipfile.ZipFile) -> Any:
+    try:
+        names = zf.namelist()
+    except Exception as exc:  # pragma: no cover - zipfile already parsed it
+        raise CheckpointFormatError(f"{path}: corrupt zip directory: {exc}") from None
+    pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+    if not pickles:
+        raise CheckpointFormatError(
+            f"{path}: zip archive is not a torch checkpoint: missing '<folder>/data.pkl' record"
+        )
+    if len(pickles) > 1:
+        raise CheckpointFormatError(f"{path}: several data.pkl records: {sorted(pickles)}")
+    prefix = pickles[0][: -len("data.pkl")]
+    reader = _CheckpointReader(path, zf, prefix, "little")
+    if prefix + "byteorder" in names:
+        order = reader.read_record("byteorder").decode("ascii", "replace").strip()
+        if order not in ("little", "big"):
+            raise CheckpointFormatError(f"{path}: bad byteorder record {order!r}")
+        reader.byteorder = order
+    data = reader.read_record("data.pkl")
+    return unpickle(data, reader)[0]
 
 
 # ---------------------------------------------------------------------------
