@@ -263,3 +263,40 @@ def converted_tables():
         return meta, ck.g_ema, ck.d
 
     return get
+
+
+# ------------------------------------------------------------------------------------ torch's legacy format
+TORCH_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torch")
+
+
+def _variables(ckpt):
+    return {f"{name}/{v.path}": v.numpy() for name, m in ckpt.models().items() for v in m.variables}
+
+
+def test_legacy_and_zip_files_of_one_checkpoint_convert_to_identical_networks(tmp_path, capsys):
+    """Both files were written by torch 2.13 from one object (tests/fixtures/torch/README.md)."""
+    legacy = os.path.join(TORCH_FIXTURES, "tiny16_legacy.pt")
+    assert torch_pickle.sniff(legacy) == "torch_legacy"
+    zipped = _variables(tf_cartoon.load(os.path.join(TORCH_FIXTURES, "tiny16_zip.pt")))
+    old = _variables(tf_cartoon.load(legacy))
+    assert sorted(old) == sorted(zipped) and len(old) > 20
+    for k in zipped:
+        np.testing.assert_array_equal(old[k], zipped[k], err_msg=k)
+    assert convert.main([legacy, str(tmp_path / "conv")]) == 0
+    converted = _variables(tf_cartoon.load(str(tmp_path / "conv")))
+    for k in zipped:
+        np.testing.assert_array_equal(converted[k], zipped[k], err_msg=k)
+    from tf_cartoon import generate
+
+    assert generate.main(["--ckpt", legacy, "--seeds", "0-1", "--out", str(tmp_path / "gen")]) == 0
+    assert sorted(os.listdir(tmp_path / "gen"))
+
+
+def test_torch_written_legacy_file_of_a_reference_case_loads_like_the_zip_file(tmp_path, case_pt):
+    torch = pytest.importorskip("torch")
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(case_pt, weights_only=False), legacy, _use_new_zipfile_serialization=False)
+    a, b = _variables(tf_cartoon.load(case_pt)), _variables(tf_cartoon.load(str(legacy)))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -363,7 +363,10 @@ def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoi
             return read_workdir(path, models, fused_modconv)
         raise ValueError(f"{path} is a directory without config.json or {WORKDIR_CONFIG}: neither a converted "
                          "checkpoint (python -m tf_cartoon.convert SRC.pt OUT_DIR) nor a training workdir")
-    kind = sniff(path)
+    try:
+        kind = torch_pickle.sniff(path)
+    except OSError as e:
+        raise rk.CheckpointFormatError(f"{path}: cannot read: {e.strerror or e}") from None
     if kind in ("torch_zip", "torch_legacy"):
         return read_reference(path, models, fused_modconv)
     if kind == "pickle":
@@ -373,19 +376,3 @@ def load(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoi
     raise rk.CheckpointFormatError(f"{path}: not a checkpoint: neither a torch .pt (zip or legacy format), an "
                                    "NVlabs .pkl, a converted directory nor a training workdir")
 
-
-def sniff(path: str) -> str | None:
-    """The file's format by its first bytes: 'torch_zip', 'torch_legacy', 'pickle' or None."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise rk.CheckpointFormatError(f"{path}: cannot read: {e.strerror or e}") from None
-    if head.startswith(b"PK") or zipfile.is_zipfile(path):
-        return "torch_zip"
-    if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:  # a pickle starts with PROTO 2..5
-        return None
-    # torch's legacy format starts with a pickled int, the magic number 0x1950a86a20f9469cfc6c (LONG1)
-    if head[2:14] == b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little"):
-        return "torch_legacy"
-    return "pickle"
