@@ -201,3 +201,32 @@ def test_flags_checked_against_the_network(tiny, tmp_path):
         validate(TrainConfig(data="synthetic:blobs", workdir=str(tmp_path), structure_loss=1))
     with pytest.raises(ConfigError, match="--size=32"):
         Trainer(TrainConfig(**base, size=32))
+
+
+def test_random_draws_of_different_steps_and_purposes_never_share_a_key():
+    """Every draw the trainer makes in 64 steps (latents, mixing, noise maps of 13 layers and path-length
+    targets for the D, R1, G and path-length purposes; augmentations per replica) gets its own key: keys are
+    folded, never offsets that one step's draw can reach from another's (the old [seed, step * 8 + purpose]
+    plus offsets gave the reals' augmentation of step s the key of the D latents of step s + 13)."""
+    from tf_cartoon.training import trainer as T
+
+    layers, replicas = 13, 2
+    short, long = [], []
+    for step in range(64):
+        for purpose in (T._D, T._R1, T._G, T._PL):
+            short += [(step, purpose, T._Z), (step, purpose, T._MIX)]
+            long += [(step, purpose, T._NOISE, i) for i in range(layers)]
+        short.append((step, T._PL, T._PL_Y))
+        for purpose in (T._AUG_D, T._AUG_D_REAL, T._AUG_R1, T._AUG_G):
+            short += [(step, purpose, r) for r in range(replicas)]
+
+    @tf.function
+    def keys(words):
+        return tf.map_fn(lambda w: T.draw_key(7, *tf.unstack(w)), words,
+                         fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+    found = [tuple(k) for group in (short, long) for k in keys(tf.constant(group, tf.int64)).numpy().tolist()]
+    assert len(found) == len(short) + len(long) == len(set(found))
+    # a key is a pure function of its words (resuming reproduces the draws) and depends on the seed
+    assert T.draw_key(7, 3, T._D, T._Z).numpy().tolist() == T.draw_key(7, 3, T._D, T._Z).numpy().tolist()
+    assert T.draw_key(8, 3, T._D, T._Z).numpy().tolist() != T.draw_key(7, 3, T._D, T._Z).numpy().tolist()

@@ -10,8 +10,8 @@ Only the variables that ``freeze.py`` says train are given to ``apply_gradients`
 optimizers are built once on all variables (Keras 3 only updates variables it was built with).
 
 Distribution: every replica computes its share of the GLOBAL batch. Random draws
-(latents, noise maps, mixing decisions) are made for the global batch from a seed that
-depends only on (seed, step, purpose) and each replica takes the samples r, r+R, r+2R, ...
+(latents, noise maps, mixing decisions) are made for the global batch from a key folded from
+(seed, step, purpose, part) (``draw_key``) and each replica takes the samples r, r+R, r+2R, ...
 (strided, so minibatch-stddev groups coincide with a single-device run's). Losses are
 scaled by 1/R so the summed gradients equal the global-batch mean's. Randomness is
 therefore a pure function of the step: resuming reproduces the same draws.
@@ -51,9 +51,20 @@ EXPORT_DIR = "export"  # <workdir>/export/<version> (--export_on_finish; TF Serv
 EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # the reference's accumulate(g_ema, g, 0.5 ** (32 / 10000))
 # (per step whatever the batch: a half-life of 312.5 steps, TrainConfig.ema_halflife_steps' default)
 
-# Seed purposes (second seed word = step * N_PURPOSES + purpose).
-_D, _R1, _G, _PL, _AUG_D, _AUG_R1, _AUG_G, _SRC = range(8)
-N_PURPOSES = 8
+# What a random draw is for: the words folded into its key after the seed and the step (``draw_key``).
+_D, _R1, _G, _PL, _AUG_D, _AUG_R1, _AUG_G, _AUG_D_REAL = range(8)
+# Parts of one purpose's draws.
+_Z, _MIX, _NOISE, _PL_Y = range(4)
+
+
+def draw_key(seed, *words):
+    """The stateless key [2] int64 of one random draw: ``seed`` with each word (step, purpose, part, replica or
+    layer) folded in, one after the other. Folding, unlike adding offsets to one counter, never gives two
+    different draws the same key (e.g. the augmentation of step s and the latents of step s + 13)."""
+    key = tf.stack([tf.constant(seed, tf.int64), tf.constant(0, tf.int64)])
+    for word in words:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(word, tf.int64))
+    return key
 
 
 def _f32(x):
@@ -214,8 +225,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # randomness: global draws, strided per-replica slices
     # ------------------------------------------------------------------------------------------
-    def _seed(self, step, purpose):
-        return tf.stack([tf.constant(self.cfg.seed, tf.int64), tf.cast(step, tf.int64) * N_PURPOSES + purpose])
+    def _key(self, step, purpose, *parts):
+        return draw_key(self.cfg.seed, step, purpose, *parts)
 
     def _replica_slice(self, x):
         ctx = tf.distribute.get_replica_context()
@@ -225,10 +236,9 @@ class Trainer:
     def _latents(self, step, purpose, per_replica):
         """z1, z2 [n, D] for this replica, whether mixing fired, the inject index (n_latent = no mixing)."""
         n_global = per_replica * self.replicas
-        seed = self._seed(step, purpose)
-        z = tf.random.stateless_normal([2, n_global, self.g.z_dim], seed=seed)
+        z = tf.random.stateless_normal([2, n_global, self.g.z_dim], seed=self._key(step, purpose, _Z))
         z1, z2 = self._replica_slice(z[0]), self._replica_slice(z[1])
-        u = tf.random.stateless_uniform([3], seed=seed + [0, 7919])
+        u = tf.random.stateless_uniform([3], seed=self._key(step, purpose, _MIX))
         mixed = u[0] < self.cfg.mixing
         n_lat = self.g.n_latent
         index = 1 + tf.cast(tf.floor(u[1] * (n_lat - 1)), tf.int32)
@@ -238,8 +248,8 @@ class Trainer:
 
     def _noise(self, step, purpose, per_replica):
         n_global = per_replica * self.replicas
-        seed = self._seed(step, purpose) + [0, 104729]
-        return [self._replica_slice(tf.random.stateless_normal([n_global, r, r, 1], seed=seed + [0, i]))
+        return [self._replica_slice(tf.random.stateless_normal([n_global, r, r, 1],
+                                                               seed=self._key(step, purpose, _NOISE, i)))
                 for i, r in enumerate(self.g.noise_resolution(i) for i in range(self.g.num_layers))]
 
     def _fake_wplus(self, z1, z2, mixed, inject, src_inject, for_d):
@@ -261,8 +271,8 @@ class Trainer:
         from tf_cartoon.augment import augment
 
         ctx = tf.distribute.get_replica_context()
-        rid = tf.cast(ctx.replica_id_in_sync_group if ctx is not None else 0, tf.int64)
-        return augment(x, self.ada.p, seed=self._seed(step, purpose) + tf.stack([rid * 7, 0]))
+        rid = ctx.replica_id_in_sync_group if ctx is not None else 0
+        return augment(x, self.ada.p, seed=self._key(step, purpose, rid))
 
     # ------------------------------------------------------------------------------------------
     # per-replica computations (XLA-compiled when --xla)
@@ -273,7 +283,7 @@ class Trainer:
         # passes. They run one after the other, and the fakes are generated between them (everything below
         # the real gradients waits for them): one set of D activations or one G forward is alive at a time,
         # never two, for the same arithmetic.
-        real_aug = self._augment(real, step, _AUG_D + 100)
+        real_aug = self._augment(real, step, _AUG_D_REAL)
         with tf.GradientTape() as tape:
             real_pred = _f32(self.d(real_aug, recompute=self.d_recompute))
             real_loss = losses.d_logistic_real_term(real_pred)
@@ -341,7 +351,7 @@ class Trainer:
         z1, z2, mixed, inject, _ = self._latents(step, _PL, b)
         noise = self._noise(step, _PL, b)
         y = self._replica_slice(tf.random.stateless_normal([b * self.replicas, self.size, self.size, 3],
-                                                           seed=self._seed(step, _PL) + [0, 31]))
+                                                           seed=self._key(step, _PL, _PL_Y)))
         with tf.GradientTape() as tape:
             w = _f32(self.g.make_wplus([z1, z2], inject_index=inject))
             pen, path_mean, lengths = losses.path_length_penalty(
