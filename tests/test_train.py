@@ -230,3 +230,102 @@ def test_random_draws_of_different_steps_and_purposes_never_share_a_key():
     # a key is a pure function of its words (resuming reproduces the draws) and depends on the seed
     assert T.draw_key(7, 3, T._D, T._Z).numpy().tolist() == T.draw_key(7, 3, T._D, T._Z).numpy().tolist()
     assert T.draw_key(8, 3, T._D, T._Z).numpy().tolist() != T.draw_key(7, 3, T._D, T._Z).numpy().tolist()
+
+
+def _slots(opt, var):
+    i = opt._get_variable_index(var)
+    return opt._momentums[i].numpy().copy(), opt._velocities[i].numpy().copy()
+
+
+def test_adam_states_of_the_checkpoint_are_loaded_updated_and_written_back(tmp_path):
+    """As the reference's train.py: Adam continues from the checkpoint's g_optim / d_optim. After one G step
+    the second moments are beta2 * loaded + (1 - beta2) * g^2 for trained variables (with beta1 = 0 the
+    momentum is g itself) and the weights moved by an independent numpy Adam's update; frozen variables keep
+    the loaded moments; --export_torch writes them back with their step counts; --fresh_optimizer starts
+    from zero."""
+    from tests.reference_cases import case_names, reference_dir
+    from tf_cartoon.io import reference_keys as rk, torch_pickle
+    from tf_cartoon.training import adam_states
+
+    pt = os.path.join(reference_dir(), case_names()[0] + ".pt")
+    stored = torch_pickle.load(pt)
+    if not isinstance(stored.get("g_optim"), dict) or not stored["g_optim"].get("state"):
+        pytest.skip(f"{pt} stores no Adam states")
+    cfg = _cfg(pt, tmp_path / "run", iter=1, freezeG=1, freezeD=1, swap_layers="1", export_torch=True,
+               ckpt_every=1)
+    t = Trainer(cfg)
+    rows = rk.parameter_keys(rk.generator_table(t.g))
+    table = {k: (var, layout) for k, var, layout in rk.generator_table(t.g)}
+    loaded = stored["g_optim"]["state"]
+    step0 = max(int(np.asarray(st["step"])) for st in loaded.values())
+    before = {}
+    for i, key in enumerate(rows):
+        var, layout = table[key]
+        m, v = _slots(t.g_opt, var)
+        to_ours = rk.layout_of(layout, var)[0]
+        np.testing.assert_array_equal(v, to_ours(np.asarray(loaded[i]["exp_avg_sq"], np.float32)), err_msg=key)
+        before[key] = (var.numpy().copy(), m, v)
+    assert int(t.g_opt.iterations.numpy()) == step0
+    t.fit()
+    trained = {id(v) for v in t.g_train_vars}
+    b2, lr, eps = float(t.g_opt.beta_2), float(np.asarray(t.g_opt.learning_rate)), float(t.g_opt.epsilon)
+    n_trained = 0
+    for key, (w0, m0, v0) in before.items():
+        var = table[key][0]
+        m1, v1 = _slots(t.g_opt, var)
+        if id(var) in trained:
+            n_trained += 1
+            np.testing.assert_allclose(v1, b2 * v0 + (1 - b2) * m1.astype(np.float64) ** 2, rtol=1e-5, atol=1e-12,
+                                       err_msg=key)
+            alpha = lr * np.sqrt(1 - b2 ** (step0 + 1))
+            np.testing.assert_allclose(var.numpy(), w0 - alpha * m1 / (np.sqrt(v1) + eps), rtol=1e-5, atol=1e-7,
+                                       err_msg=key)
+        else:
+            np.testing.assert_array_equal(v1, v0, err_msg=key)
+            np.testing.assert_array_equal(m1, m0, err_msg=key)
+            np.testing.assert_array_equal(var.numpy(), w0, err_msg=key)
+    assert 0 < n_trained < len(before)
+    # --export_torch: the reference-format .pt holds the states, frozen ones exactly as loaded.
+    written = torch_pickle.load(os.path.join(cfg.workdir, "checkpoints", "step_00000001.pt"))["g_optim"]
+    for i, key in enumerate(rows):
+        var = table[key][0]
+        st = written["state"][i]
+        if id(var) in trained:
+            assert int(st["step"]) == step0 + 1
+        else:
+            assert int(st["step"]) == int(np.asarray(loaded[i]["step"]))
+            np.testing.assert_array_equal(st["exp_avg_sq"], loaded[i]["exp_avg_sq"], err_msg=key)
+    assert written["param_groups"][0]["params"] == list(range(len(rows)))
+    # and it loads back into an optimizer as it was
+    fresh = Trainer(_cfg(pt, tmp_path / "fresh", iter=1, freezeG=1, freezeD=1, swap_layers="1",
+                         fresh_optimizer=True))
+    assert int(fresh.g_opt.iterations.numpy()) == 0
+    assert not any(_slots(fresh.g_opt, table_var).__getitem__(1).any()
+                   for table_var in fresh.g.trainable_variables)
+    adam_states.load(fresh.g_opt, fresh.g, rk.generator_table, written, "g_optim")
+    for key in rows:
+        var = {k: v for k, v, _ in rk.generator_table(fresh.g)}[key]
+        np.testing.assert_array_equal(_slots(fresh.g_opt, var)[1], _slots(t.g_opt, table[key][0])[1], err_msg=key)
+
+
+def test_convert_to_torch_from_a_workdir_writes_its_adam_states(tiny, tmp_path):
+    """The reference's train.py resumes from our .pt: convert --to-torch of a workdir writes g_optim / d_optim
+    equal to the run's optimizer slots, in the reference's layouts."""
+    from tf_cartoon import convert
+    from tf_cartoon.io import reference_keys as rk, torch_pickle
+
+    t = Trainer(_cfg(tiny, tmp_path / "run", iter=2, ckpt_every=2))
+    t.fit()
+    assert convert.main(["--to-torch", str(tmp_path / "run"), str(tmp_path / "run.pt")]) == 0
+    obj = torch_pickle.load(str(tmp_path / "run.pt"))
+    for name, opt, model, table in (("g_optim", t.g_opt, t.g, rk.generator_table),
+                                    ("d_optim", t.d_opt, t.d, rk.discriminator_table)):
+        keys = rk.parameter_keys(table(model))
+        rows = {k: (v, layout) for k, v, layout in table(model)}
+        state = obj[name]["state"]
+        assert sorted(state) == list(range(len(keys)))
+        for i, key in enumerate(keys):
+            var, layout = rows[key]
+            m, v = _slots(opt, var)
+            np.testing.assert_array_equal(state[i]["exp_avg_sq"], rk.layout_of(layout, var)[1](v), err_msg=key)
+            assert int(state[i]["step"]) == int(opt.iterations.numpy())

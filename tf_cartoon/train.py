@@ -44,7 +44,9 @@ _HELP = {
     "xla": "XLA-compile the per-replica step: auto (on with GPUs), on, off",
     "mixed_precision": "mixed float16 compute (GPU)", "log_every": "console/TensorBoard scalars every N steps",
     "sample_every": "image grids every N steps", "ckpt_every": "checkpoint every N steps",
-    "keep_checkpoints": "checkpoints to keep", "export_torch": "also write the reference .pt at each checkpoint",
+    "keep_checkpoints": "checkpoints to keep", "export_torch": "also write the reference .pt (with g_optim / d_optim) at each checkpoint",
+    "fresh_optimizer": "start Adam from zero instead of the --ckpt file's g_optim / d_optim (the reference "
+                       "loads them)",
     "seed": "random seed", "fused_modconv": "use the fused (grouped-conv) modulated convolution",
     "recompute": "gradient checkpointing of every G/D block: the D and G steps keep only each block's inputs "
                  "and recompute the block in the backward pass (same results, less memory, ~25% slower; R1 "

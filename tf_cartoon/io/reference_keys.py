@@ -127,7 +127,8 @@ def parameter_keys(table) -> list[str]:
     return [k for k, _, layout in table if layout != "buffer" and not k.startswith(OPTIONAL_PREFIXES)]
 
 
-def _layout(table_layout, var):
+def layout_of(table_layout, var):
+    """(reference -> ours, ours -> reference) array functions of a table row's layout."""
     if table_layout == "flatten_linear":
         c = int(var.shape[1])
         return _flatten_linear_layouts(c, 4, 4)
@@ -171,13 +172,13 @@ def load_state_dict(model, state_dict, table_fn, what: str, source: str = "") ->
                     f"{what}{where}: FIR buffer '{key}' {arr.tolist()} differs from the kernel this network "
                     f"uses {var.tolist()} (blur_kernel={model.blur_kernel})")
             continue
-        want = _ref_shape(var, layout)
+        want = reference_shape(var, layout)
         if tuple(arr.shape) != want:
             raise CheckpointMismatchError(f"{what}{where}: '{key}' has shape {tuple(arr.shape)}, "
                                           f"the network expects {want}")
         if not np.issubdtype(arr.dtype, np.floating):
             raise CheckpointMismatchError(f"{what}{where}: '{key}' has dtype {arr.dtype}, expected floating point")
-        values.append((var, _layout(layout, var)[0](arr.astype(np.float32))))
+        values.append((var, layout_of(layout, var)[0](arr.astype(np.float32))))
     for var, value in values:
         var.assign(value)
 
@@ -189,13 +190,14 @@ def state_dict(model, table_fn) -> dict[str, np.ndarray]:
         if layout == "buffer":
             out[key] = var.copy()
         else:
-            out[key] = np.ascontiguousarray(_layout(layout, var)[1](np.asarray(var.numpy())), dtype=np.float32)
+            out[key] = np.ascontiguousarray(layout_of(layout, var)[1](np.asarray(var.numpy())), dtype=np.float32)
     return out
 
 
-def _ref_shape(var, layout):
+def reference_shape(var, layout):
+    """The reference's shape of a variable stored with ``layout``."""
     dummy = np.empty(tuple(var.shape), np.float32)
-    return tuple(_layout(layout, var)[1](dummy).shape)
+    return tuple(layout_of(layout, var)[1](dummy).shape)
 
 
 def _short(keys, n=8):

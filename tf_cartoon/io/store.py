@@ -326,15 +326,39 @@ def write_workdir_config(workdir: str, generator: dict, discriminator: dict, arg
 
 
 def read_workdir(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
-    """The latest checkpoint of a training workdir (g, g_ema, d; optimizers are not loaded)."""
+    """The latest checkpoint of a training workdir (g, g_ema, d; with g and d also the Adam states)."""
     with open(os.path.join(path, WORKDIR_CONFIG)) as f:
         config = json.load(f)
     latest = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
     if latest is None:
         raise ValueError(f"{path}: training workdir without a checkpoint yet (checkpoints/ is empty)")
     built = _restore_networks(config, models, fused_modconv, latest, path)
+    optim = _workdir_adam_states(config, built, latest, path) if {"g", "d"} <= set(built) else None
     return Checkpoint(config={k: config[k] for k in ("generator", "discriminator")}, args=config.get("args", {}),
-                      path=str(path), **built)
+                      path=str(path), optimizer_states=optim, **built)
+
+
+def _workdir_adam_states(config: dict, built: dict, prefix: str, path: str) -> dict | None:
+    """The run's Adam states (g_optim, d_optim) in the reference's layout, for ``convert --to-torch``: Keras
+    Adams built on g's and d's variables as the trainer builds them, restored from the checkpoint. Every
+    stored state gets the run's step count (the per-parameter counts of frozen parameters are not kept; after
+    the hundreds of thousands of steps of a pretrained model, bias correction is 1 either way)."""
+    import keras
+
+    from tf_cartoon.training import adam_states
+
+    opts = {name: keras.optimizers.Adam() for name in ("g_optim", "d_optim")}
+    opts["g_optim"].build(built["g"].trainable_variables)
+    opts["d_optim"].build(built["d"].trainable_variables)
+    try:
+        status = tf.train.Checkpoint(**opts).read(prefix)
+        status.assert_existing_objects_matched()
+        status.expect_partial()
+    except (tf.errors.OpError, AssertionError, ValueError):  # an older workdir or another optimizer: no states
+        return None
+    return {name: adam_states.to_reference(opts[name], built["g" if name == "g_optim" else "d"],
+                                           rk.generator_table if name == "g_optim" else rk.discriminator_table)
+            for name in opts}
 
 
 # ---------------------------------------------------------------------------

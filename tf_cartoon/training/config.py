@@ -54,7 +54,8 @@ class TrainConfig:
     sample_every: int = 1000
     ckpt_every: int = 5000
     keep_checkpoints: int = 3
-    export_torch: bool = False  # also write the reference .pt format at each checkpoint
+    export_torch: bool = False  # also write the reference .pt format (with g_optim / d_optim) at each checkpoint
+    fresh_optimizer: bool = False  # start Adam from zero instead of the --ckpt file's g_optim / d_optim
     seed: int = 0
     fused_modconv: bool = False
     recompute: bool = False  # checkpoint every G and D block (default: the highest-resolution ones only)

@@ -39,7 +39,9 @@ import tensorflow as tf
 
 from tf_cartoon import freeze, losses
 from tf_cartoon.images import make_grid, save_png
+from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io import store
+from tf_cartoon.training import adam_states
 from tf_cartoon.training import strategy as strategy_lib
 from tf_cartoon.training.config import TrainConfig, validate
 
@@ -179,6 +181,7 @@ class Trainer:
             self.d_opt = keras.optimizers.Adam(cfg.lr * d_ratio, beta_1=0.0, beta_2=0.99 ** d_ratio, epsilon=1e-8)
             self.g_opt.build(self.g.trainable_variables)
             self.d_opt.build(self.d.trainable_variables)
+            self._load_adam_states(cfg, start)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.mean_path_length = tf.Variable(0.0, trainable=False, name="mean_path_length",
                                                 aggregation=tf.VariableAggregation.MEAN)
@@ -195,6 +198,24 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # set-up helpers
     # ------------------------------------------------------------------------------------------
+    def _load_adam_states(self, cfg, start):
+        """The --ckpt file's g_optim / d_optim into our Adams, as the reference's train.py does (a resumed
+        workdir restores its own optimizers afterwards). Their step counts are kept for frozen parameters'
+        entries of --export_torch."""
+        self.loaded_adam_steps = {}
+        states = (start.optimizer_states or {}) if start is not None else {}
+        if cfg.fresh_optimizer or not states:
+            if states:
+                log.info("--fresh_optimizer: Adam starts from zero (the checkpoint's g_optim / d_optim are not used)")
+            return
+        for name, opt, model, table in (("g_optim", self.g_opt, self.g, rk.generator_table),
+                                        ("d_optim", self.d_opt, self.d, rk.discriminator_table)):
+            if isinstance(states.get(name), dict):
+                step = adam_states.load(opt, model, table, states[name], name, cfg.ckpt)
+                self.loaded_adam_steps[name] = adam_states.stored_steps(states[name])
+                log.info("%s: Adam states of %d parameters from %s (step %d)", name,
+                         len(states[name].get("state") or {}), cfg.ckpt, step)
+
     def _architecture(self, start):
         cfg = self.cfg
         if start is not None:
@@ -482,8 +503,13 @@ class Trainer:
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
         if self.cfg.export_torch and self.chief:
             pt = os.path.join(self.cfg.workdir, "checkpoints", f"step_{int(self.step.numpy()):08d}.pt")
-            store.write_reference(store.Checkpoint(config={}, g=self.g, g_ema=self.g_ema, d=self.d,
-                                                   args=self._run_args(),
+            optim = {name: adam_states.to_reference(opt, model, table, trained, self.loaded_adam_steps.get(name))
+                     for name, opt, model, table, trained in (
+                         ("g_optim", self.g_opt, self.g, rk.generator_table, self.g_train_vars),
+                         ("d_optim", self.d_opt, self.d, rk.discriminator_table, self.d_train_vars))}
+            config = {"generator": self.g.get_config(), "discriminator": self.d.get_config()}
+            store.write_reference(store.Checkpoint(config=config, g=self.g, g_ema=self.g_ema, d=self.d,
+                                                   args=self._run_args(), optimizer_states=optim,
                                                    ada_aug_p=float(self.ada.p.numpy()) if self.ada else 0.0), pt)
         log.info("saved checkpoint %s%s", path, f" ({reason})" if reason else "")
         return path
