@@ -329,3 +329,14 @@ def test_convert_to_torch_from_a_workdir_writes_its_adam_states(tiny, tmp_path):
             m, v = _slots(opt, var)
             np.testing.assert_array_equal(state[i]["exp_avg_sq"], rk.layout_of(layout, var)[1](v), err_msg=key)
             assert int(state[i]["step"]) == int(opt.iterations.numpy())
+
+
+def test_adaptive_augmentation_starts_at_zero_unless_asked_to_continue_the_checkpoints_p(tiny, tmp_path):
+    """The reference starts ADA at p = 0 when it fine-tunes (the stored ada_aug_p belongs to the source's
+    dataset); --ada_p_from_ckpt continues from the stored p."""
+    ck = store.load(tiny)
+    ck.ada_aug_p = 0.4
+    pt = str(tmp_path / "with_p.pt")
+    store.write_reference(ck, pt)
+    assert Trainer(_cfg(pt, tmp_path / "a", augment=True)).ada.p.numpy() == 0.0
+    assert Trainer(_cfg(pt, tmp_path / "b", augment=True, ada_p_from_ckpt=True)).ada.p.numpy() == pytest.approx(0.4)

@@ -55,6 +55,7 @@ class TrainConfig:
     ckpt_every: int = 5000
     keep_checkpoints: int = 3
     export_torch: bool = False  # also write the reference .pt format (with g_optim / d_optim) at each checkpoint
+    ada_p_from_ckpt: bool = False  # adaptive ADA starts at the --ckpt file's ada_aug_p (the reference: at 0)
     fresh_optimizer: bool = False  # start Adam from zero instead of the --ckpt file's g_optim / d_optim
     seed: int = 0
     fused_modconv: bool = False

@@ -192,7 +192,7 @@ class Trainer:
                 self.ada = AdaptiveAugment(target=cfg.ada_target, ada_length=cfg.ada_length,
                                            update_every=cfg.ada_every, augment_p=cfg.augment_p,
                                            adaptive=cfg.adaptive_augment)
-        if start is not None and cfg.adaptive_augment:
+        if start is not None and cfg.adaptive_augment and cfg.ada_p_from_ckpt:
             self.ada.p.assign(float(start.ada_aug_p))
 
     # ------------------------------------------------------------------------------------------
