@@ -13,16 +13,16 @@ allow-list and refuses anything else. The written .pt loads with
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+
+from tf_cartoon import cli
 
 
+@cli.command(setup="none")
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="reference .pt file or training workdir (or, with --to-torch, a converted "
-                               "directory)")
+    p = cli.parser("python -m tf_cartoon.convert", __doc__)
+    p.add_argument("src", help="reference .pt file, training workdir or builtin:<name> (or, with --to-torch, a "
+                               "converted directory)")
     p.add_argument("dst", help="output directory (or, with --to-torch, the .pt file to write)")
     p.add_argument("--to-torch", action="store_true", help="convert a converted directory back to a .pt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -32,30 +32,23 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from tf_cartoon.io import store
-    from tf_cartoon.io.reference_keys import CheckpointMismatchError
-    from tf_cartoon.io.torch_pickle import CheckpointFormatError, UnsafePickleError
 
-    try:
-        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-        if not models or set(models) - set(store.MODEL_NAMES):
-            raise ValueError(f"--models={args.models!r}: expected a comma list among {', '.join(store.MODEL_NAMES)}")
-        if args.to_torch:
-            if not os.path.isdir(args.src):
-                raise ValueError(f"--to-torch expects a converted directory, got {args.src}")
-            if os.path.exists(args.dst) and not args.overwrite:
-                raise FileExistsError(f"{args.dst} exists (pass --overwrite)")
-            ckpt = store.load(args.src, models=models)
-            store.write_reference(ckpt, args.dst)
-        else:
-            if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, store.WORKDIR_CONFIG)):
-                raise ValueError(f"{args.src} is a directory but not a training workdir; to write a .pt from "
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if not models or set(models) - set(store.MODEL_NAMES):
+        raise cli.UsageError(f"--models={args.models!r}: expected a comma list among {', '.join(store.MODEL_NAMES)}")
+    if args.to_torch:
+        if not os.path.isdir(args.src):
+            raise cli.UsageError(f"--to-torch expects a converted directory, got {args.src}")
+        if os.path.exists(args.dst) and not args.overwrite:
+            raise FileExistsError(f"{args.dst} exists (pass --overwrite)")
+        ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
+        store.write_reference(ckpt, args.dst)
+    else:
+        if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, store.WORKDIR_CONFIG)):
+            raise cli.UsageError(f"{args.src} is a directory but not a training workdir; to write a .pt from "
                                  "a converted directory use --to-torch")
-            ckpt = store.load(args.src, models=models)
-            store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, CheckpointFormatError, UnsafePickleError,
-            CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
+        store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
     gen = ckpt.config.get("generator") or {}
     print(f"wrote {args.dst}: models {', '.join(sorted(ckpt.models()))}; size {gen.get('size')}, "
           f"style_dim {gen.get('style_dim')}, n_mlp {gen.get('n_mlp')}, channels {gen.get('channels')}")
@@ -63,4 +56,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -37,11 +37,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon import freeze, losses
+from tf_cartoon import cli, freeze, losses
 from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import store
 from tf_cartoon.training import strategy as strategy_lib
-from tf_cartoon.training.config import TrainConfig, validate
+from tf_cartoon.training.config import TrainConfig, check_data, validate
 
 log = logging.getLogger("tf_cartoon.train")
 
@@ -84,9 +84,10 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = strategy_lib.is_chief(self.strategy)
         validate(cfg, num_replicas=self.replicas)
+        check_data(cfg)
         log.info(strategy_lib.describe(self.strategy, cfg.batch))
 
-        start = store.load(cfg.ckpt) if cfg.ckpt else None
+        start = cli.load_checkpoint(cfg.ckpt, "--ckpt") if cfg.ckpt else None
         gen_cfg, dis_cfg = self._architecture(start)
         self.size = gen_cfg["size"]
         n_blocks = int(math.log2(self.size)) - 2
@@ -113,7 +114,7 @@ class Trainer:
 
         self.g_train_vars = freeze.generator_trainable(self.g, cfg.freezeG)
         self.d_train_vars = freeze.discriminator_trainable(self.d, cfg.freezeD)
-        self.structure_layers = tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
+        self.structure_layers = self.structure_layers_for(cfg)
         # Gradient checkpointing: --recompute does every block; by default only the highest-resolution ones
         # (their activations are the largest; see LEAN_RECOMPUTE_G).
         self.g_recompute = True if cfg.recompute else LEAN_RECOMPUTE_G
@@ -142,12 +143,14 @@ class Trainer:
             self.d = store.build_discriminator(dis_cfg)
             self.source = None
             if source_path:
-                src = store.load(source_path, models=("g_ema",), fused_modconv=fused).g_ema
-                if src is None:
-                    raise ValueError(f"--source_ckpt {source_path} holds no generator")
-                if src.size != self.size or src.style_dim != self.g.style_dim:
-                    raise ValueError(f"source {source_path} is {src.size} px / style_dim {src.style_dim}, "
-                                     f"the trained generator {self.size} px / {self.g.style_dim}")
+                flag = "--source_ckpt" if cfg.source_ckpt else "--ckpt"
+                src = cli.load_generator(source_path, flag, fused_modconv=fused)
+                # The run swaps the source's features into G at the structure-loss layers and in the
+                # sample grids (and at every layer in an exported swap signature), and shares latents
+                # with it (freezeStyle / freezeFC).
+                layers = "all" if cfg.export_on_finish else sorted(set(self.swap_layers)
+                                                                    | set(self.structure_layers_for(cfg)))
+                cli.check_pair(src, self.g, layers, flag)
                 self.source = store.build_generator(src.get_config(), name="source")
                 _copy(src, self.source)
             elif needs_source:
@@ -183,6 +186,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # set-up helpers
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def structure_layers_for(cfg) -> tuple:
+        return tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
+
     def _architecture(self, start):
         cfg = self.cfg
         if start is not None:
