@@ -95,7 +95,7 @@ def _subprocess(tool, argv):
     assert proc.returncode == 2, proc.stderr
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]), proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    return errors[0]
+    return proc.stderr
 
 
 # ---------------------------------------------------------------------------
@@ -186,6 +186,29 @@ def test_command_wrapper(capsys):
         main(["bug"])
     with pytest.raises(cli.UsageError, match="seeds"), cli.user_input():
         raise ValueError("bad seeds")
+
+
+def test_run_applies_the_declared_process_setup_once(monkeypatch):
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+    monkeypatch.setattr(cli, "_SETUP_DONE", set())
+    arenas = []
+    monkeypatch.setattr("tf_cartoon.limit_malloc_arenas", lambda: arenas.append(1) or True)
+
+    @cli.command(setup="generate")
+    def generating(argv=None):
+        return 0
+
+    @cli.command(setup="train")
+    def training(argv=None):
+        return 0
+
+    assert generating([]) == 0 and "TF_CPU_ALLOCATOR_USE_BFC" not in os.environ  # a direct call: the host's choice
+    for main in (generating, generating, training):
+        with pytest.raises(SystemExit) as e:
+            cli.run(main, [])
+        assert e.value.code == 0
+    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true" and arenas == [1]
+    assert cli._SETUP_DONE == {"generate", "train"}
 
 
 def test_load_generator_names_the_flag(files):
@@ -378,7 +401,11 @@ def test_subprocesses_answer_in_one_line(files, tmp_path):
     _subprocess("project", [files.photo, "--source", files.unsafe, "--out", out])
     _subprocess("styleclip", ["--source", files.tiny, "--text", "x", "--out", out])  # no --clip
     _subprocess("train", [f"--ckpt={files.truncated}", "--data=synthetic:faces", f"--workdir={out}"])
-    _subprocess("train", [f"--ckpt={files.tiny}", f"--data={files.empty}", f"--workdir={out}"])
+    # flag and data errors come before TensorFlow starts: nothing else on stderr
+    err = _subprocess("train", [f"--ckpt={files.tiny}", f"--data={files.empty}", f"--workdir={out}"])
+    _one_error(err, "--data=", "no image files found")
+    _one_error(_subprocess("train", ["--ckpt=builtin:nope", f"--workdir={out}", "--data=synthetic:faces"]),
+               "--ckpt='builtin:nope'", "builtin:source_synthetic")
     _subprocess("convert", [files.unsafe, out])
     _subprocess("prepare_data", [files.empty, out, "--size", "8"])
     assert _snapshot(files.root) == before and not out.exists() and not files.marker.exists()

@@ -12,9 +12,10 @@ through this module, so that they all behave alike:
   and turn its complaint into a :class:`UsageError` naming the flag
   (``--source: checkpoint not found: x.pt``).
 * :func:`check_pair` is the one compatibility rule of a source / target pair.
-* :func:`command` wraps each tool's ``main(argv)``: process setup (allocator, logging) once, then
-  every user error becomes ONE stderr line ``error: ...`` and exit status 2; KeyboardInterrupt exits
-  130 without a traceback; anything else is a bug and keeps its traceback.
+* :func:`command` wraps each tool's ``main(argv)``: every user error becomes ONE stderr line
+  ``error: ...`` and exit status 2; KeyboardInterrupt exits 130 without a traceback; anything else is
+  a bug and keeps its traceback. :func:`run` is each tool's process entry: the process setup the
+  tool declares (pooled allocator for generating, malloc arena cap for training; logging), then main.
 
 This module imports neither numpy nor TensorFlow, so flag errors come back before TF starts.
 """
@@ -210,8 +211,11 @@ def setup_process(kind: str = "generate") -> None:
 
 
 def command(setup: str = "generate"):
-    """Decorator of a tool's ``main(argv=None) -> int``: setup once, user errors as one line + status 2.
+    """Decorator of a tool's ``main(argv=None) -> int``: user errors as one line + status 2.
 
+    ``setup`` names the process setup the tool wants (:func:`setup_process`); :func:`run`, the tool's
+    process entry, applies it before calling ``main``. A direct ``main(argv)`` call (tests, notebooks)
+    leaves the host process's allocator and logging alone: they are the host's to choose.
     argparse's own errors already exit 2 through :class:`ArgumentParser` (a SystemExit passes through)."""
     if setup not in SETUPS:
         raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}")
@@ -219,7 +223,6 @@ def command(setup: str = "generate"):
     def wrap(main):
         @functools.wraps(main)
         def run_main(argv=None) -> int:
-            setup_process(setup)
             try:
                 return main(argv)
             except USER_ERRORS as e:
@@ -228,10 +231,16 @@ def command(setup: str = "generate"):
             except KeyboardInterrupt:
                 print(file=sys.stderr)  # end the line ^C left
                 return EXIT_INTERRUPTED
+        run_main.setup = setup
         return run_main
     return wrap
 
 
 def run(main, argv=None) -> None:
-    """``sys.exit(main(argv))``: the ``if __name__ == "__main__"`` line of every tool."""
-    sys.exit(main(argv))
+    """The ``if __name__ == "__main__"`` line of every tool: the tool's process setup (before TensorFlow runs
+    anything), then ``sys.exit(main(argv))``."""
+    setup_process(getattr(main, "setup", "none"))
+    try:
+        sys.exit(main(argv))
+    except KeyboardInterrupt:  # outside main's own handler (e.g. while Python imports TensorFlow)
+        sys.exit(EXIT_INTERRUPTED)

@@ -107,9 +107,10 @@ def parse_flags(argv=None) -> TrainConfig:
 @cli.command(setup="train")
 def main(argv=None) -> int:
     cfg = parse_flags(argv)
-    from tf_cartoon.training.config import validate
+    from tf_cartoon.training.config import check_data, validate
 
     validate(cfg)  # flags alone, before TensorFlow builds anything (a ConfigError is a UsageError)
+    check_data(cfg)  # an image folder without images fails here, before TensorFlow starts (the Trainer checks again)
     from tf_cartoon.training.trainer import Trainer, TrainingDiverged
 
     try:
