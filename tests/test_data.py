@@ -367,7 +367,7 @@ def test_prepare_data_atomic_and_errors(tmp_path, capsys, monkeypatch):
         rc = prepare_data.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         if needle is None:  # only corrupt files in it
-            assert rc == 1 and "none of the 4 image file(s)" in err[-1]
+            assert rc == 2 and err[-1].startswith("error: none of the 4 image file(s)")
             assert not glob.glob(out + "2/*")
         else:
             assert rc == 2 and needle in err[-1] and len(err) == 1, err

@@ -114,7 +114,7 @@ def test_cli_writes_npz_and_renders(ckpts, tmp_path, capsys):
     (["--render", "--seeds", "1-0"], "backwards"),
     (["--render", "--swap_layer", "1"], "needs --target"),
     (["--target", "SOURCE"], "only apply with --render"),
-    (["--render", "--target", "/nonexistent"], "does not exist"),
+    (["--render", "--target", "/nonexistent"], "--target: checkpoint not found: /nonexistent"),
     (["--out", "x.txt"], ".npz"),
 ])
 def test_cli_errors_exit_2(ckpts, tmp_path, capsys, extra, message):

@@ -652,12 +652,9 @@ def main(argv):
                         os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     # The process settings of the tool measured (before TF runs anything): the generating tools' pooled CPU
     # allocator, or the trainer's malloc arena cap.
-    if FLAGS.what != "train_step":
-        from tf_cartoon import use_pooled_cpu_allocator
-        use_pooled_cpu_allocator()
-    else:
-        from tf_cartoon import limit_malloc_arenas
-        limit_malloc_arenas()
+    from tf_cartoon import cli
+
+    cli.setup_process("train" if FLAGS.what == "train_step" else "generate")
     import tensorflow as tf
     if FLAGS.intra_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_threads)

@@ -1,30 +1,33 @@
-"""Convert checkpoints between the reference's .pt format and ours.
+"""Convert checkpoints between every format we read and ours / the reference's.
 
-    python -m tf_cartoon.convert SRC.pt OUT_DIR            # reference .pt -> converted directory
-    python -m tf_cartoon.convert --to-torch TF_DIR OUT.pt  # converted directory -> reference .pt
-    python -m tf_cartoon.convert WORKDIR OUT_DIR           # a training workdir's latest g, g_ema, d ->
-                                                           # converted directory (no optimizer state)
+    python -m tf_cartoon.convert SRC OUT_DIR            # any checkpoint -> converted directory
+    python -m tf_cartoon.convert --to-torch SRC OUT.pt  # any checkpoint -> the reference's .pt
+    SRC: a reference .pt (torch zip or legacy format), an NVlabs .pkl (stylegan2-ada-pytorch or TensorFlow
+    stylegan2), a training workdir (its latest g, g_ema, d and, with --to-torch, the Adam states), a converted
+    directory (with --to-torch) or builtin:<name>.
     --models g_ema,d keeps only those networks (how tf_cartoon/assets/source_synthetic was written).
 
-Reading a .pt needs no torch: tf_cartoon.io.torch_pickle unpickles through an
-allow-list and refuses anything else. The written .pt loads with
+Reading needs no torch and runs nothing from the file: tf_cartoon.io's readers unpickle through an
+allow-list and refuse anything else. The written .pt loads with
 ``torch.load(OUT.pt, weights_only=True)`` and the reference's load_state_dict.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+
+from tf_cartoon import cli
 
 
+@cli.command(setup="none")
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.convert", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="reference .pt file or training workdir (or, with --to-torch, a converted "
-                               "directory)")
+    p = cli.parser("python -m tf_cartoon.convert", __doc__)
+    p.add_argument("src", help="reference .pt, NVlabs .pkl, training workdir or builtin:<name> (with --to-torch "
+                               "also a converted directory)")
     p.add_argument("dst", help="output directory (or, with --to-torch, the .pt file to write)")
-    p.add_argument("--to-torch", action="store_true", help="convert a converted directory back to a .pt")
+    p.add_argument("--to-torch", action="store_true",
+                   help="write the reference's .pt format (from any checkpoint: .pt, NVlabs .pkl, converted "
+                        "directory, workdir, builtin:)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--models", default="g_ema,g,d",
                    help="networks to keep, comma-separated among g_ema, g, d (default: all present); e.g. "
@@ -32,30 +35,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from tf_cartoon.io import store
-    from tf_cartoon.io.reference_keys import CheckpointMismatchError
-    from tf_cartoon.io.torch_pickle import CheckpointFormatError, UnsafePickleError
 
-    try:
-        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
-        if not models or set(models) - set(store.MODEL_NAMES):
-            raise ValueError(f"--models={args.models!r}: expected a comma list among {', '.join(store.MODEL_NAMES)}")
-        if args.to_torch:
-            if not os.path.isdir(args.src):
-                raise ValueError(f"--to-torch expects a converted directory, got {args.src}")
-            if os.path.exists(args.dst) and not args.overwrite:
-                raise FileExistsError(f"{args.dst} exists (pass --overwrite)")
-            ckpt = store.load(args.src, models=models)
-            store.write_reference(ckpt, args.dst)
-        else:
-            if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, store.WORKDIR_CONFIG)):
-                raise ValueError(f"{args.src} is a directory but not a training workdir; to write a .pt from "
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if not models or set(models) - set(store.MODEL_NAMES):
+        raise cli.UsageError(f"--models={args.models!r}: expected a comma list among {', '.join(store.MODEL_NAMES)}")
+    if args.to_torch:
+        if os.path.exists(args.dst) and not args.overwrite:
+            raise FileExistsError(f"{args.dst} exists (pass --overwrite)")
+        ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
+        store.write_reference(ckpt, args.dst)
+    else:
+        if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, store.WORKDIR_CONFIG)):
+            raise cli.UsageError(f"{args.src} is a directory but not a training workdir; to write a .pt from "
                                  "a converted directory use --to-torch")
-            ckpt = store.load(args.src, models=models)
-            store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError, CheckpointFormatError, UnsafePickleError,
-            CheckpointMismatchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
+        store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
     gen = ckpt.config.get("generator") or {}
     print(f"wrote {args.dst}: models {', '.join(sorted(ckpt.models()))}; size {gen.get('size')}, "
           f"style_dim {gen.get('style_dim')}, n_mlp {gen.get('n_mlp')}, channels {gen.get('channels')}")
@@ -63,4 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

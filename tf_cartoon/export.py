@@ -1,10 +1,12 @@
 """Export a generator as a TF Serving SavedModel (deterministic signatures, plain TF ops).
 
-    python -m tf_cartoon.export --ckpt TARGET [--source SOURCE] --out export/cartoon \
+    python -m tf_cartoon.export --target TARGET [--source SOURCE] --out export/cartoon \
         [--version N] [--truncation_samples 4096] [--seed 0]
 
 TARGET / SOURCE: anything ``tf_cartoon.load`` reads (a reference .pt, a converted
-directory, a training workdir); their ``g_ema`` is exported. The SavedModel goes
+directory, a training workdir, builtin:<name>); their ``g_ema`` is exported
+(``--ckpt`` is an older spelling of ``--target``). With a source, the pair must
+pass tf_cartoon.cli.check_pair at every swap layer (the swap signature serves all). The SavedModel goes
 to ``<out>/<version>/`` (TF Serving's layout: one integer folder per version);
 the version defaults to 1 + the largest integer folder already there (or 1). It
 is written into a hidden temporary folder under ``<out>`` and renamed into place,
@@ -14,7 +16,7 @@ describes the export (signatures, sizes, checkpoints, conventions).
 
 Signatures (batch size free; every one is deterministic):
 
-  serving_default  z float32 [B, style_dim], truncation_psi float32 [B]
+  serving_default  z float32 [B, z_dim], truncation_psi float32 [B]   (z_dim = style_dim but for some NVlabs nets)
                    -> image uint8 [B, H, W, 3]
   from_latent      wplus float32 [B, n_latent, style_dim] -> image uint8 [B, H, W, 3]
   png              z, truncation_psi -> png_bytes string [B] (one PNG file per image)
@@ -48,21 +50,22 @@ export), so stock TF Serving / ``saved_model_cli`` load the model without this p
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
 import os
 import shutil
-import sys
 import tempfile
+
+from tf_cartoon import cli
+from tf_cartoon.cli import UsageError
 
 FORMAT = "tf_cartoon_export/1"
 METADATA_FILE = "tf_cartoon_export.json"
 METADATA_DIR = "assets.extra"
 
 
-class ExportError(Exception):
+class ExportError(UsageError):
     """A user error (bad arguments, existing version, incompatible checkpoints)."""
 
 
@@ -111,12 +114,8 @@ def plain_tf_ops():
 
 
 def check_compatible(target, source) -> None:
-    """Source and target must share the synthesis shapes for their features to be swapped."""
-    for attr in ("size", "style_dim", "n_latent", "n_blocks", "channels"):
-        a, b = getattr(target, attr), getattr(source, attr)
-        if a != b:
-            raise ExportError(f"source and target generators differ in {attr} ({b} vs {a}); "
-                              "layer swapping needs the same architecture")
+    """Source and target must fit together at every swap layer (the swap signature serves each of them)."""
+    cli.check_pair(source, target, "all")
 
 
 class CartoonServing:
@@ -133,7 +132,7 @@ class CartoonServing:
         self.target, self.source = target, source
         if source is not None:
             check_compatible(target, source)
-        self.size, self.style_dim = int(target.size), int(target.style_dim)
+        self.size, self.style_dim, self.z_dim = int(target.size), int(target.style_dim), int(target.z_dim)
         self.n_latent, self.n_blocks = int(target.n_latent), int(target.n_blocks)
         self.truncation_samples, self.seed = int(truncation_samples), int(seed)
         self.target_mean = tf.Variable(target.mean_latent(self.truncation_samples, seed=self.seed),
@@ -154,7 +153,7 @@ class CartoonServing:
     def specs(self) -> dict:
         import tensorflow as tf
 
-        z = tf.TensorSpec([None, self.style_dim], tf.float32, name="z")
+        z = tf.TensorSpec([None, self.z_dim], tf.float32, name="z")
         psi = tf.TensorSpec([None], tf.float32, name="truncation_psi")
         out = {"serving_default": [z, psi],
                "from_latent": [tf.TensorSpec([None, self.n_latent, self.style_dim], tf.float32, name="wplus")],
@@ -173,13 +172,13 @@ class CartoonServing:
     def _check_z(self, z, truncation_psi):
         import tensorflow as tf
 
-        z = tf.ensure_shape(tf.convert_to_tensor(z, tf.float32), [None, self.style_dim],
+        z = tf.ensure_shape(tf.convert_to_tensor(z, tf.float32), [None, self.z_dim],
                             name="check_z_shape")
         psi = tf.ensure_shape(tf.convert_to_tensor(truncation_psi, tf.float32), [None],
                               name="check_truncation_psi_shape")
         check = tf.debugging.assert_equal(
             tf.shape(psi)[0], tf.shape(z)[0],
-            message=f"truncation_psi must hold one value per row of z (z is [batch, {self.style_dim}], "
+            message=f"truncation_psi must hold one value per row of z (z is [batch, {self.z_dim}], "
                     "truncation_psi is [batch])")
         with tf.control_dependencies([check]):
             return tf.identity(z), tf.identity(psi)
@@ -241,7 +240,7 @@ class CartoonServing:
     def describe(self) -> dict:
         h = self.size
         img = {"dtype": "uint8", "shape": [None, h, h, 3]}
-        z = {"dtype": "float32", "shape": [None, self.style_dim]}
+        z = {"dtype": "float32", "shape": [None, self.z_dim]}
         psi = {"dtype": "float32", "shape": [None]}
         sigs = {
             "serving_default": {
@@ -269,17 +268,6 @@ class CartoonServing:
 # Export
 # ---------------------------------------------------------------------------
 
-def _load_generator(path: str, role: str):
-    import tf_cartoon
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{role} checkpoint not found: {path}")
-    ckpt = tf_cartoon.load(path, models=("g_ema",))
-    if ckpt.g_ema is None:
-        raise ExportError(f"{role} checkpoint {path} holds no g_ema generator")
-    return ckpt.g_ema
-
-
 def build_archive(serving: CartoonServing):
     """A keras.export.ExportArchive with every signature of ``serving``."""
     import keras
@@ -297,19 +285,17 @@ def build_archive(serving: CartoonServing):
 
 
 def export(ckpt: str, out: str, source: str | None = None, version: int | None = None,
-           truncation_samples: int = 4096, seed: int = 0) -> str:
+           truncation_samples: int = 4096, seed: int = 0, target_flag: str = "--target") -> str:
     """Write ``<out>/<version>/`` (SavedModel + assets.extra/tf_cartoon_export.json); returns its path.
 
-    Raises FileNotFoundError (missing checkpoint), FileExistsError (version exists)
-    or ExportError / ValueError (bad arguments or checkpoints).
+    ``ckpt`` / ``source``: checkpoint specs (paths or builtin:<name>). Raises FileExistsError (version
+    exists), ExportError (bad arguments) or cli.UsageError (a missing, unreadable or incompatible
+    checkpoint, the message naming ``target_flag`` / --source).
     """
     if truncation_samples < 1:
         raise ExportError(f"--truncation_samples must be >= 1, got {truncation_samples}")
     if version is not None and version < 1:
         raise ExportError(f"--version must be a positive integer, got {version}")
-    for role, path in (("target", ckpt), ("source", source)):
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(f"{role} checkpoint not found: {path}")
     out = os.path.abspath(out)
     if version is None:
         version = next_version(out)
@@ -319,8 +305,10 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
                               "(pick another --version or leave it out for the next free one)")
 
     with plain_tf_ops():
-        target = _load_generator(ckpt, "target")
-        src = _load_generator(source, "source") if source is not None else None
+        target = cli.load_generator(ckpt, target_flag)
+        src = cli.load_generator(source, "--source") if source is not None else None
+        if src is not None:
+            cli.check_pair(src, target, "all", "--source")
         serving = CartoonServing(target, src, truncation_samples, seed)
         archive = build_archive(serving)
         os.makedirs(out, exist_ok=True)
@@ -348,6 +336,13 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
     return final
 
 
+def _spec(spec: str) -> str:
+    """A checkpoint as the metadata records it: a path made absolute; builtin:<name> as it is."""
+    from tf_cartoon import assets
+
+    return spec if assets.is_builtin(spec) else os.path.abspath(spec)
+
+
 def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: int) -> dict:
     import keras
     import tensorflow as tf
@@ -356,10 +351,10 @@ def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: i
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "version": version,
-        "target": os.path.abspath(ckpt),
-        "source": os.path.abspath(source) if source is not None else None,
+        "target": _spec(ckpt),
+        "source": _spec(source) if source is not None else None,
         "size": serving.size, "height": serving.size, "width": serving.size, "channels": 3,
-        "style_dim": serving.style_dim, "n_latent": serving.n_latent, "n_blocks": serving.n_blocks,
+        "style_dim": serving.style_dim, "z_dim": serving.z_dim, "n_latent": serving.n_latent, "n_blocks": serving.n_blocks,
         "swap_layers": list(range(1, serving.n_blocks + 1)) if serving.source is not None else [],
         "truncation": {"formula": "w' = t + truncation_psi * (w - t), per sample; psi = 1: none",
                        "mean_latent": "mean of the mapping of truncation_samples stateless N(0, 1) z (seed), "
@@ -376,37 +371,20 @@ def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: i
 # CLI
 # ---------------------------------------------------------------------------
 
-def _user_error(e: Exception) -> bool:
-    """Errors the CLI reports in one line with exit code 2 (no traceback)."""
-    # OSError: missing checkpoint, existing version, unwritable --out. Checked before importing
-    # anything heavy, so these messages come out before TensorFlow starts.
-    if isinstance(e, (OSError, ExportError, ValueError)):
-        return True
-    from tf_cartoon.io.reference_keys import CheckpointMismatchError
-    from tf_cartoon.io.torch_pickle import CheckpointFormatError, UnsafePickleError
-
-    return isinstance(e, (CheckpointFormatError, UnsafePickleError, CheckpointMismatchError))
-
-
+@cli.command(setup="generate")
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="target checkpoint (.pt, converted dir or training workdir)")
-    p.add_argument("--source", default=None, help="source checkpoint; adds the 'swap' signature")
-    p.add_argument("--out", required=True, help="model base path (TF Serving --model_base_path)")
+    p = cli.parser("python -m tf_cartoon.export", __doc__)
+    cli.add_role(p, "target", "--ckpt", required=True,
+                 help="target (fine-tuned) checkpoint: .pt, converted dir, training workdir or builtin:<name>")
+    cli.add_role(p, "source", default=None, help="source (pretrained) checkpoint; adds the 'swap' signature")
+    cli.add_role(p, "out", required=True, help="model base path (TF Serving --model_base_path)")
     p.add_argument("--version", type=int, default=None, help="version folder (default: 1 + the largest existing)")
     p.add_argument("--truncation_samples", type=int, default=4096, help="latents averaged for each mean latent")
     p.add_argument("--seed", type=int, default=0, help="seed of those latents")
     args = p.parse_args(argv)
 
-    try:
-        path = export(args.ckpt, args.out, source=args.source, version=args.version,
-                      truncation_samples=args.truncation_samples, seed=args.seed)
-    except Exception as e:
-        if not _user_error(e):
-            raise
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        return 2
+    path = export(args.target, args.out, source=args.source, version=args.version,
+                  truncation_samples=args.truncation_samples, seed=args.seed, target_flag=cli.flag(args, "target"))
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE)) as f:
         meta = json.load(f)
     print(f"wrote {path}: signatures {', '.join(meta['signatures'])}; {meta['size']} px, style_dim "
@@ -415,6 +393,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tf_cartoon import use_pooled_cpu_allocator
-    use_pooled_cpu_allocator()  # before TF runs anything
-    sys.exit(main())
+    cli.run(main)

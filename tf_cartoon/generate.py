@@ -1,9 +1,12 @@
 """Sample images from a (fine-tuned) generator, with layer swapping, style mixing and interpolation.
 
-    python -m tf_cartoon.generate --ckpt TARGET --seeds 0-15 --out samples
-    python -m tf_cartoon.generate --ckpt TARGET --source SOURCE --swap_layer 1,2 --seeds 0-7 --out swap
-    python -m tf_cartoon.generate --ckpt TARGET --mixing --mix_rows 0-3 --mix_cols 4-7 --mix_layers 0-3 --out mix
-    python -m tf_cartoon.generate --ckpt TARGET --source SOURCE --interpolate --frames 30 --seeds 0-3 --out walk
+    python -m tf_cartoon.generate --target TARGET --seeds 0-15 --out samples
+    python -m tf_cartoon.generate --target TARGET --source SOURCE --swap_layer 1,2 --seeds 0-7 --out swap
+    python -m tf_cartoon.generate --target TARGET --mixing --mix_rows 0-3 --mix_cols 4-7 --mix_layers 0-3 --out mix
+    python -m tf_cartoon.generate --target TARGET --source SOURCE --interpolate --frames 30 --seeds 0-3 --out walk
+
+TARGET / SOURCE: a reference .pt, a converted directory, a training workdir or builtin:<name>
+(``--ckpt`` is an older spelling of ``--target``).
 
 Determinism: the latent of seed s is ``np.random.RandomState(s).randn(style_dim)``
 (as StyleGAN's generate scripts draw it), the noise inputs are the generator's
@@ -32,11 +35,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
+from tf_cartoon import cli
 from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_gif, save_png, to_uint8
 
 MEAN_LATENT_SEED = 0  # seed of the z batch behind every generator's mean latent
@@ -47,12 +50,13 @@ DEFAULT_SWAP_LAYERS = (1, 2)  # what the paper's demos use (clipped to n_blocks)
 # Latents
 # ---------------------------------------------------------------------------
 
-def seed_z(seeds, style_dim: int) -> np.ndarray:
-    """z for each seed: ``np.random.RandomState(seed).randn(style_dim)``, float32 [N, style_dim]."""
+def seed_z(seeds, z_dim: int) -> np.ndarray:
+    """z for each seed: ``np.random.RandomState(seed).randn(z_dim)``, float32 [N, z_dim] (z_dim is style_dim
+    for the reference's networks)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
-        return np.zeros([0, int(style_dim)], np.float32)
-    return np.stack([np.random.RandomState(s).randn(int(style_dim)) for s in seeds]).astype(np.float32)
+        return np.zeros([0, int(z_dim)], np.float32)
+    return np.stack([np.random.RandomState(s).randn(int(z_dim)) for s in seeds]).astype(np.float32)
 
 
 def mean_latent(g, truncation_samples: int = 4096) -> np.ndarray:
@@ -80,7 +84,7 @@ def truncate(g, w, truncation: float = 0.7, truncation_latent=None, truncation_s
 
 def latents(g, seeds, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096) -> np.ndarray:
     """Truncated w of each seed through ``g``'s own mapping, float32 [N, style_dim]."""
-    z = seed_z(seeds, g.style_dim)
+    z = seed_z(seeds, g.z_dim)
     w = np.asarray(g.mapping(z)) if len(z) else np.zeros_like(z)
     return truncate(g, w, truncation, truncation_latent, truncation_samples)
 
@@ -178,18 +182,8 @@ def check_layers(g, layers) -> tuple[int, ...]:
 
 
 def check_pair(source, target, layers=()) -> tuple[int, ...]:
-    """Source and target must agree on size, style_dim and the swapped features' channels."""
-    if source.size != target.size:
-        raise ValueError(f"source and target sizes differ: {source.size} px vs {target.size} px")
-    if source.style_dim != target.style_dim:
-        raise ValueError(f"source and target style_dim differ: {source.style_dim} vs {target.style_dim}")
-    layers = check_layers(target, layers)
-    for layer in layers:
-        res = 2 ** (layer + 2)
-        if source.channels[res] != target.channels[res]:
-            raise ValueError(f"cannot swap at layer {layer}: source has {source.channels[res]} channels at "
-                             f"{res} px, target {target.channels[res]}")
-    return layers
+    """Source and target fit together for swapping at ``layers`` (the one rule: :func:`tf_cartoon.cli.check_pair`)."""
+    return cli.check_pair(source, target, layers)
 
 
 def swap_from_w(source, target, source_w, target_w, layers, batch: int = 8) -> SwapImages:
@@ -298,11 +292,11 @@ def interpolation_frames(target, seeds, frames: int = 30, truncation: float = 0.
 # ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="target generator: reference .pt, converted dir or workdir")
-    p.add_argument("--source", default=None, help="source generator (e.g. ffhq256.pt) for layer swapping")
-    p.add_argument("--out", required=True, help="output directory")
+    p = cli.parser("python -m tf_cartoon.generate", __doc__)
+    cli.add_role(p, "target", "--ckpt", required=True,
+                 help="target (fine-tuned) generator: reference .pt, converted dir, workdir or builtin:<name>")
+    cli.add_role(p, "source", default=None, help="source (pretrained) generator, e.g. ffhq256.pt, for layer swapping")
+    cli.add_role(p, "out", required=True, help="output directory")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-15 or 0-3,7 (default 0-7)")
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (1 = none; default 0.7)")
     p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
@@ -318,15 +312,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
     return p
-
-
-def _load_g(path: str, what: str):
-    import tf_cartoon
-
-    g = tf_cartoon.load(path, models=("g_ema",)).g_ema
-    if g is None:
-        raise ValueError(f"{what} {path} holds no g_ema generator")
-    return g
 
 
 def _prepare(args):
@@ -345,29 +330,24 @@ def _prepare(args):
         raise ValueError("--swap_layer needs --source (the generator whose features are swapped in)")
     if args.interpolate and len(seeds) < 2:
         raise ValueError("--interpolate needs at least two seeds")
-    for path, flag in ((args.ckpt, "--ckpt"), (args.source, "--source")):
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(f"{flag} {path} does not exist")
-    target = _load_g(args.ckpt, "--ckpt")
+    target = cli.load_generator(args.target, cli.flag(args, "target"))
     source = None
     if args.source is not None:
-        source = _load_g(args.source, "--source")
+        source = cli.load_generator(args.source, "--source")
         if layers is None:
             layers = [l for l in DEFAULT_SWAP_LAYERS if l <= target.n_blocks]
-        layers = check_pair(source, target, layers)
+        layers = cli.check_pair(source, target, layers, "--source")
     if args.mixing:
         check_slots(target, mix[2])
     os.makedirs(args.out, exist_ok=True)
     return seeds, mix, layers, source, target
 
 
+@cli.command(setup="generate")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    with cli.user_input():
         seeds, (mix_rows, mix_cols, mix_layers), layers, source, target = _prepare(args)
-    except (OSError, ValueError) as e:  # load errors (format, mismatch, unsafe pickle) are ValueErrors
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
 
     out, psi = args.out, args.truncation
     t_mean = mean_latent(target, args.truncation_samples) if psi != 1.0 else None
@@ -403,6 +383,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tf_cartoon import use_pooled_cpu_allocator
-    use_pooled_cpu_allocator()  # before TF runs anything
-    sys.exit(main())
+    cli.run(main)

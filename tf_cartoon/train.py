@@ -4,17 +4,20 @@
 
 Rerunning the same command resumes from the workdir's latest checkpoint.
 Watch with: tensorboard --logdir <workdir>/tensorboard
+
+Exit status: 0 done (or stopped to resume later), 2 a user error (flags, checkpoints, data; one
+``error:`` line), 3 a loss became NaN / infinite (the last good checkpoint stays), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 
 from absl import app, flags
 
-from tf_cartoon.training.config import ConfigError, TrainConfig
+from tf_cartoon import cli
+from tf_cartoon.training.config import TrainConfig
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +38,8 @@ _HELP = {
     "freezeStyle": "FreezeSG: first k W+ rows from the frozen source when mixing (-1 off)",
     "freezeFC": "D step: whole W+ from the frozen source when mixing",
     "structure_loss": "structure loss over swap layers 1..N (-1 off)", "n_sample": "samples in the image grids",
-    "ckpt": "start from a reference .pt or a converted directory (empty: from scratch)",
-    "source_ckpt": "frozen source generator (.pt or converted dir; default: --ckpt's g_ema)",
+    "ckpt": "start from a reference .pt, a converted directory or builtin:<name> (empty: from scratch)",
+    "source_ckpt": "frozen source generator (.pt, converted dir or builtin:<name>; default: --ckpt's g_ema)",
     "workdir": "run directory (checkpoints, TensorBoard, samples); rerun to resume",
     "data": "training images: a folder, a TFRecord pattern, or synthetic:<name>",
     "structure_loss_on": "features (the reference code) or rgb (the paper's figure)",
@@ -79,31 +82,46 @@ def define_flags():
             flags.DEFINE_string(name, default, help_)
 
 
+def define_aliases():
+    """The cross-tool role name (README "Command-line names"): --source is the frozen source here too."""
+    flags.DEFINE_alias("source", "source_ckpt")
+
+
 def config_from_flags() -> TrainConfig:
     return TrainConfig(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def main(argv):
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = config_from_flags()
-    from tf_cartoon.training.config import validate
+def parse_flags(argv=None) -> TrainConfig:
+    """absl flags (``--flagfile`` included) from ``argv`` (without the program name; None: sys.argv[1:]).
 
+    Every flag starts from its default, so that repeated calls in one process do not inherit values."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    app.define_help_flags()  # --help / --helpfull, as app.run offers them
+    if FLAGS.is_parsed():
+        FLAGS.unparse_flags()
     try:
-        validate(cfg)  # flags alone, before TensorFlow builds anything
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        rest = FLAGS(["tf_cartoon.train"] + argv)
+    except flags.Error as e:
+        raise cli.UsageError(str(e).removeprefix("ERROR:: ")) from None
+    if len(rest) > 1:
+        raise cli.UsageError(f"unexpected arguments {' '.join(rest[1:])} (flags are --name=value)")
+    return config_from_flags()
+
+
+@cli.command(setup="train")
+def main(argv=None) -> int:
+    cfg = parse_flags(argv)
+    from tf_cartoon.training.config import check_data, validate
+
+    validate(cfg)  # flags alone, before TensorFlow builds anything (a ConfigError is a UsageError)
+    check_data(cfg)  # an image folder without images fails here, before TensorFlow starts (the Trainer checks again)
     from tf_cartoon.training.trainer import Trainer, TrainingDiverged
 
     try:
         trainer = Trainer(cfg)
         trainer.fit()
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
+        cli.report(e)
         return 3
     print(summary(trainer))
     return 0
@@ -125,9 +143,7 @@ def summary(trainer) -> str:
 
 
 define_flags()
+define_aliases()
 
 if __name__ == "__main__":
-    from tf_cartoon import limit_malloc_arenas
-
-    limit_malloc_arenas()  # before TF starts its thread pools
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

@@ -11,6 +11,8 @@ import dataclasses
 import math
 import os
 
+from tf_cartoon.cli import UsageError
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -116,8 +118,8 @@ class TrainConfig:
             raise ConfigError(f"--swap_layers={self.swap_layers!r}: expected 'auto' or a comma list like 1,2") from None
 
 
-class ConfigError(ValueError):
-    """A flag value that cannot work; the message names the flag."""
+class ConfigError(UsageError):
+    """A flag value that cannot work; the message names the flag (the CLI prints it as one error line)."""
 
 
 def _is_pow2(n: int) -> bool:
@@ -200,3 +202,17 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
                 raise ConfigError(f"--swap_layers={cfg.swap_layers!r}: layer {L} is outside 1..{n_blocks} "
                                   f"at {size} px")
     return cfg
+
+
+def check_data(cfg: TrainConfig) -> None:
+    """--data names something to train on: a known synthetic set, TFRecord files, or a folder holding at
+    least one image file. Scanned before any network is built, so that an empty folder is one error
+    line, not a failure after the models are set up."""
+    from tf_cartoon import data
+
+    try:
+        kind, target = data.resolve_spec(cfg.data)
+        if kind == "folder":
+            data.scan_images(target)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--data={cfg.data!r}: {' '.join(str(e).split())}") from None

@@ -37,13 +37,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon import freeze, losses
+from tf_cartoon import cli, freeze, losses
 from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io import store
 from tf_cartoon.training import adam_states
 from tf_cartoon.training import strategy as strategy_lib
-from tf_cartoon.training.config import TrainConfig, validate
+from tf_cartoon.training.config import TrainConfig, check_data, validate
 
 log = logging.getLogger("tf_cartoon.train")
 
@@ -97,9 +97,10 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = strategy_lib.is_chief(self.strategy)
         validate(cfg, num_replicas=self.replicas)
+        check_data(cfg)
         log.info(strategy_lib.describe(self.strategy, cfg.batch))
 
-        start = store.load(cfg.ckpt) if cfg.ckpt else None
+        start = cli.load_checkpoint(cfg.ckpt, "--ckpt") if cfg.ckpt else None
         gen_cfg, dis_cfg = self._architecture(start)
         self.size = gen_cfg["size"]
         n_blocks = int(math.log2(self.size)) - 2
@@ -126,7 +127,7 @@ class Trainer:
 
         self.g_train_vars = freeze.generator_trainable(self.g, cfg.freezeG)
         self.d_train_vars = freeze.discriminator_trainable(self.d, cfg.freezeD)
-        self.structure_layers = tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
+        self.structure_layers = self.structure_layers_for(cfg)
         # Gradient checkpointing: --recompute does every block; by default only the highest-resolution ones
         # (their activations are the largest; see LEAN_RECOMPUTE_G).
         self.g_recompute = True if cfg.recompute else LEAN_RECOMPUTE_G
@@ -155,13 +156,17 @@ class Trainer:
             self.d = store.build_discriminator(dis_cfg)
             self.source = None
             if source_path:
-                src = store.load(source_path, models=("g_ema",), fused_modconv=fused).g_ema
-                if src is None:
-                    raise ValueError(f"--source_ckpt {source_path} holds no generator")
-                if (src.size, src.style_dim, src.z_dim) != (self.size, self.g.style_dim, self.g.z_dim):
-                    raise ValueError(f"source {source_path} is {src.size} px / style_dim {src.style_dim} / z_dim "
-                                     f"{src.z_dim}, the trained generator {self.size} px / {self.g.style_dim} / "
-                                     f"{self.g.z_dim}")
+                flag = "--source_ckpt" if cfg.source_ckpt else "--ckpt"
+                src = cli.load_generator(source_path, flag, fused_modconv=fused)
+                # The run swaps the source's features into G at the structure-loss layers and in the
+                # sample grids (and at every layer in an exported swap signature), and shares latents
+                # with it (freezeStyle / freezeFC).
+                layers = "all" if cfg.export_on_finish else sorted(set(self.swap_layers)
+                                                                    | set(self.structure_layers_for(cfg)))
+                cli.check_pair(src, self.g, layers, flag)
+                if src.z_dim != self.g.z_dim:  # both map the same z
+                    raise cli.IncompatiblePairError(f"{flag}: the source maps z of width {src.z_dim}, the trained "
+                                                    f"generator of width {self.g.z_dim}")
                 self.source = store.build_generator(src.get_config(), name="source")
                 _copy(src, self.source)
             elif needs_source:
@@ -198,6 +203,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # set-up helpers
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def structure_layers_for(cfg) -> tuple:
+        return tuple(range(1, cfg.structure_loss + 1)) if cfg.structure_loss > 0 else ()
+
     def _load_adam_states(self, cfg, start):
         """The --ckpt file's g_optim / d_optim into our Adams, as the reference's train.py does (a resumed
         workdir restores its own optimizers afterwards). Their step counts are kept for frozen parameters'

@@ -1,0 +1,246 @@
+"""The command-line layer every tool shares: flag names, checkpoint loading, user errors, process setup.
+
+Every tool (train, generate, sefa, export, project, styleclip, convert, prepare_data, bench) goes
+through this module, so that they all behave alike:
+
+* Roles have one name everywhere (README "Command-line names"): ``--target`` is the fine-tuned
+  generator, ``--source`` the pretrained one, ``--out`` what the tool writes. :func:`add_role` adds
+  such a flag with the tool's older spellings as aliases and remembers which spelling the user typed,
+  so that a message names the flag as it was written.
+* A checkpoint spec (a path, ``builtin:<name>``, whatever ``tf_cartoon.io.store.load`` dispatches on)
+  is never pre-checked here: :func:`load_checkpoint` / :func:`load_generator` let the loader decide
+  and turn its complaint into a :class:`UsageError` naming the flag
+  (``--source: checkpoint not found: x.pt``).
+* :func:`check_pair` is the one compatibility rule of a source / target pair.
+* :func:`command` wraps each tool's ``main(argv)``: every user error becomes ONE stderr line
+  ``error: ...`` and exit status 2; KeyboardInterrupt exits 130 without a traceback; anything else is
+  a bug and keeps its traceback. :func:`run` is each tool's process entry: the process setup the
+  tool declares (pooled allocator for generating, malloc arena cap for training; logging), then main.
+
+This module imports neither numpy nor TensorFlow, so flag errors come back before TF starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import sys
+
+from tf_cartoon.io.errors import CheckpointError
+
+EXIT_USAGE = 2  # a user error: bad flags, files or data (argparse's own status for bad flags)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+ROLES = ("target", "source", "out")
+
+
+class UsageError(ValueError):
+    """A user error (flags, files, data): reported as one ``error: ...`` line with exit status 2.
+
+    A ValueError, so that library callers that catch ValueError keep working."""
+
+
+class IncompatiblePairError(UsageError):
+    """A source and a target generator cannot be used together (layer swapping, shared latents)."""
+
+
+# Errors that are the user's, wherever in a tool they are raised: flags (UsageError and the tools'
+# subclasses of it), checkpoints (the readers' one family) and files (missing, existing, unreadable,
+# unwritable: every OSError names the path).
+USER_ERRORS = (UsageError, CheckpointError, OSError)
+
+
+def one_line(e: BaseException | str) -> str:
+    """The message on one line (readers' messages may wrap; the terminal shows one ``error:`` line)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# ---------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the tools' error convention: one ``error: ...`` line and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def parser(prog: str, doc: str | None) -> ArgumentParser:
+    """A tool's parser: ``python -m tf_cartoon.<tool>``, the module docstring as its help text."""
+    return ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+class _Spelled(argparse.Action):
+    """Stores the value and the option string the user typed (``--ckpt`` or ``--target``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        spellings = dict(getattr(namespace, "_spellings", {}))
+        spellings[self.dest] = option_string
+        namespace._spellings = spellings
+
+
+def add_role(p: argparse.ArgumentParser, role: str, *aliases: str, **kwargs) -> argparse.Action:
+    """Add ``--<role>`` (target, source or out) with the tool's older spellings as aliases.
+
+    ``flag(args, role)`` then gives the spelling the user typed, for messages."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    kwargs.setdefault("metavar", role.upper())
+    return p.add_argument(f"--{role}", *aliases, dest=role, action=_Spelled, **kwargs)
+
+
+def flag(args: argparse.Namespace, dest: str) -> str:
+    """The option string the user gave for ``dest`` (``--ckpt`` for an alias), else ``--<dest>``."""
+    return getattr(args, "_spellings", {}).get(dest) or f"--{dest}"
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+def load_checkpoint(spec, flag_name: str, models=("g_ema", "g", "d"), fused_modconv: bool = False):
+    """``tf_cartoon.io.store.load(spec)``, its complaints as a UsageError naming ``flag_name``.
+
+    Nothing is checked here first (not even that the path exists): the loader knows every spec it
+    accepts (paths, ``builtin:<name>``, the formats its dispatch reads)."""
+    from tf_cartoon.io import store
+
+    try:
+        return store.load(spec, models=models, fused_modconv=fused_modconv)
+    except (CheckpointError, OSError, ValueError) as e:
+        # The readers report a bad file as a CheckpointError, a missing one as FileNotFoundError, and some
+        # older checks (a directory of neither format, bad JSON) as a plain ValueError: all are about the
+        # file the user named.
+        raise UsageError(f"{flag_name}: {one_line(e)}") from e
+
+
+def load_generator(spec, flag_name: str, fused_modconv: bool = False):
+    """The ``g_ema`` generator of a checkpoint spec (see :func:`load_checkpoint`)."""
+    g = load_checkpoint(spec, flag_name, models=("g_ema",), fused_modconv=fused_modconv).g_ema
+    if g is None:
+        raise UsageError(f"{flag_name}: {spec} holds no g_ema generator")
+    return g
+
+
+def swap_resolution(layer: int) -> int:
+    """Resolution of the feature swapped at layer L (the output of convs.{2L-1}): 2^(L+2)."""
+    return 2 ** (int(layer) + 2)
+
+
+def check_pair(source, target, layers=(), flag_name: str | None = None) -> tuple[int, ...]:
+    """Whether ``source`` and ``target`` work together; returns the swap layers as ints.
+
+    The rule is what the tools do with a pair: both map the same z and share W / W+ latents (same
+    ``style_dim`` and ``n_latent``), render the same image size, and at each swap layer L in
+    ``layers`` the target takes the source's feature after convs.{2L-1} (same channels at 2^(L+2) px).
+    Channels elsewhere, the mapping depth and the 4 px input may differ: each generator computes those
+    for itself. ``layers="all"`` checks every layer 1..n_blocks (a SavedModel's swap signature serves
+    any of them). Raises IncompatiblePairError (prefixed with ``flag_name`` when given) or
+    UsageError for a layer outside 1..n_blocks.
+    """
+    prefix = f"{flag_name}: " if flag_name else ""
+    for attr, what in (("size", "image size"), ("style_dim", "style_dim"), ("n_latent", "n_latent (W+ rows)")):
+        a, b = getattr(source, attr), getattr(target, attr)
+        if a != b:
+            raise IncompatiblePairError(f"{prefix}source and target differ in {what}: {a} vs {b}; layer swapping "
+                                        "and shared latents need the same")
+    n_blocks = int(target.n_blocks)
+    if isinstance(layers, str) and layers == "all":
+        layers = range(1, n_blocks + 1)
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not hasattr(layer, "__index__") or not 1 <= int(layer) <= n_blocks:
+            raise UsageError(f"{prefix}swap layer must be in 1..{n_blocks} for a {target.size} px generator, "
+                             f"got {layer!r}")
+        layer = int(layer)
+        res = swap_resolution(layer)
+        if source.channels[res] != target.channels[res]:
+            raise IncompatiblePairError(f"{prefix}cannot swap at layer {layer}: source has {source.channels[res]} "
+                                        f"channels at {res} px, target {target.channels[res]}")
+        out.append(layer)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# Errors and process setup
+# ---------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def user_input():
+    """Inside, ValueError and OSError are the user's: a tool's flag / file validation phase, whose
+    checks (seed ranges, photo files, ...) raise plain ValueErrors. Outside it, a plain ValueError is
+    a bug and keeps its traceback."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, OSError) as e:
+        raise UsageError(one_line(e)) from e
+
+
+def report(e: BaseException | str) -> None:
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+
+
+_SETUP_DONE: set = set()
+SETUPS = ("generate", "train", "none")
+
+
+def setup_process(kind: str = "generate") -> None:
+    """What a tool's process needs before TensorFlow runs anything, once per process.
+
+    ``generate``: TF's pooled (BFC) CPU allocator (tf_cartoon.use_pooled_cpu_allocator: no page faults
+    per forward pass); ``train``: the malloc arena cap (tf_cartoon.limit_malloc_arenas: lower peak RSS);
+    ``none``: neither. Each also sends INFO logging to stderr (stdout stays for results)."""
+    if kind not in SETUPS:
+        raise ValueError(f"setup must be one of {SETUPS}, got {kind!r}")
+    if kind in _SETUP_DONE:
+        return
+    _SETUP_DONE.add(kind)
+    import tf_cartoon
+
+    if kind == "generate":
+        tf_cartoon.use_pooled_cpu_allocator()
+    elif kind == "train":
+        tf_cartoon.limit_malloc_arenas()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def command(setup: str = "generate"):
+    """Decorator of a tool's ``main(argv=None) -> int``: user errors as one line + status 2.
+
+    ``setup`` names the process setup the tool wants (:func:`setup_process`); :func:`run`, the tool's
+    process entry, applies it before calling ``main``. A direct ``main(argv)`` call (tests, notebooks)
+    leaves the host process's allocator and logging alone: they are the host's to choose.
+    argparse's own errors already exit 2 through :class:`ArgumentParser` (a SystemExit passes through)."""
+    if setup not in SETUPS:
+        raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}")
+
+    def wrap(main):
+        @functools.wraps(main)
+        def run_main(argv=None) -> int:
+            try:
+                return main(argv)
+            except USER_ERRORS as e:
+                report(e)
+                return EXIT_USAGE
+            except KeyboardInterrupt:
+                print(file=sys.stderr)  # end the line ^C left
+                return EXIT_INTERRUPTED
+        run_main.setup = setup
+        return run_main
+    return wrap
+
+
+def run(main, argv=None) -> None:
+    """The ``if __name__ == "__main__"`` line of every tool: the tool's process setup (before TensorFlow runs
+    anything), then ``sys.exit(main(argv))``."""
+    setup_process(getattr(main, "setup", "none"))
+    try:
+        sys.exit(main(argv))
+    except KeyboardInterrupt:  # outside main's own handler (e.g. while Python imports TensorFlow)
+        sys.exit(EXIT_INTERRUPTED)
