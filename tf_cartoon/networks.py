@@ -18,53 +18,15 @@ the reference's NCHW only appears in tf_cartoon/io (checkpoint conversion).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_cartoon.arch import MAX_SIZE, MIN_SIZE, default_channels, log2_size, resolve_channels  # noqa: F401 (re-exported)
 from tf_cartoon.layers import (DEFAULT_BLUR, ConstantInput, ConvLayer, EqualLinear, MinibatchStddev, PixelNorm,
                                ResBlock, StyledConv, ToRGB, track_items)
-
-MIN_SIZE, MAX_SIZE = 8, 1024
-
-
-def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
-    """The reference's channel table (config-f at channel_multiplier 2)."""
-    cm = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
-            1024: 16 * cm}
-
-
-def log2_size(size) -> int:
-    size = int(size)
-    log = int(round(math.log2(size))) if size > 0 else -1
-    if size <= 0 or 2 ** log != size or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"size must be a power of two between {MIN_SIZE} and {MAX_SIZE}, got {size}")
-    return log
-
-
-def resolve_channels(size, channel_multiplier=2, channels=None) -> dict[int, int]:
-    """Channel per resolution 4..size; an explicit map overrides the default table."""
-    log = log2_size(size)
-    table = default_channels(channel_multiplier)
-    if channels:
-        given = {int(k): int(v) for k, v in channels.items()}
-        missing = [2 ** i for i in range(2, log + 1) if 2 ** i not in given]
-        if missing:
-            raise ValueError(f"channel map {channels} has no entry for resolution(s) {missing} "
-                             f"(a {size} px network needs 4..{size})")
-        table.update(given)
-    out = {}
-    for i in range(2, log + 1):
-        r = 2 ** i
-        if r not in table or table[r] <= 0:
-            raise ValueError(f"channel map has no positive entry for resolution {r}: {channels}")
-        out[r] = table[r]
-    return out
-
 
 class MappingNetwork(keras.layers.Layer):
     """PixelNorm then n_mlp x EqualLinear(lr_mul) + leaky ReLU: z [.., z_dim] -> w [.., style_dim].

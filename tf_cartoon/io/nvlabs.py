@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from tf_cartoon.io.errors import CheckpointFormatError, UnsupportedNetworkError
-from tf_cartoon.ops import make_kernel
+from tf_cartoon.arch import make_kernel
 
 class Converted(dict):
     """A reference-format checkpoint object (``g_ema`` / ``g`` / ``d`` state dicts, ``args``,

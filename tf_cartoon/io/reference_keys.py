@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from tf_cartoon.io.errors import CheckpointMismatchError  # noqa: F401  (re-exported)
-from tf_cartoon.ops import make_kernel
+from tf_cartoon.arch import make_kernel
 
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def _infer_blur(sd, key, gain):
 
 def _guess_multiplier(channels: dict[int, int]) -> int:
     """channel_multiplier of the default table if the map matches one, else 2 (the map rules anyway)."""
-    from tf_cartoon.networks import default_channels
+    from tf_cartoon.arch import default_channels
 
     for cm in (1, 2, 4):
         table = default_channels(cm)

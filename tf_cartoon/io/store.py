@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import shutil
-import zipfile
 from typing import Any
 
 import numpy as np

@@ -29,28 +29,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_cartoon.arch import make_kernel  # noqa: F401  (re-exported: the ops' FIR kernels)
 from tf_cartoon.ops.dispatch import choose
 
 
 # ---------------------------------------------------------------------------
 # FIR kernels
 # ---------------------------------------------------------------------------
-
-def make_kernel(k, gain: float = 1.0) -> np.ndarray:
-    """Normalised 2-D FIR kernel (float32) from a 1-D or 2-D list.
-
-    A 1-D ``k`` becomes the outer product ``k k^T``. The kernel is normalised to
-    sum 1 and multiplied by ``gain`` (the reference uses ``factor ** 2`` when
-    upsampling so that zero insertion keeps the signal's magnitude).
-    """
-    k = np.asarray(k, dtype=np.float64)
-    if k.ndim == 1:
-        k = np.outer(k, k)
-    if k.ndim != 2:
-        raise ValueError(f"FIR kernel must be 1-D or 2-D, got shape {k.shape}")
-    k = k / k.sum()
-    return (k * gain).astype(np.float32)
-
 
 def _pair(v, name):
     if isinstance(v, (int, np.integer)):
