@@ -161,7 +161,8 @@ def test_swap_every_layer(setup, inputs):
     g, s = setup["g"], setup["s"]
     zt, pt = tf.constant(z), tf.constant(psi)
     w_src = s.make_wplus(zt, truncation=pt, truncation_latent=setup["s_mean"])
-    w_tgt = g.make_wplus(zt, truncation=pt, truncation_latent=setup["g_mean"])
+    # the swap signature pairs as the reference's demos: the source's w, truncated toward the target's mean
+    w_tgt = g.make_wplus(s.mapping(zt), input_is_latent=True, truncation=pt, truncation_latent=setup["g_mean"])
     source_image = _expected_image(s, setup["s_mean"], z, psi)
     plain = _expected_image(g, setup["g_mean"], z, psi)
     for L in range(1, g.n_blocks + 1):

@@ -86,31 +86,39 @@ def test_seed_z_is_numpy_randomstate():
     np.testing.assert_array_equal(z[0], np.random.RandomState(3).randn(8).astype(np.float32))
 
 
-def _api_images(source, target, z, layer, psi=0.7):
-    """Independent computation through the Generator's own forward (call with swap options)."""
+def _api_images(source, target, z, layer, psi=0.7, pairing="shared_w"):
+    """Independent computation through the Generator's own forward (call with swap options). shared_w: the
+    reference's demos, ``target([source.style(z)], input_is_latent=True, truncation toward the target's mean)``;
+    own_z: the target maps z itself."""
     m_s = source.mean_latent(N_MEAN, seed=gen.MEAN_LATENT_SEED)
     m_t = target.mean_latent(N_MEAN, seed=gen.MEAN_LATENT_SEED)
     src_img, feat = source(z, truncation=psi, truncation_latent=m_s, randomize_noise=False, swap_layer=layer)
-    tgt_img = target(z, truncation=psi, truncation_latent=m_t, randomize_noise=False)
-    swapped, _ = target(z, truncation=psi, truncation_latent=m_t, randomize_noise=False, swap_layer=layer,
-                        swap_feature=feat)
+    styles, is_w = (source.mapping(z), True) if pairing == "shared_w" else (z, False)
+    tgt_img = target(styles, input_is_latent=is_w, truncation=psi, truncation_latent=m_t, randomize_noise=False)
+    swapped, _ = target(styles, input_is_latent=is_w, truncation=psi, truncation_latent=m_t, randomize_noise=False,
+                        swap_layer=layer, swap_feature=feat)
     return np.asarray(src_img), np.asarray(tgt_img), np.asarray(swapped)
 
 
-def test_swap_rows_match_generator_api(gens):
+@pytest.mark.parametrize("pairing", ["shared_w", "own_z"])
+def test_swap_rows_match_generator_api(gens, pairing):
     source, target = gens
     seeds = [0, 5, 9]
-    result = gen.swap_images(source, target, seeds, [1, 2], truncation=0.7, truncation_samples=N_MEAN, batch=2)
+    result = gen.swap_images(source, target, seeds, [1, 2], truncation=0.7, truncation_samples=N_MEAN, batch=2,
+                             pairing=pairing)
     assert sorted(result.swapped) == [1, 2] and result.source.shape == (3, 16, 16, 3)
     z = gen.seed_z(seeds, source.style_dim)
     for layer in (1, 2):
-        src, tgt, swapped = _api_images(source, target, z, layer)
+        src, tgt, swapped = _api_images(source, target, z, layer, pairing=pairing)
         np.testing.assert_allclose(result.source, src, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(result.target, tgt, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(result.swapped[layer], swapped, atol=1e-5, rtol=1e-5)
         assert np.abs(swapped - tgt).max() > 1e-3  # the swap does something
-    np.testing.assert_allclose(gen.sample(target, seeds, 0.7, truncation_samples=N_MEAN), result.target,
-                               atol=1e-5, rtol=1e-5)
+    alone = gen.sample(target, seeds, 0.7, truncation_samples=N_MEAN)  # the target's own mapping
+    if pairing == "own_z":
+        np.testing.assert_allclose(alone, result.target, atol=1e-5, rtol=1e-5)
+    else:  # these test generators' mappings differ, so the paired target row is not the target's own sample
+        assert np.abs(alone - result.target).max() > 1e-3
 
 
 def test_swapping_own_feature_is_identity(gens):
@@ -162,9 +170,14 @@ def test_interpolation_frames(gens):
     for k in range(3):  # every 3rd frame sits on a seed
         assert np.abs(frames[3 * k].astype(int) - samples[k]).max() <= 1
     swap = gen.interpolation_frames(target, seeds[:2], frames=2, source=source, layers=[1], truncation=0.7,
-                                    truncation_samples=N_MEAN)
+                                    truncation_samples=N_MEAN, pairing="own_z")
     assert len(swap) == 4 and swap[0].shape == (16, 3 * 16, 3)
     np.testing.assert_array_equal(swap[0][:, 16:32], frames[0])
+    # shared_w (the default): the target's cell of a seed's frame is the paired swap grid's target image
+    shared = gen.interpolation_frames(target, seeds[:2], frames=2, source=source, layers=[1], truncation=0.7,
+                                      truncation_samples=N_MEAN)
+    paired = gen.swap_images(source, target, seeds[:1], [1], 0.7, truncation_samples=N_MEAN)
+    assert np.abs(shared[0][:, 16:32].astype(int) - to_uint8(paired.target)[0]).max() <= 1
     path = gen.lerp_path(np.eye(2, dtype=np.float32), 4, closed=False)
     np.testing.assert_allclose(path[:, 0], [1, 0.75, 0.5, 0.25, 0])
     with pytest.raises(ValueError, match="two seeds"):

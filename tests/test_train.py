@@ -340,3 +340,23 @@ def test_adaptive_augmentation_starts_at_zero_unless_asked_to_continue_the_check
     store.write_reference(ck, pt)
     assert Trainer(_cfg(pt, tmp_path / "a", augment=True)).ada.p.numpy() == 0.0
     assert Trainer(_cfg(pt, tmp_path / "b", augment=True, ada_p_from_ckpt=True)).ada.p.numpy() == pytest.approx(0.4)
+
+
+def test_sample_grids_pair_source_and_target_through_the_source_mapping_by_default(tiny, tmp_path):
+    """--pairing shared_w (default, the reference's demos): the target rows render the source's W; own_z: the
+    target maps z itself. With a source whose mapping differs from the trained G's the two differ, and
+    shared_w's target row is g_ema.synthesis of the source's W."""
+    other = make_tiny_checkpoint(tmp_path / "other", seed=11)
+    shared = Trainer(_cfg(tiny, tmp_path / "a", source_ckpt=other, structure_loss=1, swap_layers="1"))
+    own = Trainer(_cfg(tiny, tmp_path / "b", source_ckpt=other, structure_loss=1, swap_layers="1",
+                       pairing="own_z"))
+    a, b = shared.sample_grid(4), own.sample_grid(4)
+    h = a.shape[0] // 3  # rows: source | target | swap l1
+    np.testing.assert_array_equal(a[:h], b[:h])  # the same source row
+    assert np.abs(a[h:2 * h].astype(int) - b[h:2 * h].astype(int)).max() > 0
+    z = tf.random.stateless_normal([4, shared.g.z_dim], seed=[shared.cfg.seed, 2 ** 31 - 1])
+    noise = [tf.constant(v.numpy()) for v in shared.g_ema.noise_buffers]
+    from tf_cartoon.images import make_grid
+
+    want = make_grid([shared.g_ema.synthesis(shared.source.make_wplus(z), noise).image])
+    np.testing.assert_array_equal(a[h:2 * h], want)

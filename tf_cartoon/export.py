@@ -126,10 +126,15 @@ class CartoonServing:
     the SavedModel's ``mean_latents`` list).
     """
 
-    def __init__(self, target, source=None, truncation_samples: int = 4096, seed: int = 0):
+    def __init__(self, target, source=None, truncation_samples: int = 4096, seed: int = 0,
+                 pairing: str = "shared_w"):
         import tensorflow as tf
 
-        self.target, self.source = target, source
+        from tf_cartoon.generate import PAIRINGS
+
+        if pairing not in PAIRINGS:
+            raise ExportError(f"--pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+        self.target, self.source, self.pairing = target, source, pairing
         if source is not None:
             check_compatible(target, source)
         self.size, self.style_dim, self.z_dim = int(target.size), int(target.style_dim), int(target.z_dim)
@@ -227,7 +232,11 @@ class CartoonServing:
         # One source pass gives its image and the feature at every swap point.
         src = self.source.synthesis(self._wplus(self.source, z, psi, self.source_mean), noise=None,
                                     randomize_noise=False, tap_layers=tuple(range(1, n + 1)))
-        tgt_wplus = self._wplus(self.target, z, psi, self.target_mean)
+        if self.pairing == "shared_w":  # the source's w, truncated toward the target's own mean (tf_cartoon.generate)
+            tgt_wplus = self.target.make_wplus(self.source.mapping(z), input_is_latent=True, truncation=psi,
+                                               truncation_latent=self.target_mean)
+        else:
+            tgt_wplus = self._wplus(self.target, z, psi, self.target_mean)
 
         def branch(L):
             return lambda: self.target.synthesis(tgt_wplus, noise=None, randomize_noise=False, swap_layer=L,
@@ -285,7 +294,8 @@ def build_archive(serving: CartoonServing):
 
 
 def export(ckpt: str, out: str, source: str | None = None, version: int | None = None,
-           truncation_samples: int = 4096, seed: int = 0, target_flag: str = "--target") -> str:
+           truncation_samples: int = 4096, seed: int = 0, target_flag: str = "--target",
+           pairing: str = "shared_w") -> str:
     """Write ``<out>/<version>/`` (SavedModel + assets.extra/tf_cartoon_export.json); returns its path.
 
     ``ckpt`` / ``source``: checkpoint specs (paths or builtin:<name>). Raises FileExistsError (version
@@ -309,7 +319,7 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         src = cli.load_generator(source, "--source") if source is not None else None
         if src is not None:
             cli.check_pair(src, target, "all", "--source")
-        serving = CartoonServing(target, src, truncation_samples, seed)
+        serving = CartoonServing(target, src, truncation_samples, seed, pairing)
         archive = build_archive(serving)
         os.makedirs(out, exist_ok=True)
         # Hidden, non-integer name: TF Serving ignores it while it is being written.
@@ -354,11 +364,14 @@ def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: i
         "target": _spec(ckpt),
         "source": _spec(source) if source is not None else None,
         "size": serving.size, "height": serving.size, "width": serving.size, "channels": 3,
-        "style_dim": serving.style_dim, "z_dim": serving.z_dim, "n_latent": serving.n_latent, "n_blocks": serving.n_blocks,
+        "style_dim": serving.style_dim, "z_dim": serving.z_dim, "n_latent": serving.n_latent,
+        "n_blocks": serving.n_blocks,
         "swap_layers": list(range(1, serving.n_blocks + 1)) if serving.source is not None else [],
+        "pairing": serving.pairing if serving.source is not None else None,
         "truncation": {"formula": "w' = t + truncation_psi * (w - t), per sample; psi = 1: none",
-                       "mean_latent": "mean of the mapping of truncation_samples stateless N(0, 1) z (seed), "
-                                      "per generator; stored as the variables mean_latents",
+                       "mean_latent": "the checkpoint's stored w_avg where it has one, else the mean of the "
+                                      "mapping of truncation_samples stateless N(0, 1) z (seed), per generator; "
+                                      "stored as the variables mean_latents",
                        "truncation_samples": serving.truncation_samples, "seed": serving.seed},
         "noise": "stored noise buffers (deterministic)",
         "image_encoding": "uint8 = clip((x + 1) * 127.5 + 0.5, 0, 255) truncated, x the [-1, 1] NHWC image",
@@ -381,10 +394,14 @@ def main(argv=None) -> int:
     p.add_argument("--version", type=int, default=None, help="version folder (default: 1 + the largest existing)")
     p.add_argument("--truncation_samples", type=int, default=4096, help="latents averaged for each mean latent")
     p.add_argument("--seed", type=int, default=0, help="seed of those latents")
+    p.add_argument("--pairing", choices=("shared_w", "own_z"), default="shared_w",
+                   help="the swap signature's target latent: shared_w (default, as the reference's demos): z "
+                        "through the source's mapping; own_z: through the target's own")
     args = p.parse_args(argv)
 
     path = export(args.target, args.out, source=args.source, version=args.version,
-                  truncation_samples=args.truncation_samples, seed=args.seed, target_flag=cli.flag(args, "target"))
+                  truncation_samples=args.truncation_samples, seed=args.seed, target_flag=cli.flag(args, "target"),
+                  pairing=args.pairing)
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE)) as f:
         meta = json.load(f)
     print(f"wrote {path}: signatures {', '.join(meta['signatures'])}; {meta['size']} px, style_dim "

@@ -89,6 +89,26 @@ def latents(g, seeds, truncation: float = 0.7, truncation_latent=None, truncatio
     return truncate(g, w, truncation, truncation_latent, truncation_samples)
 
 
+# How a source and a target render the same seed (``--pairing``):
+#   shared_w  z through the SOURCE's mapping, that w to both generators, each truncated toward its own mean
+#             latent: what the reference's demos do (run.py, the notebooks, apply_factor.py feed the source's
+#             W with input_is_latent=True); the target's own mapping is not used.
+#   own_z     each generator maps the seed's z itself (the same for FreezeSG, whose mapping stays frozen;
+#             different for models whose mapping trained, e.g. FreezeD or the structure loss).
+PAIRINGS = ("shared_w", "own_z")
+
+
+def paired_latents(source, target, seeds, truncation: float = 0.7, source_mean=None, target_mean=None,
+                   truncation_samples: int = 4096, pairing: str = "shared_w") -> tuple[np.ndarray, np.ndarray]:
+    """(source w, target w) of each seed, each truncated toward its own generator's mean (``PAIRINGS``)."""
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    src_w = latents(source, seeds, 1.0)
+    tgt_w = src_w if pairing == "shared_w" else latents(target, seeds, 1.0)
+    return (truncate(source, src_w, truncation, source_mean, truncation_samples),
+            truncate(target, tgt_w, truncation, target_mean, truncation_samples))
+
+
 def to_wplus(g, w) -> np.ndarray:
     """w [N, D] -> W+ [N, n_latent, D] (every slot the same); W+ passes through."""
     w = np.asarray(w, np.float32)
@@ -201,13 +221,14 @@ def swap_from_w(source, target, source_w, target_w, layers, batch: int = 8) -> S
 
 
 def swap_images(source, target, seeds, layers=DEFAULT_SWAP_LAYERS, truncation: float = 0.7, source_mean=None,
-                target_mean=None, truncation_samples: int = 4096, batch: int = 8) -> SwapImages:
+                target_mean=None, truncation_samples: int = 4096, batch: int = 8,
+                pairing: str = "shared_w") -> SwapImages:
     """For each seed: the source image, the target image and the target with the source's feature at
-    each swap layer. Each generator maps the seed's z and truncates toward its own mean latent
-    (``source_mean`` / ``target_mean`` when given)."""
+    each swap layer. The latents pair as ``pairing`` says (``PAIRINGS``); each generator truncates toward its
+    own mean latent (``source_mean`` / ``target_mean`` when given)."""
     layers = check_pair(source, target, layers)
-    src_w = latents(source, seeds, truncation, source_mean, truncation_samples)
-    tgt_w = latents(target, seeds, truncation, target_mean, truncation_samples)
+    src_w, tgt_w = paired_latents(source, target, seeds, truncation, source_mean, target_mean, truncation_samples,
+                                  pairing)
     return swap_from_w(source, target, src_w, tgt_w, layers, batch)
 
 
@@ -268,14 +289,18 @@ def mixing_figure(m: Mixing, pad: int = 0) -> np.ndarray:
 
 def interpolation_frames(target, seeds, frames: int = 30, truncation: float = 0.7, source=None, layers=(),
                          source_mean=None, target_mean=None, truncation_samples: int = 4096,
-                         batch: int = 8) -> list[np.ndarray]:
+                         batch: int = 8, pairing: str = "shared_w") -> list[np.ndarray]:
     """HWC uint8 frames walking linearly in W from seed to seed and back to the first
     (``frames`` per pair, ``frames * len(seeds)`` in all). With a source, each frame is
-    source | target | swap_l{l}... side by side (each generator walks its own W)."""
+    source | target | swap_l{l}... side by side (the seeds' latents paired as ``pairing`` says)."""
     layers = check_pair(source, target, layers) if source is not None else ()
-    tgt_path = lerp_path(latents(target, seeds, truncation, target_mean, truncation_samples), frames)
-    src_path = (lerp_path(latents(source, seeds, truncation, source_mean, truncation_samples), frames)
-                if source is not None else None)
+    if source is None:
+        tgt_path, src_path = lerp_path(latents(target, seeds, truncation, target_mean, truncation_samples),
+                                       frames), None
+    else:
+        src_w, tgt_w = paired_latents(source, target, seeds, truncation, source_mean, target_mean,
+                                      truncation_samples, pairing)
+        src_path, tgt_path = lerp_path(src_w, frames), lerp_path(tgt_w, frames)
     out = []
     for i in range(0, len(tgt_path), int(batch)):
         if source is None:
@@ -300,6 +325,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-15 or 0-3,7 (default 0-7)")
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (1 = none; default 0.7)")
     p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    p.add_argument("--pairing", choices=PAIRINGS, default="shared_w",
+                   help="with --source: shared_w (default, as the reference's demos): the seed's z through the "
+                        "source's mapping, that w to both; own_z: each generator maps z itself")
     p.add_argument("--swap_layer", default=None,
                    help="swap layers in 1..n_blocks, e.g. 1,2 (needs --source; default 1,2 where valid)")
     p.add_argument("--mixing", action="store_true", help="also write a style-mixing grid mixing.png")
@@ -357,7 +385,8 @@ def main(argv=None) -> int:
         images = sample(target, seeds, psi, t_mean, batch=args.batch)
         rows = [images]
     else:
-        result = swap_images(source, target, seeds, layers, psi, s_mean, t_mean, batch=args.batch)
+        result = swap_images(source, target, seeds, layers, psi, s_mean, t_mean, batch=args.batch,
+                             pairing=args.pairing)
         images, rows = result.target, swap_grid_rows(result)
         for s, image in zip(seeds, result.source):
             save_png(os.path.join(out, "source", f"seed{s:04d}.png"), image)
@@ -375,7 +404,7 @@ def main(argv=None) -> int:
         written.append("mixing.png")
     if args.interpolate:
         frames = interpolation_frames(target, seeds, args.frames, psi, source, layers or (), s_mean, t_mean,
-                                      batch=args.batch)
+                                      batch=args.batch, pairing=args.pairing)
         save_gif(os.path.join(out, "interpolation.gif"), frames, args.frame_ms)
         written.append(f"interpolation.gif ({len(frames)} frames)")
     print(f"wrote {out}: {', '.join(written)}")

@@ -48,6 +48,8 @@ _HELP = {
     "mixed_precision": "mixed float16 compute (GPU)", "log_every": "console/TensorBoard scalars every N steps",
     "sample_every": "image grids every N steps", "ckpt_every": "checkpoint every N steps",
     "keep_checkpoints": "checkpoints to keep", "export_torch": "also write the reference .pt (with g_optim / d_optim) at each checkpoint",
+    "pairing": "sample grids with a source: shared_w (z through the source's mapping, that W to both, as the "
+               "reference's demos) or own_z (each generator maps z itself)",
     "ada_p_from_ckpt": "adaptive ADA starts at the --ckpt file's ada_aug_p (default: at 0, as the reference, "
                        "whose p belongs to the source's dataset)",
     "fresh_optimizer": "start Adam from zero instead of the --ckpt file's g_optim / d_optim (the reference "

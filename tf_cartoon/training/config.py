@@ -57,6 +57,7 @@ class TrainConfig:
     ckpt_every: int = 5000
     keep_checkpoints: int = 3
     export_torch: bool = False  # also write the reference .pt format (with g_optim / d_optim) at each checkpoint
+    pairing: str = "shared_w"  # sample grids: shared_w (the source's W for both, as the reference) | own_z
     ada_p_from_ckpt: bool = False  # adaptive ADA starts at the --ckpt file's ada_aug_p (the reference: at 0)
     fresh_optimizer: bool = False  # start Adam from zero instead of the --ckpt file's g_optim / d_optim
     seed: int = 0
@@ -167,6 +168,7 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
     need(0.0 < cfg.final_grid_truncation <= 1.0, "final_grid_truncation", "must be in (0, 1] (1 = none)")
     need(len(cfg.final_seeds()) <= 64, "final_grid_seeds", "at most 64 seeds (one grid column each)")
     need(cfg.structure_loss_on in ("features", "rgb"), "structure_loss_on", "must be 'features' or 'rgb'")
+    need(cfg.pairing in ("shared_w", "own_z"), "pairing", "must be 'shared_w' or 'own_z'")
     need(cfg.xla in ("auto", "on", "off"), "xla", "must be auto, on or off")
     for flag in ("log_every", "sample_every", "ckpt_every", "keep_checkpoints", "n_sample"):
         need(getattr(cfg, flag) >= 1, flag, "must be >= 1")

@@ -496,6 +496,8 @@ class Trainer:
         tgt_w = self.g_ema.make_wplus(z)
         if self.source is not None:
             src_w = self.source.make_wplus(z)
+            if self.cfg.pairing == "shared_w":  # the reference's demos: the source's W for both
+                tgt_w = src_w
             src = self.source.synthesis(src_w, noise, tap_layers=self.swap_layers)
             rows.append(src.image)
         rows.append(self.g_ema.synthesis(tgt_w, noise).image)
@@ -607,13 +609,14 @@ class Trainer:
     def final_grid(self) -> np.ndarray:
         """Rows source | target | target with the source's feature swapped in at each --swap_layers, one
         column per --final_grid_seeds seed (tf_cartoon.generate's conventions: z of seed s is
-        RandomState(s).randn, stored noise, each generator truncated toward its own mean latent)."""
+        RandomState(s).randn, latents paired as --pairing says, stored noise, each generator truncated toward
+        its own mean latent)."""
         from tf_cartoon import generate
 
         seeds, psi = self.cfg.final_seeds(), self.cfg.final_grid_truncation
         if self.source is None:
             return make_grid([generate.sample(self.g_ema, seeds, psi)])
-        result = generate.swap_images(self.source, self.g_ema, seeds, self.swap_layers, psi)
+        result = generate.swap_images(self.source, self.g_ema, seeds, self.swap_layers, psi, pairing=self.cfg.pairing)
         return make_grid(generate.swap_grid_rows(result))
 
     def finish(self, only_missing: bool = False) -> None:
