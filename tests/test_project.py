@@ -111,7 +111,7 @@ def test_latent_stats_formula(tiny):
 def test_projection_recovers_a_generated_image(tiny):
     wplus = known_wplus(tiny, 2)
     photos = render(tiny, wplus)
-    res = pj.project(tiny, photos, pj.ProjectConfig(steps=150, **FAST))
+    res = pj.project(tiny, photos, pj.ProjectConfig(steps=150, lr=0.1, w_plus=True, **FAST))
     mean, _ = pj.latent_stats(tiny, FAST["n_mean_latent"])
     start = render(tiny, np.broadcast_to(mean, wplus.shape))  # noise strengths are 0: noise does not matter
     initial = ((start - photos) ** 2).mean(axis=(1, 2, 3))
@@ -127,6 +127,18 @@ def test_projection_recovers_a_generated_image(tiny):
                                              for i in range(tiny.num_layers)]
     for n in res.noises:  # renormalised after every step
         np.testing.assert_allclose(n.reshape(2, -1).std(axis=1, ddof=1), 1, rtol=1e-4)
+
+
+def test_default_projection_optimises_one_w_for_every_layer(tiny):
+    """The reference's projector.py: one w broadcast to every layer unless --w_plus, lr 0.01."""
+    assert pj.ProjectConfig().lr == 0.01 and not pj.ProjectConfig().w_plus
+    w = known_wplus(tiny, 1)[:, :1]  # one w, the same in every row
+    photos = render(tiny, np.broadcast_to(w, (1, tiny.n_latent, tiny.style_dim)))
+    res = pj.project(tiny, photos, pj.ProjectConfig(steps=60, lr=0.1, **FAST))
+    assert res.wplus.shape == (1, tiny.n_latent, tiny.style_dim)
+    np.testing.assert_array_equal(res.wplus, np.broadcast_to(res.wplus[:, :1], res.wplus.shape))
+    np.testing.assert_allclose(render(tiny, res.wplus, res.noises), res.image, atol=1e-5)
+    assert res.final["mse"][0] < 0.5 * res.initial["mse"][0]
 
 
 def test_projection_of_a_photo_does_not_depend_on_its_batch(tiny):
@@ -210,7 +222,8 @@ def test_perceptual_projection_lowers_its_loss(tiny, vgg_files):
     _, new, _ = vgg_files
     photos = render(tiny, known_wplus(tiny, 1, seed=11))
     lines = []
-    res = pj.project(tiny, photos, pj.ProjectConfig(steps=30, mse=0.0, **FAST), perceptual=pj.VGGPerceptual(new),
+    res = pj.project(tiny, photos, pj.ProjectConfig(steps=30, mse=0.0, lr=0.1, w_plus=True, **FAST),
+                     perceptual=pj.VGGPerceptual(new),
                      log=lines.append, log_every=10)
     assert res.final["perceptual"][0] < 0.5 * res.initial["perceptual"][0], (res.initial, res.final)
     assert res.history[-1]["step"] == 30 and len(lines) == 4  # steps 1, 10, 20, 30

@@ -9,9 +9,10 @@ converted directory, a training workdir, builtin:<name>). Photos must be aligned
 the way the source's training faces were (FFHQ: README "Photo projection"):
 the projector only centre-crops to a square and resizes to the generator's size.
 
-What is optimised, per photo (the facts of rosinality/stylegan2-pytorch's
-projector.py, with W+ always on):
-  * W+ [n_latent, style_dim], initialised at the source's mean latent (mean of its
+What is optimised, per photo (the facts and defaults of Cartoon-StyleGan2's projector.py, built on
+rosinality/stylegan2-pytorch's):
+  * w [style_dim], the same for every layer (``--w_plus``: W+ [n_latent, style_dim], one w per layer),
+    initialised at the source's mean latent (mean of its
     mapping over ``--n_mean_latent`` N(0, 1) z). Each step adds N(0, 1) noise to it,
     scaled by ``latent_std * --noise * max(0, 1 - t / --noise_ramp) ** 2``, t = step / steps,
     latent_std = sqrt(sum over the z samples and dims of (w - mean)^2 / n_mean_latent).
@@ -78,7 +79,8 @@ ADAM = dict(beta_1=0.9, beta_2=0.999, epsilon=1e-8)  # torch.optim.Adam's defaul
 
 class ProjectConfig(NamedTuple):
     steps: int = 1000
-    lr: float = 0.1
+    lr: float = 0.01  # Cartoon-StyleGan2's projector.py (rosinality's: 0.1)
+    w_plus: bool = False  # optimise one w per layer (W+); default one w for all layers, as projector.py
     lr_rampup: float = 0.05
     lr_rampdown: float = 0.25
     noise: float = 0.05
@@ -344,7 +346,8 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
     target_feats = [tf.constant(f) for f in perceptual.features(target)] if use_vgg else None
 
     mean, latent_std = latent_stats(g, cfg.n_mean_latent, cfg.seed)
-    latent = tf.Variable(np.broadcast_to(mean, (b, g.n_latent, g.style_dim)).copy(), name="w_plus")
+    rows = g.n_latent if cfg.w_plus else 1  # one w per layer, or one w broadcast to every layer
+    latent = tf.Variable(np.broadcast_to(mean, (b, rows, g.style_dim)).copy(), name="w_plus" if cfg.w_plus else "w")
     # Every photo starts from the same noise maps and gets the same latent noise at a step: a photo's
     # result depends on (seed, photo) only, not on the batch it is projected in.
     rng = np.random.RandomState(cfg.seed)
@@ -354,7 +357,8 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
     m = [tf.Variable(tf.zeros_like(p)) for p in params]
     v = [tf.Variable(tf.zeros_like(p)) for p in params]
 
-    def losses(wplus):
+    def losses(w):
+        wplus = w if rows == g.n_latent else tf.tile(w, [1, g.n_latent, 1])
         image = g.synthesis(wplus, noise=list(noises), randomize_noise=False).image
         x = loss_resolution(image)
         out = {"mse": tf.reduce_mean(tf.square(x - target), axis=[1, 2, 3]),
@@ -365,7 +369,7 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
 
     @tf.function(autograph=False, reduce_retracing=True)
     def step(lr, strength, count, seed):
-        noise = tf.random.stateless_normal([1, g.n_latent, g.style_dim], seed=seed) * strength
+        noise = tf.random.stateless_normal([1, rows, g.style_dim], seed=seed) * strength
         with tf.GradientTape() as tape:
             out, _ = losses(latent + noise)
             total = tf.reduce_sum(out["loss"])  # a sum over photos: each photo's gradients are its own
@@ -407,8 +411,8 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
                 log(f"step {i + 1}/{cfg.steps} ({time.perf_counter() - t0:.1f} s): lr {lr:.4g}, "
                     f"mse {np.mean(rec['mse']):.5f}{percept}, noise_reg {np.mean(rec['noise_reg']):.3g}")
     final, image = evaluate()
-    return Projection(latent.numpy(), [n.numpy() for n in noises], np.asarray(image), history, initial,
-                      as_lists(final))
+    wplus = np.broadcast_to(latent.numpy(), (b, g.n_latent, g.style_dim)).copy()
+    return Projection(wplus, [n.numpy() for n in noises], np.asarray(image), history, initial, as_lists(final))
 
 
 # ---------------------------------------------------------------------------
@@ -473,7 +477,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="local keras.applications VGG16 weights (include_top=False, .h5 / .weights.h5) for the "
                         "perceptual loss; without: MSE only")
     p.add_argument("--step", "--steps", dest="steps", type=int, default=d.steps, help="optimisation steps")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default 0.01, as the reference)")
+    p.add_argument("--w_plus", action="store_true", help="optimise one w per layer (W+) instead of one w")
     p.add_argument("--lr_rampup", type=float, default=d.lr_rampup, help="fraction of steps ramping the lr up")
     p.add_argument("--lr_rampdown", type=float, default=d.lr_rampdown, help="fraction of steps ramping it down")
     p.add_argument("--noise", type=float, default=d.noise, help="initial latent noise (x latent std)")
