@@ -203,3 +203,14 @@ def test_cli_errors_exit_2(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and message in err
     assert not (tmp_path / "o").exists()
+
+
+def test_defaults_are_the_reference_demos():
+    """run.py's generate_using_styleclip: 300 steps, lr 0.1, l2_lambda 0.004, truncation 0.7, strength 1.5
+    over 5 columns, the target swapped at layer 1."""
+    args = sc._parser().parse_args(["--source", "s.pt", "--target", "t.pt", "--text", "x", "--out", "o"])
+    assert (args.steps, args.lr, args.l2_lambda, args.truncation, args.alpha, args.n_alpha) == \
+        (300, 0.1, 0.004, 0.7, 1.5, 5)
+    assert sc.swap_layers_of(args.swap_layer, True) == (1,)
+    assert sc.swap_layers_of(None, False) == () and sc.swap_layers_of("none", True) == ()
+    assert sc.swap_layers_of("1,2", True) == (1, 2)

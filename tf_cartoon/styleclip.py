@@ -12,7 +12,7 @@ describes; ../shared/docs/reference-behaviour.md):
    ``min(1, (1 - t) / 0.25)`` through ``0.5 - 0.5 cos(pi x)`` (cosine ramp-down over the last 25%),
    times ``min(1, t / 0.05)`` (linear warm-up over the first 5%; step 0 has lr 0). lr 0.1.
 3. The objective is ``clip_loss(source image, text) + l2_lambda * sum((w - w_init)^2)``, l2_lambda
-   0.008. The image is the source's rendering of the TRUNCATED latent ``mean + psi (w - mean)``
+   0.004 (run.py's demo; run_optimization.py alone defaults to 0.008). The image is the source's rendering of the TRUNCATED latent ``mean + psi (w - mean)``
    (psi ``--truncation`` 0.7, toward the source's own mean latent; stored noise), as in the
    reference, whose optimised variable is untruncated while every rendering truncates it.
 4. CLIP reads the image resized to its input size (224 for ViT-B/32) the reference's way: nearest
@@ -26,7 +26,8 @@ describes; ../shared/docs/reference-behaviour.md):
    ``--n_alpha`` M); each w_j is truncated and rendered by the source and, with ``--target``, by the
    target (toward ITS own mean, as the reference renders its second generator) and, with
    ``--swap_layer``, by the target with the source's feature swapped in (see tf_cartoon.generate).
-   The reference fixes no alpha or M; ours default to 1 (the last column is w_opt) and 5.
+   Defaults as the reference's run.py demo: alpha 1.5, M 5, and with ``--target`` the swap at layer 1
+   (``--swap_layer none`` renders no swapped row).
 
 Cost: every step runs the source generator and CLIP's image encoder forward and backward. With
 ViT-B/32 and a 256 px model that is seconds per step on a CPU (300 steps: tens of minutes or more),
@@ -63,7 +64,11 @@ import numpy as np
 from tf_cartoon import cli
 from tf_cartoon.images import make_grid, parse_range, save_png
 
-STEPS, LR, L2_LAMBDA, TRUNCATION = 300, 0.1, 0.008, 0.7  # the reference's defaults
+# The defaults of the reference's StyleCLIP demo (run.py's generate_using_styleclip, which calls
+# run_optimization.py): 300 steps, lr 0.1, l2_lambda 0.004 (run_optimization.py's own default is 0.008),
+# truncation 0.7, strength 1.5 over 5 sweep columns, the target layer-swapped at layer 1.
+STEPS, LR, L2_LAMBDA, TRUNCATION = 300, 0.1, 0.004, 0.7
+ALPHA, N_ALPHA, SWAP_LAYER = 1.5, 5, 1
 RAMPUP, RAMPDOWN = 0.05, 0.25
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the reference uses
 
@@ -328,16 +333,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=LR, help=f"peak Adam learning rate (default {LR})")
     p.add_argument("--l2_lambda", "--lambda_l2", type=float, default=L2_LAMBDA, dest="l2_lambda",
                    help=f"weight of the squared distance to the start latent (default {L2_LAMBDA})")
-    p.add_argument("--alpha", type=float, default=1.0, help="edit strength of the last sweep column (default 1)")
-    p.add_argument("--n_alpha", type=int, default=5, help="sweep columns M >= 2 (default 5)")
-    p.add_argument("--swap_layer", default=None, help="also render the layer-swapped target at these layers "
-                                                      "(e.g. 1,2; needs --target)")
+    p.add_argument("--alpha", type=float, default=ALPHA,
+                   help=f"edit strength of the last sweep column (default {ALPHA}, as the reference's run.py)")
+    p.add_argument("--n_alpha", type=int, default=N_ALPHA, help=f"sweep columns M >= 2 (default {N_ALPHA})")
+    p.add_argument("--swap_layer", default=None,
+                   help=f"render the layer-swapped target at these layers (e.g. 1,2; needs --target; default "
+                        f"{SWAP_LAYER} with --target, as the reference's demo; 'none': no swapped row)")
     p.add_argument("--truncation", type=float, default=TRUNCATION, help="truncation psi (default 0.7)")
     p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
     p.add_argument("--log_every", type=int, default=50, help="print the loss every N steps (0: never)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call when rendering")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
     return p
+
+
+def swap_layers_of(flag, has_target: bool) -> tuple:
+    """--swap_layer: unset -> layer 1 with a target (the reference's demo swaps whenever it renders a target),
+    none without; 'none' -> no swapped row; else the listed layers."""
+    if flag is None:
+        return (SWAP_LAYER,) if has_target else ()
+    if flag.strip().lower() == "none":
+        return ()
+    return tuple(parse_range(flag, "swap layers"))
 
 
 def _prepare(args):
@@ -348,7 +365,7 @@ def _prepare(args):
         raise clip_lib.ClipWeightsError("--clip is required. " + clip_lib.HOWTO_WEIGHTS)
     if not args.text.strip():
         raise ValueError("--text is empty")
-    layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else ()
+    layers = swap_layers_of(args.swap_layer, args.target is not None)
     if layers and args.target is None:
         raise ValueError("--swap_layer needs --target")
     for name in ("steps", "batch", "truncation_samples"):
