@@ -158,3 +158,20 @@ def test_progress_lines(capsys):
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("fake features: 5/10 images") and "ETA" in lines[0]
     assert lines[-1].startswith("fake features: 10/10 images") and "\r" not in stream.getvalue()
+
+
+def test_tfrecord_real_equals_same_images_as_folder(files, capsys, tmp_path):
+    import tensorflow as tf
+
+    from tf_cartoon.data.tfrecord import make_example
+
+    path = str(tmp_path / "real.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for f in sorted(os.listdir(files["real"])):
+            with open(os.path.join(files["real"], f), "rb") as fh:
+                w.write(make_example(fh.read(), 20, f))
+    rc, lines, err = _run(capsys, ["--metrics", "fid", "--real", path, "--fake", files["real"], "--inception",
+                                   files["inception"], "--size", "20", "--batch", "3", "--no_cache"])
+    assert rc == 0, err
+    assert lines[0]["n_real"] == 4 and lines[0]["n"] == 4
+    assert abs(lines[0]["value"]) < 1e-3  # the same four images on both sides

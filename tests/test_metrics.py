@@ -346,3 +346,22 @@ def test_ppl_end_points_and_scaling():
     np.testing.assert_allclose(got, np.concatenate(want), rtol=2e-3)
     assert ppl_mod.ppl(_LinearG(), sq, n=5, batch=2, eps=eps, seed=3) == pytest.approx(
         ppl_mod.filtered_mean(got))
+
+
+def test_reads_the_lpips_wheels_own_weights():
+    # the shipped file is a legacy torch pickle with CUDA storages; our reader takes it without torch
+    from tf_cartoon.metrics.lpips import LIN_CHANNELS, find_lpips_weights, load_lin_weights
+
+    path = find_lpips_weights()
+    if path is None:
+        pytest.skip("the lpips package is not installed (pip install --no-deps lpips)")
+    lins = load_lin_weights(path)
+    assert [w.shape for w in lins] == [(c,) for c in LIN_CHANNELS]
+    assert all(np.all(w >= 0) and w.sum() > 0 for w in lins)  # LPIPS clamps its linear weights at 0
+    try:
+        import torch
+    except ImportError:
+        return
+    sd = torch.load(path, map_location="cpu")
+    for i, w in enumerate(lins):
+        np.testing.assert_array_equal(w, sd[f"lin{i}.model.1.weight"].numpy().reshape(-1))

@@ -223,8 +223,8 @@ def quantise(images: np.ndarray) -> np.ndarray:
 class Progress:
     """A progress line with rate and ETA: rewritten in place on a terminal, a log line every 30 s otherwise."""
 
-    def __init__(self, label: str, total: int | None, stream=None, interval: float = 30.0):
-        self.label, self.total = label, total
+    def __init__(self, label: str, total: int | None, stream=None, interval: float = 30.0, unit: str = "images"):
+        self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.start = self.last = time.monotonic()
@@ -233,7 +233,7 @@ class Progress:
     def _line(self, done: int) -> str:
         elapsed = time.monotonic() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"{self.label}: {done}" + (f"/{self.total}" if self.total else "") + f" images, {rate:.1f}/s"
+        text = f"{self.label}: {done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}, {rate:.1f}/s"
         if self.total and rate > 0:
             left = max(self.total - done, 0) / rate
             text += f", ETA {int(left // 60)}m{int(left % 60):02d}s"
@@ -440,7 +440,7 @@ def run(args) -> list[dict]:
         n = args.n if args.n is not None else DEFAULT_N["ppl"]
         lp = LPIPS(args.vgg16_weights, args.lpips)
         g = sources["fake"].generator()
-        progress = Progress(f"ppl ({args.fake})", n)
+        progress = Progress(f"ppl ({args.fake})", n, unit="pairs")
         value = ppl(g, lp, n=n, batch=args.batch, eps=args.eps, crop=args.crop, seed=args.seed,
                     progress=lambda done, total: progress.update(done))
         progress.finish(n)
