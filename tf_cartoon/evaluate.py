@@ -1,0 +1,472 @@
+"""Evaluate generators and image sets: FID, KID and PPL.
+
+    python -m tf_cartoon.evaluate --metrics fid,kid --real /data/cartoon --fake workdir/ckpt.pt \\
+        --inception pt_inception-2015-12-05-6726825d.pth --n 50000
+    python -m tf_cartoon.evaluate --metrics ppl --fake builtin:source_synthetic \\
+        --vgg16_weights vgg16-397923af.pth --n 5000
+
+``--real`` / ``--fake``: an image folder (recursive), a TFRecord file / pattern / folder of shards
+(``python -m tf_cartoon.prepare_data``), ``synthetic:NAME``, or a checkpoint (a .pt, NVlabs .pkl,
+converted directory, training workdir or ``builtin:NAME``) whose g_ema draws ``--n`` images: seed
+``--seed + i`` gives z = ``RandomState(seed + i).randn(style_dim)`` (as tf_cartoon.generate) and, from the
+same stream, the image's noise maps; w is truncated by ``--truncation`` toward the generator's own mean.
+Folders and TFRecords contribute all their images, ``synthetic:NAME`` and checkpoints ``--n``.
+
+Every image goes through uint8 (as if saved as PNG; StyleGAN2-ADA's metrics quantise alike) at its source's
+resolution: checkpoints at their own, folders / TFRecords / synthetic domains at ``--size`` (default: the
+resolution of a checkpoint among the sources, else 256; folders are LANCZOS-resized and centre-cropped as
+for training). The FID Inception then resizes to 299x299 itself.
+
+Metrics (tf_cartoon.metrics): ``fid`` and ``kid`` (from 2048-d FID Inception pool features; ``--inception``:
+pytorch-fid's pt_inception-2015-12-05-6726825d.pth), ``ppl`` (of the ``--fake`` checkpoint, W space, end
+points t and t + 1e-4, LPIPS-VGG; ``--vgg16_weights``, and the lpips package's v0.1 linear layers or
+``--lpips``). ``--n`` defaults to 50000 for fid / kid and 5000 (the reference ppl.py's) for ppl.
+
+Output: one JSON line per metric on stdout, a table on stderr. Inception features are cached under
+``--cache_dir`` (default ``$TF_CARTOON_CACHE/features`` or ``~/.cache/tf_cartoon/features``) keyed by a
+hash of the source (image file bytes, TFRecord bytes, checkpoint bytes), the sampling settings and the
+Inception weights' bytes, so a second run against the same real set only computes the fake side.
+Bad input: one ``error: ...`` line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+METRICS = ("fid", "kid", "ppl")
+FEATURE_METRICS = ("fid", "kid")
+DEFAULT_N = {"fid": 50000, "kid": 50000, "ppl": 5000}
+DEFAULT_SIZE = 256
+FEATURES_VERSION = 1  # bump when the feature pipeline changes, so stale cache entries are not used
+
+# Counts feature computations per source role (tests read it to tell a cache hit from a recomputation).
+FEATURE_COMPUTATIONS: collections.Counter = collections.Counter()
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+# ---------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------
+
+class Source:
+    """One --real / --fake: kind "checkpoint", "folder", "tfrecord" or "synthetic"."""
+
+    def __init__(self, role: str, spec: str):
+        from tf_cartoon import assets
+        from tf_cartoon import data
+        from tf_cartoon.io.store import WORKDIR_CONFIG
+
+        self.role, self.spec = role, spec
+        self._g = None
+        if not spec:
+            raise UsageError(f"--{role} is empty")
+        if spec.startswith(data.SYNTHETIC_PREFIX):
+            try:
+                data.resolve_spec(spec)
+            except ValueError as e:
+                raise UsageError(f"--{role} {spec}: {e}") from None
+            self.kind, self.target = "synthetic", spec
+            return
+        if assets.is_builtin(spec):
+            try:
+                self.kind, self.target = "checkpoint", assets.resolve(spec)
+            except FileNotFoundError as e:
+                raise UsageError(f"--{role}: {e}") from None
+            return
+        if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, f)) for f in ("config.json", WORKDIR_CONFIG)):
+            self.kind, self.target = "checkpoint", spec
+            return
+        if os.path.isfile(spec) and not spec.lower().endswith(data.TFRECORD_EXTENSIONS):
+            self.kind, self.target = "checkpoint", spec
+            return
+        try:
+            kind, target = data.resolve_spec(spec)
+        except (FileNotFoundError, ValueError) as e:
+            raise UsageError(f"--{role} {spec}: {e}") from None
+        self.kind, self.target = kind, target
+        if kind == "folder":
+            try:
+                self.files = data.scan_images(spec)
+            except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+                raise UsageError(f"--{role}: {e}") from None
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.kind == "checkpoint"
+
+    def generator(self):
+        if self._g is None:
+            import tf_cartoon
+
+            g = tf_cartoon.load(self.target, models=("g_ema",)).g_ema
+            if g is None:
+                raise UsageError(f"--{self.role} {self.spec} holds no g_ema generator")
+            self._g = g
+        return self._g
+
+    def identity(self) -> dict:
+        """What the features depend on besides the settings: a digest of the source's bytes."""
+        from tf_cartoon.metrics.inception import file_digest
+
+        h = hashlib.sha256()
+        if self.kind == "synthetic":
+            h.update(self.target.encode())
+        elif self.kind == "folder":
+            for f in self.files:
+                h.update(os.path.relpath(f, self.spec).encode() + b"\0" + file_digest(f).encode())
+        elif self.kind == "tfrecord":
+            for f in self.target:
+                h.update(file_digest(f).encode())
+        elif os.path.isdir(self.target):  # converted dir / workdir: every file's name, size and mtime
+            for root, dirs, files in os.walk(self.target):
+                dirs.sort()
+                for name in sorted(files):
+                    p = os.path.join(root, name)
+                    st = os.stat(p)
+                    h.update(f"{os.path.relpath(p, self.target)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        else:
+            h.update(file_digest(self.target).encode())
+        return {"kind": self.kind, "digest": h.hexdigest()}
+
+    def count(self, n: int) -> int | None:
+        if self.kind == "folder":
+            return len(self.files)
+        if self.kind == "tfrecord":
+            return None  # unknown until read
+        return int(n)
+
+    def batches(self, n: int, size: int, batch: int, truncation: float, truncation_samples: int, seed: int):
+        """Yield float32 NHWC batches in [-1, 1], quantised to uint8 levels."""
+        if self.kind == "checkpoint":
+            yield from self._generated(n, batch, truncation, truncation_samples, seed)
+        elif self.kind == "folder":
+            yield from self._folder(size, batch)
+        else:
+            yield from self._dataset(n, size, batch, seed)
+
+    def _generated(self, n, batch, truncation, truncation_samples, seed):
+        from tf_cartoon import generate
+
+        g = self.generator()
+        t_mean = generate.mean_latent(g, truncation_samples) if truncation != 1.0 else None
+        for start in range(0, n, batch):
+            seeds = range(seed + start, seed + min(n, start + batch))
+            z, noise = [], [[] for _ in range(g.num_layers)]
+            for s in seeds:
+                rs = np.random.RandomState(s)
+                z.append(rs.randn(g.style_dim))
+                for i in range(g.num_layers):
+                    r = g.noise_resolution(i)
+                    noise[i].append(rs.randn(r, r, 1))
+            z = np.asarray(z, np.float32)
+            w = generate.truncate(g, np.asarray(g.mapping(z), np.float32), truncation, t_mean)
+            noise = [np.asarray(maps, np.float32) for maps in noise]
+            out = g.synthesis(generate.to_wplus(g, w), noise=noise, randomize_noise=False)
+            yield quantise(np.asarray(out.image, np.float32))
+
+    def _folder(self, size, batch):
+        from tf_cartoon.data import load_image
+
+        buf = []
+        for f in self.files:
+            try:
+                buf.append(load_image(f, size))
+            except Exception as e:  # PIL raises many types for corrupt files; they are skipped, as in training
+                print(f"warning: skipping unreadable image {f}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            if len(buf) == batch:
+                yield np.stack(buf).astype(np.float32) / 127.5 - 1.0
+                buf = []
+        if buf:
+            yield np.stack(buf).astype(np.float32) / 127.5 - 1.0
+
+    def _dataset(self, n, size, batch, seed):
+        from tf_cartoon.data import make_dataset
+
+        if self.kind == "synthetic":
+            ds = make_dataset(self.spec, size, batch, shuffle=False, flip=False, repeat=True, seed=seed)
+            left = n
+            for x in ds:
+                x = quantise(np.asarray(x, np.float32)[:left])
+                left -= len(x)
+                yield x
+                if left <= 0:
+                    return
+        else:  # tfrecord: one pass, every record (batch 1 so the last partial batch is not dropped)
+            ds = make_dataset(self.spec, size, 1, shuffle=False, flip=False, repeat=False).unbatch().batch(batch)
+            for x in ds:
+                yield quantise(np.asarray(x, np.float32))
+
+
+def quantise(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] float -> the nearest of the 256 uint8 levels, back in [-1, 1] (clipped)."""
+    u8 = np.clip(np.rint((images + 1.0) * 127.5), 0, 255)
+    return (u8 / 127.5 - 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------
+
+class Progress:
+    """A progress line with rate and ETA: rewritten in place on a terminal, a log line every 30 s otherwise."""
+
+    def __init__(self, label: str, total: int | None, stream=None, interval: float = 30.0, unit: str = "images"):
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = self.last = time.monotonic()
+        self.interval = interval
+
+    def _line(self, done: int) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        text = f"{self.label}: {done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}, {rate:.1f}/s"
+        if self.total and rate > 0:
+            left = max(self.total - done, 0) / rate
+            text += f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+        return text
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + self._line(done) + "\033[K")
+            self.stream.flush()
+        elif now - self.last >= self.interval:
+            print(self._line(done), file=self.stream, flush=True)
+            self.last = now
+
+    def finish(self, done: int) -> None:
+        if self.tty:
+            self.stream.write("\r" + self._line(done) + "\033[K\n")
+        else:
+            print(self._line(done), file=self.stream)
+        self.stream.flush()
+
+
+# ---------------------------------------------------------------------------
+# Features (cached)
+# ---------------------------------------------------------------------------
+
+def default_cache_dir() -> str:
+    root = os.environ.get("TF_CARTOON_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tf_cartoon")
+    return os.path.join(root, "features")
+
+
+def feature_key(source: Source, settings: dict, inception_digest: str) -> str:
+    blob = json.dumps({"version": FEATURES_VERSION, "source": source.identity(), "settings": settings,
+                       "inception": inception_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def source_features(source: Source, args, size: int, inception_path: str, cache_dir: str | None):
+    """(features [N, 2048], "hit" | "miss" | "off") for one source."""
+    from tf_cartoon.metrics.inception import file_digest, get_inception
+
+    n = args.n_features
+    settings = {"size": size}
+    if source.kind in ("checkpoint", "synthetic"):
+        settings.update(n=n, seed=args.seed)
+    if source.kind == "checkpoint":
+        settings.update(truncation=args.truncation, truncation_samples=args.truncation_samples)
+        settings.pop("size")  # generated at the checkpoint's own resolution
+    key = feature_key(source, settings, file_digest(inception_path))
+    path = os.path.join(cache_dir, key + ".npy") if cache_dir else None
+    if path and os.path.isfile(path):
+        try:
+            return np.load(path), "hit"
+        except (OSError, ValueError):
+            pass  # an unreadable entry is recomputed and rewritten
+    inception = get_inception(inception_path)
+    progress = Progress(f"{source.role} features ({source.spec})", source.count(n))
+    feats, done = [], 0
+    for images in source.batches(n, size, args.batch, args.truncation, args.truncation_samples, args.seed):
+        feats.append(inception(images))
+        done += len(images)
+        progress.update(done)
+    progress.finish(done)
+    if not feats:
+        raise UsageError(f"--{source.role} {source.spec}: no images")
+    features = np.concatenate(feats).astype(np.float32)
+    FEATURE_COMPUTATIONS[source.role] += 1
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}.npy"
+        np.save(tmp, features)
+        os.replace(tmp, path)
+    return features, ("miss" if path else "off")
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2 (argparse's own exit code), no usage block
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m tf_cartoon.evaluate", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--metrics", default="fid", help="comma-separated, of: " + ", ".join(METRICS) + " (default fid)")
+    p.add_argument("--real", help="reference images: folder, TFRecords, synthetic:NAME or checkpoint (fid, kid)")
+    p.add_argument("--fake", help="evaluated images: a checkpoint (needed for ppl), or folder / TFRecords / "
+                                  "synthetic:NAME (fid, kid)")
+    p.add_argument("--inception", help="pytorch-fid's FID Inception weights pt_inception-2015-12-05-6726825d.pth "
+                                       "(fid, kid)")
+    p.add_argument("--vgg16_weights", help="VGG16 weights for ppl's LPIPS: torchvision's vgg16-397923af.pth (exact "
+                                           "LPIPS) or a keras.applications VGG16 include_top=False .h5")
+    p.add_argument("--lpips", help="the lpips package's weights/v0.1/vgg.pth (default: found in an installed lpips)")
+    p.add_argument("--n", type=int, default=None, help="images per checkpoint / synthetic source (default 50000 "
+                                                       "for fid/kid), path pairs for ppl (default 5000)")
+    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi of generated images for fid/kid "
+                                                                 "(default 1: none; ppl never truncates)")
+    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind the mean latent")
+    p.add_argument("--seed", type=int, default=0, help="first seed of generated images; seed of ppl and kid draws")
+    p.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    p.add_argument("--size", type=int, default=None, help="resolution of folder / TFRecord / synthetic images "
+                                                          "(default: a checkpoint source's, else 256)")
+    p.add_argument("--cache_dir", default=None, help="feature cache folder (default $TF_CARTOON_CACHE/features "
+                                                     "or ~/.cache/tf_cartoon/features)")
+    p.add_argument("--no_cache", action="store_true", help="neither read nor write cached features")
+    p.add_argument("--kid_subsets", type=int, default=100, help="KID subsets (default 100)")
+    p.add_argument("--kid_subset_size", type=int, default=1000, help="KID max subset size (default 1000)")
+    p.add_argument("--eps", type=float, default=1e-4, help="ppl step in t (default 1e-4)")
+    p.add_argument("--crop", action="store_true", help="ppl on the face crop (rows 3/8-7/8, columns 2/8-6/8)")
+    return p
+
+
+def _check(args) -> list[str]:
+    metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise UsageError(f"unknown metric(s) {unknown or [args.metrics]}; choose from {', '.join(METRICS)}")
+    metrics = list(dict.fromkeys(metrics))
+    for name in ("batch", "truncation_samples", "kid_subsets", "kid_subset_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.n is not None and args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    if args.size is not None and args.size < 1:
+        raise UsageError(f"--size must be >= 1, got {args.size}")
+    if not (math.isfinite(args.truncation) and math.isfinite(args.eps) and args.eps > 0):
+        raise UsageError("--truncation must be finite and --eps finite and > 0")
+    if any(m in FEATURE_METRICS for m in metrics):
+        if not args.inception:
+            raise UsageError("fid / kid need --inception PATH (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+        if not os.path.isfile(args.inception):
+            raise UsageError(f"--inception {args.inception} does not exist or is not a file")
+        for role in ("real", "fake"):
+            if not getattr(args, role):
+                raise UsageError(f"fid / kid need --{role}")
+    if "ppl" in metrics:
+        if not args.fake:
+            raise UsageError("ppl needs --fake CHECKPOINT")
+        if not args.vgg16_weights:
+            raise UsageError("ppl needs --vgg16_weights PATH (torchvision's vgg16-397923af.pth or a keras VGG16 .h5)")
+        if not os.path.isfile(args.vgg16_weights):
+            raise UsageError(f"--vgg16_weights {args.vgg16_weights} does not exist or is not a file")
+        if args.lpips and not os.path.isfile(args.lpips):
+            raise UsageError(f"--lpips {args.lpips} does not exist or is not a file")
+        if not args.lpips:
+            from tf_cartoon.metrics.lpips import find_lpips_weights
+
+            if find_lpips_weights() is None:
+                raise UsageError("ppl needs the LPIPS v0.1 linear weights: pip install --no-deps lpips, or --lpips "
+                                 "PATH to its weights/v0.1/vgg.pth")
+    return metrics
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'metric':<8}{'value':>16}  {'n':>8}  details"]
+    for r in rows:
+        details = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("metric", "value", "n"))
+        lines.append(f"{r['metric']:<8}{r['value']:>16.6g}  {r['n']:>8}  {details}")
+    return "\n".join(lines)
+
+
+def run(args) -> list[dict]:
+    metrics = _check(args)
+    sources = {role: Source(role, getattr(args, role)) for role in ("real", "fake") if getattr(args, role)}
+    if "ppl" in metrics and not sources["fake"].is_checkpoint:
+        raise UsageError(f"ppl needs --fake to be a checkpoint, got {args.fake} ({sources['fake'].kind})")
+    results = []
+    wanted = [m for m in metrics if m in FEATURE_METRICS]
+    if wanted:
+        from tf_cartoon.metrics.inception import file_digest
+        from tf_cartoon.metrics.stats import fid_from_features, kid_from_features
+
+        size = args.size
+        if size is None:
+            ckpts = [s for s in (sources["fake"], sources["real"]) if s.is_checkpoint]
+            size = ckpts[0].generator().size if ckpts else DEFAULT_SIZE
+        args.n_features = args.n if args.n is not None else DEFAULT_N["fid"]
+        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+        feats, cache = {}, {}
+        for role in ("real", "fake"):
+            feats[role], cache[role] = source_features(sources[role], args, size, args.inception, cache_dir)
+        common = {"n": len(feats["fake"]), "n_real": len(feats["real"]), "real": args.real, "fake": args.fake,
+                  "size": size, "truncation": args.truncation, "seed": args.seed,
+                  "inception": file_digest(args.inception)[:16], "cache": cache}
+        for m in wanted:
+            if min(len(feats["real"]), len(feats["fake"])) < 2:
+                raise UsageError(f"{m} needs at least 2 images on each side")
+            if m == "fid":
+                value = fid_from_features(feats["real"], feats["fake"])
+                results.append({"metric": "fid", "value": value, **common})
+            else:
+                value = kid_from_features(feats["real"], feats["fake"], args.kid_subsets, args.kid_subset_size,
+                                          seed=args.seed)
+                results.append({"metric": "kid", "value": value, **common, "num_subsets": args.kid_subsets,
+                                "max_subset_size": args.kid_subset_size})
+    if "ppl" in metrics:
+        from tf_cartoon.metrics.lpips import LPIPS
+        from tf_cartoon.metrics.ppl import ppl
+
+        n = args.n if args.n is not None else DEFAULT_N["ppl"]
+        lp = LPIPS(args.vgg16_weights, args.lpips)
+        g = sources["fake"].generator()
+        progress = Progress(f"ppl ({args.fake})", n, unit="pairs")
+        value = ppl(g, lp, n=n, batch=args.batch, eps=args.eps, crop=args.crop, seed=args.seed,
+                    progress=lambda done, total: progress.update(done))
+        progress.finish(n)
+        results.append({"metric": "ppl", "value": value, "n": n, "fake": args.fake, "space": "w",
+                        "sampling": "end", "eps": args.eps, "crop": args.crop, "seed": args.seed,
+                        "lpips": "exact" if lp.exact else "keras-vgg16"})
+    return results
+
+
+def main(argv=None) -> int:
+    from tf_cartoon.io.errors import CheckpointError
+
+    args = _parser().parse_args(argv)
+    try:
+        results = run(args)
+    except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: "), file=sys.stderr)
+        return 2
+    for r in results:
+        print(json.dumps(r), flush=True)
+    print(_table(results), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
