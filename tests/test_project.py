@@ -13,19 +13,14 @@ from PIL import Image
 import tf_cartoon
 from tf_cartoon import project as pj
 from tf_cartoon.images import to_uint8
-from tests.tiny_models import make_tiny_checkpoint
-
-FIXTURES = os.environ.get("TF_CARTOON_REFERENCE_DIR", "/work/shared/fixtures/reference")
-SOURCE_PT = os.path.join(FIXTURES, "tiny32.pt")
-TARGET_PT = os.path.join(FIXTURES, "tiny32_target.pt")
+from tests.helpers import REFERENCE_PT as SOURCE_PT, REFERENCE_TARGET_PT as TARGET_PT
 FAST = dict(n_mean_latent=512)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(ckpts):
     """16 px random generator (its noise strengths are 0: the image depends on W+ only)."""
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("project") / "tiny", seed=0)
-    return tf_cartoon.load(path, models=("g_ema",)).g_ema
+    return tf_cartoon.load(ckpts[0], models=("g_ema",)).g_ema
 
 
 def known_wplus(g, n, seed=3):
