@@ -122,8 +122,19 @@ def summary(trainer) -> str:
 
 define_flags()
 
-if __name__ == "__main__":
+
+def run():
+    """``python -m tf_cartoon.train`` and the ``tf-cartoon-train`` console script: absl parses the flags.
+
+    A ``--flagfile`` naming a shipped config (``configs/quickstart.cfg``, ``quickstart``) that does not exist
+    relative to the current directory reads the installed copy (tf_cartoon/resources.py).
+    """
     from tf_cartoon import limit_malloc_arenas
+    from tf_cartoon.resources import resolve_flagfile_args
 
     limit_malloc_arenas()  # before TF starts its thread pools
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), argv=resolve_flagfile_args(sys.argv))
+
+
+if __name__ == "__main__":
+    run()
