@@ -20,6 +20,9 @@ import tensorflow as tf
 from tests.helpers import ROOT, subprocess_env
 from tests.tiny_models import make_tiny_checkpoint
 
+# Slow tier: each test trains in its own processes (minutes).
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_train_worker.py")
 

@@ -18,6 +18,9 @@ from tf_cartoon import export as ex
 from tests.helpers import REFERENCE_TARGET_PT, ROOT, served_uint8, subprocess_env
 from tests.tiny_models import TINY, make_tiny_checkpoint
 
+# Slow tier: the module's fixture exports SavedModels and runs saved_model_cli in subprocesses.
+pytestmark = pytest.mark.slow
+
 SIGNATURES = ("serving_default", "from_latent", "png", "swap")
 SEED, SAMPLES = 0, 4096
 _uint8 = served_uint8

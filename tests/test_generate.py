@@ -176,6 +176,7 @@ def _read_tree(root):
     return out
 
 
+@pytest.mark.slow
 def test_cli_outputs_are_deterministic(ckpts, gens, tmp_path, capsys):
     source, target = ckpts
     argv = ["--ckpt", target, "--source", source, "--seeds", "0-2,9", "--swap_layer", "1,2", "--mixing",

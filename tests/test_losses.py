@@ -63,6 +63,7 @@ def test_adversarial_losses_and_r1(name, loaded):
 
 
 @pytest.mark.parametrize("name", CASES)
+@pytest.mark.slow
 def test_path_length_regulariser(name, loaded):
     case, src, _ = loaded(name)
     case.require("pl_z", "pl_mean_path_length_in", "pl_noise", "path_lengths", "path_mean", "path_penalty")
@@ -111,6 +112,7 @@ def test_structure_loss_gradient_reaches_only_the_target():
     np.testing.assert_allclose(gt.numpy(), np.full([2, 4, 4, 3], -2.0 / 96), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_path_length_is_second_order_differentiable():
     from tf_cartoon.networks import Generator
 

@@ -34,7 +34,7 @@ def test_every_tool_has_a_console_script():
         path = os.path.join(ROOT, *module.split(".")) + ".py"
         tree = ast.parse(open(path).read())
         assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, scripts[name]
-        assert module in (f"tf_cartoon.{tool}", "tf_cartoon.entry_points"), scripts[name]
+        assert (module, func) in ((f"tf_cartoon.{tool}", "main"), ("tf_cartoon.entry_points", tool)), scripts[name]
 
 
 def test_one_version_string():

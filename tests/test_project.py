@@ -14,6 +14,7 @@ import tf_cartoon
 from tf_cartoon import project as pj
 from tf_cartoon.images import to_uint8
 from tests.helpers import REFERENCE_PT as SOURCE_PT, REFERENCE_TARGET_PT as TARGET_PT
+
 FAST = dict(n_mean_latent=512)
 
 
@@ -124,6 +125,7 @@ def test_projection_recovers_a_generated_image(tiny):
         np.testing.assert_allclose(n.reshape(2, -1).std(axis=1, ddof=1), 1, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_projection_of_a_photo_does_not_depend_on_its_batch(tiny):
     photos = render(tiny, known_wplus(tiny, 2, seed=7))
     cfg = pj.ProjectConfig(steps=25, **FAST)
@@ -201,6 +203,7 @@ def test_perceptual_distance_matches_independent_computation(vgg_files):
     np.testing.assert_allclose(np.asarray(p_new(a, a)), 0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_perceptual_projection_lowers_its_loss(tiny, vgg_files):
     _, new, _ = vgg_files
     photos = render(tiny, known_wplus(tiny, 1, seed=11))
@@ -261,6 +264,7 @@ def test_photo_names_unique():
 # Command line
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_fixtures(tmp_path, capsys):
     source = tf_cartoon.load(SOURCE_PT, models=("g_ema",)).g_ema
     target = tf_cartoon.load(TARGET_PT, models=("g_ema",)).g_ema

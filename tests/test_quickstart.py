@@ -93,6 +93,7 @@ def test_builtin_names_resolve_and_unknown_names_are_clear_errors(tmp_path):
         validate(TrainConfig(data="synthetic:cartoon", workdir=str(tmp_path), ckpt="builtin:nope"))
 
 
+@pytest.mark.slow
 def test_shipped_source_draws_faces_and_a_random_network_does_not(real):
     import tf_cartoon
     from tf_cartoon.io import store
@@ -164,6 +165,7 @@ def _run(workdir, *extra, timeout=600):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_shortened_quickstart_end_to_end_and_rerun_says_finished(tmp_path):
     import tensorflow as tf
 

@@ -151,6 +151,7 @@ def test_start_latents(setup, tmp_path):
         sc.load_latent(source, str(tmp_path / "bad.npy"))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_reference_checkpoints(tmp_path, capsys):
     clip_dir = tc.write_hf_folder(tmp_path / "clip", tc.tiny_hf_state(seed=1))
     out = tmp_path / "out"
