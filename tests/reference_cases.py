@@ -2,7 +2,10 @@
 
 A case is ``<case>.json`` + ``<case>.npz`` + ``<case>.pt`` (the source checkpoint)
 and optionally ``<case>_target.pt`` in ``$TF_CARTOON_REFERENCE_DIR`` (default: the
-project's shared fixtures). Arrays in the npz are NCHW as PyTorch wrote them.
+fixtures committed in tests/fixtures/reference). Arrays in the npz are NCHW as PyTorch wrote them.
+
+Tests driven by this folder take whatever a case holds: other names, sizes and channel maps, and only
+the arrays it stores (``Case.require`` skips a check whose arrays the case lacks).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ import json
 import os
 
 import numpy as np
+import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "fixtures", "reference"))
+from tests.helpers import FIXTURES
+
+DEFAULT_DIR = FIXTURES
 
 
 def reference_dir() -> str:
@@ -43,6 +48,15 @@ class Case:
             self.arrays = {k: data[k] for k in data.files}
         self.source_pt = self.stem + ".pt"
         self.target_pt = self.stem + "_target.pt" if os.path.exists(self.stem + "_target.pt") else None
+
+    def has(self, *names) -> bool:
+        return all(n in self.arrays for n in names)
+
+    def require(self, *names):
+        """Skip the calling test when the case stores none of some array it needs."""
+        missing = [n for n in names if n not in self.arrays]
+        if missing:
+            pytest.skip(f"case {self.name} stores no {', '.join(missing)}")
 
     def scalar(self, name, default=None):
         if name in self.arrays:

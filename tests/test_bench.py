@@ -44,6 +44,7 @@ def test_all_combinations_in_process():
     assert summary["default_is_fastest"] == (summary["best"] == summary["default"])
 
 
+@pytest.mark.slow
 def test_cli_prints_only_json_lines():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
@@ -106,6 +107,7 @@ def test_reference_only_for_known_key():
     assert bench.REFERENCE_MS == {("g_forward", 256, 4): 6900.0, ("train_step", 256, 4): 108000.0}
 
 
+@pytest.mark.slow
 def test_train_step_reports_full_iteration():
     cfg = bench.Config(what="train_step", size=16, batch=4, repeats=1, warmup=1, style_dim=16, n_mlp=2,
                        channels_small=True)
@@ -146,6 +148,7 @@ def test_export_and_swap_print_json_rows(what):
     assert abs(row["gflops"] - flops / row["ms_per_batch"] / 1e6) <= 6e-4, (row["gflops"], flops)
 
 
+@pytest.mark.slow
 def test_custom_ops_bench_rows_and_summary():
     """--what ops: per op / pass / impl rows (compiled op, XLA, plain TF), G forward with each impl (the
     train step goes through the same loop; it is left out here for time), and the summary line (fastest

@@ -49,9 +49,14 @@ def test_config_header_and_flags(path, tmp_path):
     assert "Expected runtime" in header
     kwargs = parse_flagfile(path)
     # Paths the recipe names (a converted FFHQ checkpoint, a data folder) are the user's: stand in for them.
-    # Built-in checkpoints (builtin:NAME) ship with the package and must resolve as they are.
+    # Built-in checkpoints (builtin:NAME) ship with the package and must resolve as they are; paths into the
+    # repository's committed test fixtures must exist in a clone and are validated as they are.
     for flag in ("ckpt", "source_ckpt"):
-        if kwargs.get(flag) and not kwargs[flag].startswith("builtin:"):
+        value = kwargs.get(flag)
+        if value and value.startswith("tests/fixtures/"):
+            assert os.path.isfile(os.path.join(ROOT, value)), f"{name}: --{flag}={value} is not in the repository"
+            kwargs[flag] = os.path.join(ROOT, value)
+        elif value and not value.startswith("builtin:"):
             kwargs[flag] = str(tmp_path)
     if kwargs.get("data") and not kwargs["data"].startswith("synthetic:"):
         kwargs["data"] = str(tmp_path)
@@ -78,3 +83,10 @@ def test_the_demo_recipes():
     assert (qs["ckpt"], qs["data"]) == ("builtin:source_synthetic", "synthetic:cartoon")
     assert qs["freezeStyle"] > 0 and qs["freezeG"] > 0 and qs["structure_loss"] > 0 and qs["freezeD"] > 0
     assert qs["export_on_finish"] and qs["final_grid_seeds"]
+
+
+def test_tiny_cpu_runs_from_a_clone():
+    """The installation check reads the committed reference fixture, never a path outside the repository."""
+    tiny = parse_flagfile(os.path.join(ROOT, "configs", "tiny_cpu.cfg"))
+    assert tiny["ckpt"] == "tests/fixtures/reference/tiny32.pt"
+    assert os.path.isfile(os.path.join(ROOT, tiny["ckpt"]))

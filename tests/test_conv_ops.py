@@ -74,6 +74,7 @@ def test_conv3x3_down2_fast_equals_strided_conv2d(n, h, w, ci, co):
 
 @pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
 @pytest.mark.parametrize("pad", [(1, 1), (2, 1, 1, 2)])
+@pytest.mark.slow
 def test_up2_blur_fast_equals_conv2d_transpose(n, h, w, ci, co, pad):
     _assert_same(lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "fast"),
                  lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "direct"),
@@ -214,6 +215,7 @@ def test_styled_epilogue_fast_gradient_equals_direct(noise_batch):
 
 
 @pytest.mark.parametrize("n,h,w,ci,co", [(2, 9, 7, 5, 3), (1, 8, 6, 3, 4)])
+@pytest.mark.slow
 def test_filter_gradient_in_row_bands_equals_direct(monkeypatch, n, h, w, ci, co):
     """The filter gradients run over bands of output rows (band-sized copies); with a band of one or two
     rows, every band boundary (halo rows, zero rows past the edges, odd sizes at stride 2) is exercised, for
@@ -252,6 +254,7 @@ def test_band_count_is_capped():
 
 
 @pytest.mark.parametrize("band_bytes", [1, 16 * 4 * 18 * 256 * 4 * 3])  # 2-row bands; 6-row bands
+@pytest.mark.slow
 def test_winograd_in_row_bands_equals_conv2d(monkeypatch, band_bytes):
     """Large Winograd convs run band by band (one compiled call per band of rows, a halo row each side);
     odd height and width, the last band shorter: values and gradients to second order."""
@@ -309,6 +312,7 @@ def _interleave_by_zero_insertion(ph):
     (4, 3, (3, 2), (-1, 2, 0, 1)),    # non-square, non-separable, a cropping pad
     (2, 4, (1, 1), (0, 1, 0, 1)),     # plain interleave with a zero row / column (the stride-2 conv's dx)
 ])
+@pytest.mark.slow
 def test_phase_fir_equals_upfirdn2d_of_the_interleaved_image(h, w, fir_shape, pads):
     """phase_fir (FIR of an image given by its four stride-2 phases, never built) against zero insertion +
     the reference upfirdn2d, values and gradients to second order; its gradient is a hand-written adjoint."""

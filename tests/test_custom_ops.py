@@ -274,6 +274,7 @@ def _r1_and_pl(g, d, impl):
         set_default_impl(None)
 
 
+@pytest.mark.slow
 def test_custom_networks_r1_and_path_length_second_order(lib):
     g, d = _tiny_models()
     got = _r1_and_pl(g, d, "custom")
@@ -490,6 +491,7 @@ def test_custom_missing_compiler_message(monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1 and "no C++ compiler" in err and "pure-TF" in err
 
 
+@pytest.mark.slow
 def test_custom_missing_compiler_auto_falls_back(tmp_path):
     """A fresh process whose compiler does not exist: auto runs the pure-TF ops and says so."""
     code = textwrap.dedent("""\
@@ -526,6 +528,7 @@ def test_custom_missing_compiler_auto_falls_back(tmp_path):
 
 
 @pytest.mark.skipif(build.find_nvcc() is None, reason="nvcc not installed (CUDA compile-only check)")
+@pytest.mark.slow
 def test_custom_cuda_sources_compile(tmp_path):
     objs = build.cuda_check(tmp_path, cuda_archs=["80"])
     assert [o.name for o in objs] == [s + ".o" for s in build.CUDA_SOURCES]

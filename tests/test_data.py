@@ -16,8 +16,7 @@ from PIL import Image
 
 from tf_cartoon import data, prepare_data
 from tf_cartoon.data import synthetic, tfrecord
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import subprocess_env
 
 
 @pytest.fixture(autouse=True)
@@ -379,7 +378,7 @@ def test_prepare_data_atomic_and_errors(tmp_path, capsys, monkeypatch):
 def test_prepare_data_cli_exit_code(tmp_path):
     src = tmp_path / "src"
     _solid(str(src / "a.png"), (1, 2, 3))
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     r = subprocess.run([sys.executable, "-m", "tf_cartoon.prepare_data", str(src), str(tmp_path / "out"),
                         "--size", "100", "--shards", "2"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2

@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import ROOT, subprocess_env
 from tests.tiny_models import make_tiny_checkpoint
 
+# Slow tier: each test trains in its own processes (minutes).
+pytestmark = pytest.mark.slow
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 WORKER = os.path.join(HERE, "_train_worker.py")
 
 
@@ -30,8 +33,7 @@ def tiny(tmp_path_factory):
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env

@@ -15,17 +15,15 @@ import tensorflow as tf
 
 import tf_cartoon
 from tf_cartoon import export as ex
-from tests.reference_cases import reference_dir
+from tests.helpers import REFERENCE_TARGET_PT, ROOT, served_uint8, subprocess_env
 from tests.tiny_models import TINY, make_tiny_checkpoint
+
+# Slow tier: the module's fixture exports SavedModels and runs saved_model_cli in subprocesses.
+pytestmark = pytest.mark.slow
 
 SIGNATURES = ("serving_default", "from_latent", "png", "swap")
 SEED, SAMPLES = 0, 4096
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _uint8(x):
-    """The documented convention, in numpy: clip((x + 1) * 127.5 + 0.5, 0, 255), truncated."""
-    return np.clip((np.asarray(x, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+_uint8 = served_uint8
 
 
 def _close(got, want):
@@ -44,14 +42,13 @@ def _cli():
     return exe
 
 
-REF_TARGET = os.path.join(reference_dir(), "tiny32_target.pt")  # 32 px, written by the reference trainer
+REF_TARGET = REFERENCE_TARGET_PT  # 32 px, written by the reference trainer
 CLI_Z = np.round(np.random.default_rng(3).standard_normal([2, TINY["style_dim"]]), 3).astype(np.float32)
 CLI_PSI = np.array([1.0, 0.6], np.float32)
 
 
 def _spawn(argv):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
@@ -70,7 +67,7 @@ def setup(tmp_path_factory):
     # The subprocesses (fresh interpreters, no tf_cartoon for saved_model_cli) run while the
     # in-process tests do: saved_model_cli show / run on version 1, and a second export
     # through the CLI (the reference .pt target, no source) that becomes version 2.
-    assert os.path.exists(REF_TARGET), f"fixture missing in {reference_dir()}"
+    assert os.path.exists(REF_TARGET), f"fixture missing: {REF_TARGET}"
     exe = _cli()
     procs = {
         "show": _spawn([exe, "show", "--dir", path, "--all"]),

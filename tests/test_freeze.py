@@ -7,7 +7,7 @@ import pytest
 import tf_cartoon
 from tf_cartoon import freeze
 from tf_cartoon.io import reference_keys as rk
-from tests.reference_cases import Case, case_names
+from tests.reference_cases import DEFAULT_DIR, Case, case_names, reference_dir
 
 
 def _options():
@@ -39,12 +39,22 @@ def _frozen(table, trainable):
 @pytest.mark.parametrize("name,option,spec", list(_options()))
 def test_frozen_sets_match_reference(name, option, spec, models):
     g, d = models(name)
-    args = spec["args"]
-    g_frozen = _frozen(rk.generator_table(g), freeze.generator_trainable(g, args.get("freezeG", -1)))
-    d_frozen = _frozen(rk.discriminator_table(d), freeze.discriminator_trainable(d, args.get("freezeD", -1)))
-    assert g_frozen == spec["G_frozen"]
-    assert d_frozen == spec["D_frozen"]
+    args = spec.get("args", {})
+    checked = False
+    if "G_frozen" in spec and g is not None:
+        g_frozen = _frozen(rk.generator_table(g), freeze.generator_trainable(g, args.get("freezeG", -1)))
+        assert g_frozen == spec["G_frozen"]
+        checked = True
+    if "D_frozen" in spec and d is not None:
+        d_frozen = _frozen(rk.discriminator_table(d), freeze.discriminator_trainable(d, args.get("freezeD", -1)))
+        assert d_frozen == spec["D_frozen"]
+        checked = True
+    if not checked:
+        pytest.skip(f"{name}/{option}: no frozen list for a network the checkpoint holds")
 
 
 def test_there_are_freeze_cases():
+    # The committed fixtures record freeze lists; another case folder may hold none.
+    if not list(_options()) and reference_dir() != DEFAULT_DIR:
+        pytest.skip(f"no freeze option captured in any case of {reference_dir()}")
     assert list(_options()), "no freeze option captured in any reference case"

@@ -13,17 +13,9 @@ from PIL import Image
 import tf_cartoon
 from tf_cartoon import generate as gen
 from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_gif, save_png, to_uint8
+from tests.helpers import REFERENCE_PT, ROOT as REPO, one_line_error
 from tests.tiny_models import make_tiny_checkpoint
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE_PT = "/work/shared/fixtures/reference/tiny32.pt"
 N_MEAN = 64  # truncation_samples: small keeps the tests quick
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("generate")
-    return make_tiny_checkpoint(root / "source", seed=0), make_tiny_checkpoint(root / "target", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +189,7 @@ def _read_tree(root):
     return out
 
 
+@pytest.mark.slow
 def test_cli_outputs_are_deterministic(ckpts, gens, tmp_path, capsys):
     source, target = ckpts
     argv = ["--ckpt", target, "--source", source, "--seeds", "0-2,9", "--swap_layer", "1,2", "--mixing",
@@ -243,8 +236,7 @@ def test_cli_target_only(ckpts, tmp_path):
 def test_cli_errors_exit_2(ckpts, tmp_path, capsys, extra, message):
     extra = [ckpts[1] if e == "TARGET" else e for e in extra]
     assert gen.main(["--ckpt", ckpts[1], "--out", str(tmp_path / "o"), "--truncation_samples", "8", *extra]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and message in err
+    assert message in one_line_error(capsys)
 
 
 def test_cli_missing_ckpt_subprocess(tmp_path):

@@ -302,9 +302,16 @@ def _modconv_outputs(layer, x, w, fused):
 
 @pytest.fixture(scope="module")
 def modconv_results():
-    """Per combo: (layer, x, w, eager non-fused, XLA non-fused, XLA fused); the XLA entries are
-    None outside XLA_COMBOS. One XLA compile for all."""
+    """Per combo: (layer, x, w, eager non-fused, None, None); modconv_results_xla fills the last two."""
     cases = {c: _modconv_case(*c, seed=10 * i) for i, c in enumerate(MOD_COMBOS)}
+    return {c: (*cases[c], _modconv_outputs(*cases[c], False), None, None) for c in MOD_COMBOS}
+
+
+@pytest.fixture(scope="module")
+def modconv_results_xla(modconv_results):
+    """modconv_results with (XLA non-fused, XLA fused); the XLA entries are None outside XLA_COMBOS.
+    One XLA compile for all: a fixture of its own, so only the slow tier pays for it."""
+    cases = {c: r[:3] for c, r in modconv_results.items()}
 
     @tf.function(jit_compile=True)
     def xla():
@@ -312,8 +319,7 @@ def modconv_results():
                          _modconv_outputs(*cases[c], True)) for c in XLA_COMBOS}
 
     compiled = xla()
-    return {c: (*cases[c], _modconv_outputs(*cases[c], False), *compiled.get(str(c), (None, None)))
-            for c in MOD_COMBOS}
+    return {c: (*r[:4], *compiled.get(str(c), (None, None))) for c, r in modconv_results.items()}
 
 
 NAMES = ["y", "dx", "dw", "dkernel", "d2w", "d2kernel"]
@@ -328,8 +334,9 @@ def _assert_all_close(a, b, what, atol=1e-5, rtol=1e-4):
 
 
 @pytest.mark.parametrize("combo", XLA_COMBOS, ids=XLA_IDS)
-def test_modconv_fused_equals_nonfused_with_grads_xla(modconv_results, combo):
-    layer, x, w, eager_nf, xla_nf, xla_f = modconv_results[combo]
+@pytest.mark.slow
+def test_modconv_fused_equals_nonfused_with_grads_xla(modconv_results_xla, combo):
+    layer, x, w, eager_nf, xla_nf, xla_f = modconv_results_xla[combo]
     _assert_all_close(eager_nf, xla_f, "eager non-fused vs XLA fused")
     if xla_nf is not None:
         _assert_all_close(eager_nf, xla_nf, "eager non-fused vs XLA non-fused")

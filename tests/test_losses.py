@@ -38,19 +38,37 @@ def _close(got, case, name):
 @pytest.mark.parametrize("name", CASES)
 def test_adversarial_losses_and_r1(name, loaded):
     case, src, _ = loaded(name)
+    case.require("x_real", "img_const")
+    if src.d is None:
+        pytest.skip(f"{name}: the checkpoint holds no discriminator")
     d = src.d
     real = d(case.nhwc("x_real"))
     fake = d(case.nhwc("img_const"))
-    _close(losses.d_logistic_loss(real, fake), case, "d_logistic_loss")
-    _close(losses.g_nonsaturating_loss(fake), case, "g_nonsat_loss")
-    r1, logits = losses.r1_penalty(d, case.nhwc("x_real"))
-    _close(r1, case, "r1_penalty")
-    np.testing.assert_allclose(logits.numpy(), case.arrays["d_real"], rtol=1e-4, atol=1e-6)
+    checked = 0
+    for got, key in ((lambda: losses.d_logistic_loss(real, fake), "d_logistic_loss"),
+                     (lambda: losses.g_nonsaturating_loss(fake), "g_nonsat_loss")):
+        if case.has(key):
+            _close(got(), case, key)
+            checked += 1
+    if case.has("r1_penalty") or case.has("d_real"):
+        r1, logits = losses.r1_penalty(d, case.nhwc("x_real"))
+        if case.has("r1_penalty"):
+            _close(r1, case, "r1_penalty")
+            checked += 1
+        if case.has("d_real"):
+            np.testing.assert_allclose(logits.numpy(), case.arrays["d_real"], rtol=1e-4, atol=1e-6)
+            checked += 1
+    if not checked:
+        pytest.skip(f"{name}: the case stores no adversarial loss or R1")
 
 
 @pytest.mark.parametrize("name", CASES)
+@pytest.mark.slow
 def test_path_length_regulariser(name, loaded):
     case, src, _ = loaded(name)
+    case.require("pl_z", "pl_mean_path_length_in", "pl_noise", "path_lengths", "path_mean", "path_penalty")
+    if src.g is None:
+        pytest.skip(f"{name}: the checkpoint holds no training generator g")
     g = src.g
     wplus = g.make_wplus(case.arrays["pl_z"])
     penalty, mean, lengths = losses.path_length_penalty(
@@ -65,6 +83,10 @@ def test_path_length_regulariser(name, loaded):
 @pytest.mark.parametrize("name", CASES)
 def test_structure_loss_per_layer_and_cumulative(name, loaded):
     case, src, tgt = loaded(name)
+    stored = [k for k in case.arrays if k.startswith(("struct_mse_L", "structure_loss_n"))]
+    if not stored:
+        pytest.skip(f"{name}: the case stores no structure loss")
+    case.require("z")
     assert tgt is not None, f"{name}: structure-loss fixtures need the target checkpoint"
     layers = tuple(range(1, src.g_ema.n_blocks + 1))
     z = case.arrays["z"]
@@ -90,6 +112,7 @@ def test_structure_loss_gradient_reaches_only_the_target():
     np.testing.assert_allclose(gt.numpy(), np.full([2, 4, 4, 3], -2.0 / 96), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_path_length_is_second_order_differentiable():
     from tf_cartoon.networks import Generator
 

@@ -524,6 +524,7 @@ def test_discriminator_r1_grads():
 
 
 @pytest.mark.parametrize("mode,recompute", [("eager", True), ("function", True), ("function", 1)])
+@pytest.mark.slow
 def test_recompute_same_values_and_gradients(g16, d16, mode, recompute):
     """Gradient checkpointing (recompute=True) against the plain networks: the same image, tapped features,
     RGB skips, logits and first-order gradients for every G and D variable; with noise=None it draws one
@@ -571,6 +572,7 @@ def test_recompute_same_values_and_gradients(g16, d16, mode, recompute):
     np.testing.assert_allclose(lhs, rhs, rtol=2e-2, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_generator_path_length_grads(g8):
     wp = tf.Variable(g8.make_wplus(normal([2, D], 1)))
     noise = normal([2, 8, 8, 3], 2) / math.sqrt(8 * 8)

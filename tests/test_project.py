@@ -13,19 +13,15 @@ from PIL import Image
 import tf_cartoon
 from tf_cartoon import project as pj
 from tf_cartoon.images import to_uint8
-from tests.tiny_models import make_tiny_checkpoint
+from tests.helpers import REFERENCE_PT as SOURCE_PT, REFERENCE_TARGET_PT as TARGET_PT
 
-FIXTURES = os.environ.get("TF_CARTOON_REFERENCE_DIR", "/work/shared/fixtures/reference")
-SOURCE_PT = os.path.join(FIXTURES, "tiny32.pt")
-TARGET_PT = os.path.join(FIXTURES, "tiny32_target.pt")
 FAST = dict(n_mean_latent=512)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(ckpts):
     """16 px random generator (its noise strengths are 0: the image depends on W+ only)."""
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("project") / "tiny", seed=0)
-    return tf_cartoon.load(path, models=("g_ema",)).g_ema
+    return tf_cartoon.load(ckpts[0], models=("g_ema",)).g_ema
 
 
 def known_wplus(g, n, seed=3):
@@ -141,6 +137,7 @@ def test_default_projection_optimises_one_w_for_every_layer(tiny):
     assert res.final["mse"][0] < 0.5 * res.initial["mse"][0]
 
 
+@pytest.mark.slow
 def test_projection_of_a_photo_does_not_depend_on_its_batch(tiny):
     photos = render(tiny, known_wplus(tiny, 2, seed=7))
     cfg = pj.ProjectConfig(steps=25, **FAST)
@@ -218,6 +215,7 @@ def test_perceptual_distance_matches_independent_computation(vgg_files):
     np.testing.assert_allclose(np.asarray(p_new(a, a)), 0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_perceptual_projection_lowers_its_loss(tiny, vgg_files):
     _, new, _ = vgg_files
     photos = render(tiny, known_wplus(tiny, 1, seed=11))
@@ -279,6 +277,7 @@ def test_photo_names_unique():
 # Command line
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_fixtures(tmp_path, capsys):
     source = tf_cartoon.load(SOURCE_PT, models=("g_ema",)).g_ema
     target = tf_cartoon.load(TARGET_PT, models=("g_ema",)).g_ema

@@ -20,8 +20,8 @@ import pytest
 
 from tf_cartoon import assets
 from tf_cartoon.data import faces as F
+from tests.helpers import ROOT, served_uint8, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.cfg")
 N_FAKE, N_REAL = 256, 512
 # Thresholds sit between what the shipped source reaches and what a random network gets (see the
@@ -34,9 +34,7 @@ MAX_FRECHET = 80.0
 
 
 # ------------------------------------------------------------------------------------------- statistics
-def _uint8(images) -> np.ndarray:
-    x = np.asarray(images)
-    return x if x.dtype == np.uint8 else np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+_uint8 = served_uint8
 
 
 def mean_colour(images) -> np.ndarray:
@@ -95,6 +93,7 @@ def test_builtin_names_resolve_and_unknown_names_are_clear_errors(tmp_path):
         validate(TrainConfig(data="synthetic:cartoon", workdir=str(tmp_path), ckpt="builtin:nope"))
 
 
+@pytest.mark.slow
 def test_shipped_source_draws_faces_and_a_random_network_does_not(real):
     import tf_cartoon
     from tf_cartoon.io import store
@@ -160,12 +159,13 @@ def test_channels_build_both_networks_from_scratch_and_conflict_with_a_checkpoin
 
 # -------------------------------------------------------------------------------------------- the demo
 def _run(workdir, *extra, timeout=600):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = subprocess_env()
     cmd = [sys.executable, "-m", "tf_cartoon.train", f"--flagfile={QUICKSTART}", f"--workdir={workdir}",
            "--iter=2", "--log_every=1", "--sample_every=2", "--ckpt_every=2", "--final_grid_seeds=0-3", *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_shortened_quickstart_end_to_end_and_rerun_says_finished(tmp_path):
     import tensorflow as tf
 

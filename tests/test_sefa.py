@@ -13,12 +13,9 @@ from tf_cartoon import generate as gen
 from tf_cartoon import sefa
 from tf_cartoon.images import to_uint8
 from tf_cartoon.io import torch_pickle
-from tests.tiny_models import make_tiny_checkpoint
+from tests.helpers import REFERENCE_PT, one_line_error
 
-REFERENCE_PT = "/work/shared/fixtures/reference/tiny32.pt"
 N_MEAN = 64
-
-needs_reference = pytest.mark.skipif(not os.path.exists(REFERENCE_PT), reason="reference fixtures not mounted")
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +29,6 @@ def reference():
     return stacked, keys, tf_cartoon.load(REFERENCE_PT, models=("g_ema",)).g_ema
 
 
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sefa")
-    return make_tiny_checkpoint(root / "source", seed=0), make_tiny_checkpoint(root / "target", seed=1)
-
-
-@needs_reference
 def test_stacked_weights_match_reference_state_dict(reference):
     stacked, keys, g = reference
     assert stacked.shape == (64 + 64 + 64 + 48 + 48 + 32 + 32 + 24, 64)  # conv1, to_rgb1, convs.0-5 (in x style)
@@ -47,7 +37,6 @@ def test_stacked_weights_match_reference_state_dict(reference):
     assert not any("to_rgbs" in k for k in keys)
 
 
-@needs_reference
 def test_directions_match_numpy_svd(reference):
     stacked, keys, g = reference
     fac = sefa.closed_form_factorization(g)
@@ -121,6 +110,5 @@ def test_cli_errors_exit_2(ckpts, tmp_path, capsys, extra, message):
     extra = [ckpts[0] if e == "SOURCE" else e for e in extra]
     argv = ["--ckpt", ckpts[0], "--out", str(tmp_path / "f.npz"), "--out_dir", str(tmp_path / "r"), *extra]
     assert sefa.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and message in err
+    assert message in one_line_error(capsys)
     assert not (tmp_path / "f.npz").exists()

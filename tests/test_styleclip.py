@@ -8,7 +8,6 @@ generator's own reference-style forward.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -16,24 +15,19 @@ from PIL import Image
 
 import tf_cartoon
 from tests import tiny_clip as tc
+from tests.helpers import REFERENCE_PT as SOURCE_PT, REFERENCE_TARGET_PT as TARGET_PT, one_line_error
 from tests.tiny_models import make_tiny_checkpoint
 from tf_cartoon import generate as gen
 from tf_cartoon import styleclip as sc
 
-REFERENCE = "/work/shared/fixtures/reference"
-SOURCE_PT, TARGET_PT = f"{REFERENCE}/tiny32.pt", f"{REFERENCE}/tiny32_target.pt"
 N_MEAN = 64
 STEPS = 20
 
-needs_reference = pytest.mark.skipif(not os.path.exists(SOURCE_PT), reason="reference fixtures not mounted")
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(ckpts):
     """A 16 px source and target, a tiny CLIP (32 px input) and one compiled objective for the source."""
-    root = tmp_path_factory.mktemp("styleclip")
-    source, target = (tf_cartoon.load(make_tiny_checkpoint(root / n, seed=s), models=("g_ema",)).g_ema
-                      for n, s in (("source", 0), ("target", 1)))
+    source, target = (tf_cartoon.load(p, models=("g_ema",)).g_ema for p in ckpts)
     model, _ = tc.tiny_clip(seed=0)
     mean = gen.mean_latent(source, N_MEAN)
     objective = sc.Objective(source, sc.ClipLoss(model, "a smiling face", source.size), 0.7, mean)
@@ -157,7 +151,7 @@ def test_start_latents(setup, tmp_path):
         sc.load_latent(source, str(tmp_path / "bad.npy"))
 
 
-@needs_reference
+@pytest.mark.slow
 def test_cli_end_to_end_on_reference_checkpoints(tmp_path, capsys):
     clip_dir = tc.write_hf_folder(tmp_path / "clip", tc.tiny_hf_state(seed=1))
     out = tmp_path / "out"
@@ -200,8 +194,7 @@ def test_cli_errors_exit_2(tmp_path, capsys, extra, message):
     clip_dir = tc.write_hf_folder(tmp_path / "clip", tc.tiny_hf_state(seed=1))
     argv = ["--source", ckpt, "--text", "a smiling face", "--clip", clip_dir, "--out", str(tmp_path / "o"), *extra]
     assert sc.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and message in err
+    assert message in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
 
 

@@ -17,11 +17,11 @@ import pytest
 
 from tf_cartoon.io import torch_pickle as tp
 from tf_cartoon.io.torch_pickle import CheckpointFormatError, UnsafePickleError
+from tests.helpers import REFERENCE_JSON, REFERENCE_PT
 
-REPO = Path(__file__).resolve().parents[1]
-REF_DIR = Path(os.environ.get("TF_CARTOON_REFERENCE_DIR", REPO.parent / "shared" / "fixtures" / "reference"))
-TINY_PT = REF_DIR / "tiny32.pt"
-TINY_JSON = REF_DIR / "tiny32.json"
+# The reader is checked against the known content of the committed tiny32 checkpoint.
+TINY_PT = Path(REFERENCE_PT)
+TINY_JSON = Path(REFERENCE_JSON)
 
 
 @pytest.fixture(scope="module")

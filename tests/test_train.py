@@ -15,6 +15,9 @@ from tf_cartoon.training.config import ConfigError, TrainConfig, validate
 from tf_cartoon.training.trainer import Trainer, TrainingDiverged
 from tests.tiny_models import make_tiny_checkpoint
 
+# Slow tier: each test runs the trainer's steps end to end (about a minute each).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -42,6 +42,8 @@ import time
 
 import numpy as np
 
+from tf_cartoon import cli
+
 METRICS = ("fid", "kid", "ppl")
 FEATURE_METRICS = ("fid", "kid")
 DEFAULT_N = {"fid": 50000, "kid": 50000, "ppl": 5000}
@@ -52,8 +54,7 @@ FEATURES_VERSION = 1  # bump when the feature pipeline changes, so stale cache e
 FEATURE_COMPUTATIONS: collections.Counter = collections.Counter()
 
 
-class UsageError(ValueError):
-    """Bad command-line input."""
+UsageError = cli.UsageError
 
 
 # ---------------------------------------------------------------------------
@@ -313,15 +314,8 @@ def source_features(source: Source, args, size: int, inception_path: str, cache_
 # Command line
 # ---------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, status 2 (argparse's own exit code), no usage block
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m tf_cartoon.evaluate", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser("python -m tf_cartoon.evaluate", __doc__.split("\n\n")[0])
     p.add_argument("--metrics", default="fid", help="comma-separated, of: " + ", ".join(METRICS) + " (default fid)")
     p.add_argument("--real", help="reference images: folder, TFRecords, synthetic:NAME or checkpoint (fid, kid)")
     p.add_argument("--fake", help="evaluated images: a checkpoint (needed for ppl), or folder / TFRecords / "
@@ -450,18 +444,11 @@ def run(args) -> list[dict]:
     return results
 
 
+@cli.command(setup="generate")
 def main(argv=None) -> int:
-    from tf_cartoon.io.errors import CheckpointError
-
     args = _parser().parse_args(argv)
-    try:
+    with cli.user_input():  # image sources and weight files report bad input as ValueError / OSError
         results = run(args)
-    except (UsageError, CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}".replace("error: : ", "error: "), file=sys.stderr)
-        return 2
     for r in results:
         print(json.dumps(r), flush=True)
     print(_table(results), file=sys.stderr)
@@ -469,4 +456,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -97,7 +97,11 @@ def parse_flags(argv=None) -> TrainConfig:
     """absl flags (``--flagfile`` included) from ``argv`` (without the program name; None: sys.argv[1:]).
 
     Every flag starts from its default, so that repeated calls in one process do not inherit values."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from tf_cartoon.resources import resolve_flagfile_args
+
+    # A --flagfile naming a shipped config (configs/quickstart.cfg, quickstart) that does not exist relative
+    # to the current directory reads the installed copy (tf_cartoon/resources.py).
+    argv = resolve_flagfile_args(list(sys.argv[1:] if argv is None else argv))
     app.define_help_flags()  # --help / --helpfull, as app.run offers them
     if FLAGS.is_parsed():
         FLAGS.unparse_flags()

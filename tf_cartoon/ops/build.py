@@ -61,8 +61,11 @@ class CompilerNotFound(BuildError):
 
 
 def source_dir() -> Path:
-    """``$TF_CARTOON_OPS_SRC`` or the repository's ``custom_ops/``."""
-    d = Path(os.environ.get("TF_CARTOON_OPS_SRC") or Path(__file__).resolve().parents[2] / "custom_ops")
+    """``$TF_CARTOON_OPS_SRC`` or the shipped sources (``tf_cartoon.custom_ops``: the repository's
+    ``custom_ops/``, packaged into every installation; see tf_cartoon/resources.py)."""
+    from tf_cartoon.resources import custom_ops_dir
+
+    d = Path(os.environ.get("TF_CARTOON_OPS_SRC") or custom_ops_dir())
     missing = [n for n in CXX_SOURCES + CUDA_SOURCES + ("tf_cartoon_ops.h",) if not (d / n).is_file()]
     if missing:
         raise BuildError(f"custom op sources not found: {', '.join(str(d / m) for m in missing)} "

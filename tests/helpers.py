@@ -1,0 +1,36 @@
+"""Paths and small helpers the test modules share (fixtures live in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The reference fixtures committed with the repository: tests that need "a reference-format checkpoint"
+# (rather than every case of $TF_CARTOON_REFERENCE_DIR) read these, so they behave the same everywhere.
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "reference")
+REFERENCE_PT = os.path.join(FIXTURES, "tiny32.pt")
+REFERENCE_TARGET_PT = os.path.join(FIXTURES, "tiny32_target.pt")
+REFERENCE_JSON = os.path.join(FIXTURES, "tiny32.json")
+
+
+def subprocess_env(**extra) -> dict:
+    """os.environ with the repository first on PYTHONPATH, so a child interpreter imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def served_uint8(images) -> np.ndarray:
+    """The documented image convention, in numpy: clip((x + 1) * 127.5 + 0.5, 0, 255), truncated; uint8 passes."""
+    x = np.asarray(images)
+    return x if x.dtype == np.uint8 else np.clip((x.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def one_line_error(capsys) -> str:
+    """The stderr of a command-line tool that failed: one line starting with ``error:``."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err, err
+    return err
