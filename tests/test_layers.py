@@ -1,8 +1,8 @@
 """Tests for tf_cartoon.layers beyond what the reference fixtures pin down.
 
 Expected values come from an independent path: float64 NumPy transcriptions of
-the reference's definitions (shared/docs/reference-behaviour.md, "Ops and
-layers"), written here with explicit loops over kernel taps; they never call
+the reference's definitions (tests/fixtures/reference/README.md, "Facts a port
+must match"), written here with explicit loops over kernel taps; they never call
 tf_cartoon. The only exception is ToRGB's skip, compared against
 ``tf_cartoon.ops.upsample2d`` (tested on its own in tests/test_ops.py).
 

@@ -2,7 +2,7 @@
 (shapes and validation, W+ construction, noise handling, feature taps / layer
 swapping, discriminator structure, higher-order gradients, Keras integration).
 
-Expected values come from the definitions (shared/docs/reference-behaviour.md):
+Expected values come from the reference's definitions (tests/fixtures/reference/README.md, "Facts a port must match"):
 the W+ slot table, truncation ``t + psi (w - t)``, FreezeSG / freezeFC rules, the
 minibatch-stddev grouping. Models are tiny (sizes 8-32, style_dim 8, 4-8 channels).
 """

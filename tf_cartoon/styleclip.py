@@ -4,7 +4,7 @@
         --text "a smiling face" --clip clip_b32 --seed 3 --swap_layer 2 --out out/styleclip
 
 What it does (the reference's ``run_optimization.py``, plus the "StyleCLIP strength" its README
-describes; ../shared/docs/reference-behaviour.md):
+describes; our deliberate differences: docs/differences.md):
 
 1. Start latent ``w_init``: the SOURCE's untruncated W+ of ``--seed`` (or ``--latent FILE``).
 2. Optimise W+ with Adam (torch's update rule: betas 0.9 / 0.999, eps 1e-8 outside the square root)

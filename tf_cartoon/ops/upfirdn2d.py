@@ -1,6 +1,6 @@
 """upfirdn2d: upsample, FIR-filter, downsample, on NHWC tensors.
 
-Definition (the reference's, see shared/docs/reference-behaviour.md):
+Definition (the reference's, rosinality/stylegan2-pytorch op/upfirdn2d.py):
   1. insert ``up - 1`` zeros after every sample (per axis),
   2. pad each axis by ``(pad0, pad1)``; negative pads crop,
   3. convolve with the FIR kernel (a true convolution: the kernel is flipped),
