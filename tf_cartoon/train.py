@@ -90,6 +90,8 @@ def main(argv):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from tf_cartoon.data.folder import DataUnreadableError
+    from tf_cartoon.io.errors import CheckpointError, StorageError, WorkdirBusyError
     from tf_cartoon.training.trainer import Trainer, TrainingDiverged
 
     try:
@@ -101,6 +103,10 @@ def main(argv):
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (CheckpointError, StorageError, WorkdirBusyError, DataUnreadableError) as e:
+        # storage and processes: torn checkpoints, a full disk, a workdir in use, images gone (one line, exit 2)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
     print(summary(trainer))
     return 0
 
