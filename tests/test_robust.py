@@ -102,6 +102,13 @@ def test_verify_finds_torn_index_and_data_and_lists_newest_first(tmp_path):
     good, bad = integrity.newest_good(str(tmp_path))
     assert good == str(tmp_path / "ckpt-1") and [p for p, _ in bad] == [str(tmp_path / "ckpt-3"),
                                                                          str(tmp_path / "ckpt-2")]
+    # A torn state file: the checkpoints are found by their files.
+    state = (tmp_path / "checkpoint").read_text()
+    (tmp_path / "checkpoint").write_text(state[:25])
+    assert integrity.candidates(str(tmp_path)) == [str(tmp_path / f"ckpt-{i}") for i in (3, 2, 1)]
+    integrity.drop_from_state(str(tmp_path), [str(tmp_path / "ckpt-3")])
+    assert tf.train.get_checkpoint_state(str(tmp_path)).model_checkpoint_path.endswith("ckpt-2")
+
     # Same size but different bytes: the size check passes, reading every tensor (CRC) does not.
     path = _data(str(tmp_path / "ckpt-1"))
     raw = bytearray(open(path, "rb").read())
@@ -372,3 +379,22 @@ def test_incomplete_saved_model_versions_are_named_skipped_and_set_aside(tmp_pat
     assert sorted(os.path.basename(p) for p in moved) == [".incomplete-2", ".incomplete-3"]
     assert sorted(os.listdir(base)) == [".incomplete-2", ".incomplete-3", "1"]
     assert ex.existing_versions(str(base)) == [1] and ex.next_version(str(base)) == 2
+
+
+def test_export_onto_a_full_disk_is_a_one_line_error_leaving_no_version(tiny, tmp_path, capsys):
+    from tf_cartoon import export as ex
+
+    mount = tmp_path / "small"
+    if not _mount_tmpfs(mount, "1m"):
+        pytest.skip("no tmpfs mount here (needs root); the checkpoint test covers ENOSPC by injection")
+    try:
+        base = mount / "export"
+        base.mkdir()
+        _fill(str(mount))
+        code = ex.main(["--ckpt", tiny, "--out", str(base), "--truncation_samples", "8"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "No space left on device" in err and str(base) in err, err
+        assert os.listdir(base) == []  # neither a version nor a hidden temporary folder
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
