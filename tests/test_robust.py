@@ -201,6 +201,8 @@ def test_second_run_on_a_held_workdir_fails_fast_naming_the_holder(tiny, tmp_pat
 # -------------------------------------------------------------------------------------------------- full disk
 def _mount_tmpfs(path, size="4m") -> bool:
     os.makedirs(path, exist_ok=True)
+    if os.environ.get("TF_CARTOON_TEST_NO_TMPFS"):  # exercise the injected-failure fallback where root is
+        return False
     try:
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                            capture_output=True, timeout=20)
