@@ -400,3 +400,36 @@ def test_export_onto_a_full_disk_is_a_one_line_error_leaving_no_version(tiny, tm
         assert os.listdir(base) == []  # neither a version nor a hidden temporary folder
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_train_cli_on_a_disk_that_fills_mid_run_exits_2_with_the_last_checkpoint_intact(tiny, tmp_path):
+    mount = tmp_path / "small"
+    if not _mount_tmpfs(mount, "1m"):
+        pytest.skip("no tmpfs mount here (needs root); test_full_disk_... injects the failure instead")
+    try:
+        workdir = mount / "run"
+        # ~110 kB per tiny checkpoint and none deleted: the disk fills after a few steps.
+        r = _train(tiny, workdir, "--iter=100", "--keep_checkpoints=100")
+        assert r.returncode == 2, r.stderr[-3000:]
+        line = _error_line(r.stderr)
+        assert "cannot write checkpoint" in line and "No space left on device" in line and "is intact" in line
+        ckdir = workdir / "checkpoints"
+        latest = tf.train.latest_checkpoint(str(ckdir))
+        step = int(latest.rsplit("-", 1)[1])
+        assert f"stopped at step {step + 1}" in line and f"{latest} is intact" in line
+        assert integrity.verify_checkpoint(latest) is None and _loads_fully(latest)
+        assert not [n for n in os.listdir(ckdir) if n.startswith(f"ckpt-{step + 1}")]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_train_cli_on_a_folder_where_nothing_decodes_exits_2(tiny, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"img{i}.png").write_text("not a png\n")
+    cmd_data = f"--data={folder}"
+    r = _train(tiny, tmp_path / "run", "--iter=2", cmd_data)
+    assert r.returncode == 2, r.stderr[-3000:]
+    line = _error_line(r.stderr)
+    assert str(folder) in line and "none of the 3 image file(s)" in line
