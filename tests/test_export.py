@@ -286,4 +286,6 @@ def test_next_version(tmp_path):
     for name in ("1", "3", "10", "latest", ".tmp-4-x"):
         (tmp_path / name).mkdir()
     (tmp_path / "12").write_text("a file, not a version")
-    assert ex.existing_versions(str(tmp_path)) == [1, 3, 10] and ex.next_version(str(tmp_path)) == 11
+    # Empty version folders hold no SavedModel: never counted as existing, but their names are never reused.
+    assert ex.existing_versions(str(tmp_path)) == [] and ex.next_version(str(tmp_path)) == 11
+    assert sorted(ex.incomplete_versions(str(tmp_path))) == [1, 3, 10]

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -64,6 +65,8 @@ FORMAT = "tf_cartoon_export/1"
 METADATA_FILE = "tf_cartoon_export.json"
 METADATA_DIR = "assets.extra"
 
+log = logging.getLogger("tf_cartoon.export")
+
 
 class ExportError(UsageError):
     """A user error (bad arguments, existing version, incompatible checkpoints)."""
@@ -73,16 +76,75 @@ class ExportError(UsageError):
 # Versions
 # ---------------------------------------------------------------------------
 
-def existing_versions(base: str) -> list[int]:
-    """Integer subfolders of ``base`` (TF Serving's model versions), sorted."""
+def _version_folders(base: str) -> list[int]:
     if not os.path.isdir(base):
         return []
     return sorted(int(n) for n in os.listdir(base) if n.isdigit() and os.path.isdir(os.path.join(base, n)))
 
 
+def incomplete_reason(version_dir: str) -> str | None:
+    """None when ``version_dir`` holds a whole SavedModel, else what is wrong (naming the file).
+
+    Our exports are renamed into place only when complete, so an incomplete version comes from elsewhere: a
+    copy cut short, a full disk under another writer, a storage fault. Checked: saved_model.pb parses and the
+    variables checkpoint verifies (io/integrity: index readable, data files as long as it says)."""
+    pb = os.path.join(version_dir, "saved_model.pb")
+    if not os.path.exists(pb):
+        return f"{pb} is missing"
+    try:
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        with open(pb, "rb") as f:
+            saved_model_pb2.SavedModel.FromString(f.read())
+    except Exception as e:  # noqa: BLE001 - a torn protobuf fails in several ways
+        return f"{pb} is unreadable ({type(e).__name__})"
+    variables = os.path.join(version_dir, "variables")
+    if os.path.isdir(variables):
+        from tf_cartoon.io import integrity
+
+        return integrity.verify_checkpoint(os.path.join(variables, "variables"))
+    return None
+
+
+def incomplete_versions(base: str) -> dict[int, str]:
+    """{version: reason} for the integer subfolders of ``base`` that are not whole SavedModels."""
+    out = {}
+    for v in _version_folders(base):
+        reason = incomplete_reason(os.path.join(base, str(v)))
+        if reason is not None:
+            out[v] = reason
+    return out
+
+
+def existing_versions(base: str) -> list[int]:
+    """Integer subfolders of ``base`` (TF Serving's model versions) that hold a whole SavedModel, sorted.
+
+    An incomplete version is never counted (a warning names it)."""
+    bad = incomplete_versions(base)
+    for v, reason in bad.items():
+        log.warning("skipping the incomplete SavedModel version %s: %s", os.path.join(base, str(v)), reason)
+    return [v for v in _version_folders(base) if v not in bad]
+
+
 def next_version(base: str) -> int:
-    versions = existing_versions(base)
+    """1 + the largest integer folder, complete or not (a new export never takes an incomplete one's name)."""
+    versions = _version_folders(base)
     return versions[-1] + 1 if versions else 1
+
+
+def set_aside_incomplete(base: str) -> list[str]:
+    """Rename incomplete versions to hidden ``.incomplete-<v>`` folders, which TF Serving ignores (so it never
+    tries to serve them); nothing is deleted. Returns the new paths."""
+    moved = []
+    for v, reason in incomplete_versions(base).items():
+        src, dest, i = os.path.join(base, str(v)), os.path.join(base, f".incomplete-{v}"), 1
+        while os.path.exists(dest):
+            i += 1
+            dest = os.path.join(base, f".incomplete-{v}-{i}")
+        os.replace(src, dest)
+        log.warning("SavedModel version %s is incomplete (%s); moved it to %s", src, reason, dest)
+        moved.append(dest)
+    return moved
 
 
 # ---------------------------------------------------------------------------
@@ -307,6 +369,7 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
     if version is not None and version < 1:
         raise ExportError(f"--version must be a positive integer, got {version}")
     out = os.path.abspath(out)
+    set_aside_incomplete(out)  # this writer owns ``out``: a torn version must not be what a server picks up
     if version is None:
         version = next_version(out)
     final = os.path.join(out, str(version))
@@ -325,7 +388,14 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         # Hidden, non-integer name: TF Serving ignores it while it is being written.
         tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=out)
         try:
-            archive.write_out(tmp, verbose=False)
+            try:
+                archive.write_out(tmp, verbose=False)
+            except tf_errors().OpError as e:  # e.g. ResourceExhaustedError "No space left on device"
+                from tf_cartoon.io.errors import StorageError
+                from tf_cartoon.io.integrity import one_line
+
+                raise StorageError(f"cannot write the SavedModel version {final} ({one_line(e)}); nothing was "
+                                   "left under that name") from None
             meta = _metadata(serving, ckpt, source, version)
             os.makedirs(os.path.join(tmp, METADATA_DIR), exist_ok=True)
             with open(os.path.join(tmp, METADATA_DIR, METADATA_FILE), "w") as f:
@@ -351,6 +421,12 @@ def _spec(spec: str) -> str:
     from tf_cartoon import assets
 
     return spec if assets.is_builtin(spec) else os.path.abspath(spec)
+
+
+def tf_errors():
+    import tensorflow as tf
+
+    return tf.errors
 
 
 def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: int) -> dict:

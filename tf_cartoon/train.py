@@ -121,14 +121,20 @@ def main(argv=None) -> int:
 
     validate(cfg)  # flags alone, before TensorFlow builds anything (a ConfigError is a UsageError)
     check_data(cfg)  # an image folder without images fails here, before TensorFlow starts (the Trainer checks again)
+    from tf_cartoon.data.folder import DataUnreadableError
     from tf_cartoon.training.trainer import Trainer, TrainingDiverged
 
+    # Torn checkpoints (CheckpointError), a full disk (StorageError) and a workdir in use (WorkdirBusyError)
+    # are user errors cli.command reports in one line with exit 2; so are images gone mid-run:
     try:
         trainer = Trainer(cfg)
         trainer.fit()
     except TrainingDiverged as e:
         cli.report(e)
         return 3
+    except DataUnreadableError as e:
+        cli.report(e)
+        return 2
     print(summary(trainer))
     return 0
 

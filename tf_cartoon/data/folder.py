@@ -129,6 +129,10 @@ def load_image(path: str, size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- bad-file accounting
+class DataUnreadableError(ValueError):
+    """The training images cannot be read any more (deleted, replaced, truncated): the stream stops."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DataStats:
     """Snapshot of the data layer's counters (this process, since start or ``reset_stats()``).
@@ -147,6 +151,7 @@ class _Registry:
         self._lock = threading.Lock()
         self._bad: dict[str, str] = {}
         self._decoded = 0
+        self.failure: str | None = None  # why a folder source stopped its stream (see data_failure)
 
     def is_bad(self, path: str) -> bool:
         return path in self._bad
@@ -170,6 +175,7 @@ class _Registry:
         with self._lock:
             self._bad.clear()
             self._decoded = 0
+            self.failure = None
 
 
 _REGISTRY = _Registry()
@@ -183,6 +189,14 @@ def stats() -> DataStats:
 def reset_stats() -> None:
     """Forget the counters and the known-bad paths (bad files are then retried and logged again)."""
     _REGISTRY.reset()
+
+
+def data_failure() -> str | None:
+    """Why a folder source stopped its stream (no file readable any more), or None.
+
+    Set by the source just before it raises inside tf.data, where the error reaches the caller wrapped in a
+    tf.errors.OpError; the trainer reads it to tell a data failure from other errors."""
+    return _REGISTRY.failure
 
 
 def _reason(e: BaseException) -> str:
@@ -219,9 +233,10 @@ class _Reader:
             self._streak = 0 if arr is not None else self._streak + 1
             streak = self._streak
         if streak > self.limit:
-            raise ValueError(f"{self.root}: {streak} image files in a row could not be read (were the files "
-                             "removed or corrupted while training?); see the warnings above and "
-                             "tf_cartoon.data.stats()")
+            message = (f"{self.root}: {streak} image files in a row could not be read (were the files removed or "
+                       f"corrupted while training? {stats().skipped} unreadable so far; see the warnings above)")
+            _REGISTRY.failure = message
+            raise DataUnreadableError(message)
         if arr is None:
             return np.zeros((self.size, self.size, 3), np.uint8), np.bool_(False)
         return arr, np.bool_(True)
@@ -287,6 +302,7 @@ def folder_dataset(root: str, size: int, *, shuffle: bool, repeat: bool, seed: i
         raise ValueError(f"{root}: none of the {len(own)} image file(s){where} could be read; e.g. {example}")
 
     reader = _Reader(root, len(own), size)
+    _REGISTRY.failure = None  # a new source: an earlier one's failure is not this one's
 
     def decode(path):
         img, ok = tf.numpy_function(reader, [path], [tf.uint8, tf.bool], name="load_image")

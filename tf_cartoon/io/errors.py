@@ -25,3 +25,14 @@ class CheckpointMismatchError(CheckpointError):
 
 class UnsupportedNetworkError(CheckpointError):
     """The file holds a network our architecture cannot represent (e.g. StyleGAN3, a conditional model)."""
+
+
+# Storage and processes: errors of a run rather than of a file's contents. OSError subclasses, so that every
+# tool that already reports OSError in one line (exit 2) reports these alike.
+
+class StorageError(OSError):
+    """A write failed (full disk, quota, I/O error); the message says what was written and what is intact."""
+
+
+class WorkdirBusyError(OSError):
+    """Another live process holds the workdir's lock (the message names it: pid, host, start time)."""

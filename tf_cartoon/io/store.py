@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tf_cartoon.io import integrity
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io import torch_pickle
+from tf_cartoon.io.errors import CheckpointFormatError
 
 FORMAT = "tf_cartoon/1"
 MODEL_NAMES = ("g_ema", "g", "d")
@@ -242,7 +244,11 @@ def read_converted(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -
     if config.get("format") != FORMAT:
         raise ValueError(f"{cfg_path}: unknown format {config.get('format')!r}, expected {FORMAT!r}")
     present = [n for n in config.get("models", []) if n in models]
-    built = _restore_networks(config, present, fused_modconv, os.path.join(path, "weights", "ckpt"), path)
+    prefix = os.path.join(path, "weights", "ckpt")
+    reason = integrity.verify_checkpoint(prefix)
+    if reason is not None:
+        raise CheckpointFormatError(f"{path}: the converted checkpoint is damaged: {reason}")
+    built = _restore_networks(config, present, fused_modconv, prefix, path)
     latent_avg = _latent_avg(config.get("latent_avg"), config.get("generator"), cfg_path)
     for name in ("g_ema", "g"):
         if name in built:
@@ -318,23 +324,45 @@ WORKDIR_CONFIG = "model_config.json"
 def write_workdir_config(workdir: str, generator: dict, discriminator: dict, args: dict) -> None:
     os.makedirs(workdir, exist_ok=True)
     tmp = os.path.join(workdir, WORKDIR_CONFIG + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"format": FORMAT, "generator": generator, "discriminator": discriminator, "args": args}, f,
-                  indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, WORKDIR_CONFIG))
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"format": FORMAT, "generator": generator, "discriminator": discriminator, "args": args}, f,
+                      indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(workdir, WORKDIR_CONFIG))
+    except BaseException:  # e.g. a full disk: no torn temporary left beside the config
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def read_workdir(path: str, models=MODEL_NAMES, fused_modconv: bool = False) -> Checkpoint:
-    """The latest checkpoint of a training workdir (g, g_ema, d; with g and d also the Adam states)."""
+    """The newest intact checkpoint of a training workdir (g, g_ema, d; with g and d also the Adam states).
+
+    A torn newer checkpoint (cut short by a full disk or an interrupted copy) is skipped with a warning
+    naming it; it is left where it is (the training run moves it aside when it resumes)."""
     with open(os.path.join(path, WORKDIR_CONFIG)) as f:
         config = json.load(f)
-    latest = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
-    if latest is None:
-        raise ValueError(f"{path}: training workdir without a checkpoint yet (checkpoints/ is empty)")
-    built = _restore_networks(config, models, fused_modconv, latest, path)
-    optim = _workdir_adam_states(config, built, latest, path) if {"g", "d"} <= set(built) else None
-    return Checkpoint(config={k: config[k] for k in ("generator", "discriminator")}, args=config.get("args", {}),
-                      path=str(path), optimizer_states=optim, **built)
+    directory = os.path.join(path, "checkpoints")
+    bad = []
+    for prefix in integrity.candidates(directory):
+        reason = integrity.verify_checkpoint(prefix)
+        if reason is None:
+            try:
+                built = _restore_networks(config, models, fused_modconv, prefix, path)
+            except ValueError as e:
+                reason = str(e)
+        if reason is not None:
+            integrity.log.warning("skipping the torn checkpoint %s: %s", prefix, reason)
+            bad.append(reason)
+            continue
+        if bad:
+            integrity.log.warning("%s: using %s, its newest intact checkpoint", path, prefix)
+        optim = _workdir_adam_states(config, built, prefix, path) if {"g", "d"} <= set(built) else None
+        return Checkpoint(config={k: config[k] for k in ("generator", "discriminator")},
+                          args=config.get("args", {}), path=str(path), optimizer_states=optim, **built)
+    if bad:
+        raise CheckpointFormatError(f"{path}: no intact checkpoint in the training workdir: {'; '.join(bad)}")
+    raise ValueError(f"{path}: training workdir without a checkpoint yet (checkpoints/ is empty)")
 
 
 def _workdir_adam_states(config: dict, built: dict, prefix: str, path: str) -> dict | None:

@@ -39,10 +39,12 @@ import tensorflow as tf
 
 from tf_cartoon import cli, freeze, losses
 from tf_cartoon.images import make_grid, save_png
+from tf_cartoon.io import integrity, store
 from tf_cartoon.io import reference_keys as rk
-from tf_cartoon.io import store
+from tf_cartoon.io.errors import CheckpointFormatError, StorageError
 from tf_cartoon.training import adam_states
 from tf_cartoon.training import strategy as strategy_lib
+from tf_cartoon.training import workdir_lock
 from tf_cartoon.training.config import TrainConfig, check_data, validate
 
 log = logging.getLogger("tf_cartoon.train")
@@ -99,7 +101,25 @@ class Trainer:
         validate(cfg, num_replicas=self.replicas)
         check_data(cfg)
         log.info(strategy_lib.describe(self.strategy, cfg.batch))
+        # One run per workdir, checked before anything heavy is built. Only the chief holds the lock: the
+        # other workers of a MultiWorker run share the chief's workdir.
+        self._holds_workdir = False
+        if self.chief:
+            workdir_lock.hold(cfg.workdir)
+            self._holds_workdir = True
+        try:
+            self._setup(cfg)
+        except BaseException:
+            self.release_workdir()
+            raise
 
+    def release_workdir(self) -> None:
+        """Let go of the workdir lock (fit() does at its end; the process's exit does in any case)."""
+        if self._holds_workdir:
+            self._holds_workdir = False
+            workdir_lock.release(self.cfg.workdir)
+
+    def _setup(self, cfg):
         start = cli.load_checkpoint(cfg.ckpt, "--ckpt") if cfg.ckpt else None
         gen_cfg, dis_cfg = self._architecture(start)
         self.size = gen_cfg["size"]
@@ -145,6 +165,7 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=cfg.keep_checkpoints)
         self._build_step_functions()
         self._stop_requested = False
+        self._warned_writes = set()  # kinds of optional output (samples, TensorBoard) that failed to write
         self.already_finished = False  # set by fit() when the workdir had reached --iter before
 
     def _build(self, cfg, start, gen_cfg, dis_cfg, source_path, needs_source):
@@ -243,14 +264,51 @@ class Trainer:
         return gen_cfg, dis_cfg
 
     def restore_or_initialise(self) -> int:
-        """Resume from the workdir's latest checkpoint if any; returns the step to continue at."""
-        latest = self.manager.latest_checkpoint
-        if latest:
-            status = self.checkpoint.restore(latest)
-            status.assert_existing_objects_matched()  # everything this run tracks was in the checkpoint
-            status.expect_partial()  # state of options this run does not use (e.g. ADA) may stay unread
-            log.info("resumed from step %d (%s)", int(self.step.numpy()), latest)
+        """Resume from the workdir's newest intact checkpoint if any; returns the step to continue at.
+
+        Each checkpoint is verified before it is restored (integrity.verify_checkpoint: index readable, data
+        files as long as the index says). Torn ones newer than the first good one are moved into
+        ``checkpoints/corrupt-<step>/`` and dropped from the state file, with a warning naming them; when no
+        checkpoint is intact nothing is moved and CheckpointFormatError stops the run (starting over silently
+        would throw the run away)."""
+        directory = self.manager.directory
+        bad = []
+        for prefix in integrity.candidates(directory):
+            reason = integrity.verify_checkpoint(prefix)
+            if reason is None:
+                try:
+                    status = self.checkpoint.restore(prefix)
+                except (tf.errors.OpError, IndexError) as e:  # e.g. a checksum mismatch inside a tensor
+                    reason = f"{prefix} cannot be restored ({integrity.one_line(e)})"
+                else:
+                    status.assert_existing_objects_matched()  # everything this run tracks was in the checkpoint
+                    status.expect_partial()  # state of options this run does not use (e.g. ADA) may stay unread
+            if reason is not None:
+                bad.append((prefix, reason))
+                continue
+            if bad:
+                self._set_aside(bad)
+                log.warning("resumed from step %d (%s), the newest intact checkpoint", int(self.step.numpy()),
+                            prefix)
+            else:
+                log.info("resumed from step %d (%s)", int(self.step.numpy()), prefix)
+            return int(self.step.numpy())
+        if bad:
+            raise CheckpointFormatError(
+                f"{directory}: no intact checkpoint to resume from: "
+                + "; ".join(reason for _, reason in bad)
+                + f". Nothing was moved; to start over, move {directory} aside")
         return int(self.step.numpy())
+
+    def _set_aside(self, bad) -> None:
+        """Move torn checkpoints out of the manager's way (never deleting them) and forget them."""
+        integrity.drop_from_state(self.manager.directory, [p for p, _ in bad])
+        for prefix, reason in bad:
+            where = integrity.quarantine(prefix, reason)
+            log.warning("checkpoint %s is torn (%s); moved it to %s", prefix, reason, where)
+        # A new manager reads the rewritten state file: the torn ones are neither latest nor swept later.
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.manager.directory,
+                                                  max_to_keep=self.cfg.keep_checkpoints)
 
     # ------------------------------------------------------------------------------------------
     # randomness: global draws, strided per-replica slices
@@ -511,19 +569,49 @@ class Trainer:
         return _jsonable({**vars_of(self.cfg), "size": self.size, "latent": self.g.style_dim, "n_mlp": self.g.n_mlp})
 
     def save(self, reason: str = "") -> str:
-        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        """Checkpoint this step. A failed write (full disk, quota, I/O error) removes what it left, keeps the
+        previous checkpoint (the state file still names it) and raises StorageError."""
+        step = int(self.step.numpy())
+        previous = self.manager.latest_checkpoint
+        prefix = os.path.join(self.manager.directory, f"ckpt-{step}")
+        try:
+            path = self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            if self.manager.latest_checkpoint != prefix:  # never remove a checkpoint the state file names
+                integrity.discard_partial(prefix)
+            raise StorageError(self._write_failed(f"checkpoint {prefix}", e, previous)) from None
         if self.cfg.export_torch and self.chief:
-            pt = os.path.join(self.cfg.workdir, "checkpoints", f"step_{int(self.step.numpy()):08d}.pt")
+            pt = os.path.join(self.cfg.workdir, "checkpoints", f"step_{step:08d}.pt")
             optim = {name: adam_states.to_reference(opt, model, table, trained, self.loaded_adam_steps.get(name))
                      for name, opt, model, table, trained in (
                          ("g_optim", self.g_opt, self.g, rk.generator_table, self.g_train_vars),
                          ("d_optim", self.d_opt, self.d, rk.discriminator_table, self.d_train_vars))}
             config = {"generator": self.g.get_config(), "discriminator": self.d.get_config()}
-            store.write_reference(store.Checkpoint(config=config, g=self.g, g_ema=self.g_ema, d=self.d,
-                                                   args=self._run_args(), optimizer_states=optim,
-                                                   ada_aug_p=float(self.ada.p.numpy()) if self.ada else 0.0), pt)
+            try:  # torch_pickle writes a temporary file and renames it: no torn .pt under the final name
+                store.write_reference(store.Checkpoint(config=config, g=self.g, g_ema=self.g_ema, d=self.d,
+                                                       args=self._run_args(), optimizer_states=optim,
+                                                       ada_aug_p=float(self.ada.p.numpy()) if self.ada else 0.0),
+                                      pt)
+            except OSError as e:
+                raise StorageError(self._write_failed(pt, e, path)) from None
         log.info("saved checkpoint %s%s", path, f" ({reason})" if reason else "")
         return path
+
+    def _write_failed(self, what: str, e: BaseException, intact: str | None) -> str:
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else integrity.one_line(e)
+        kept = (f"the last good checkpoint {intact} is intact; free space and rerun the same command to resume"
+                if intact else "no checkpoint was written yet")
+        return f"cannot write {what} ({cause}); stopped at step {int(self.step.numpy())}; {kept}"
+
+    def _soft_write(self, what: str, fn) -> None:
+        """Samples and TensorBoard: a failed write is warned about (once per kind) and the run goes on."""
+        try:
+            fn()
+        except (OSError, tf.errors.OpError) as e:
+            if what not in self._warned_writes:
+                self._warned_writes.add(what)
+                log.warning("cannot write %s (%s); training goes on without it",
+                            what, integrity.one_line(e.strerror if isinstance(e, OSError) and e.strerror else e))
 
     def _install_signal_handlers(self):
         def handler(signum, frame):
@@ -536,9 +624,21 @@ class Trainer:
             except ValueError:  # not in the main thread
                 pass
 
-    def fit(self) -> dict:  # noqa: C901 (the loop reads best in one piece)
+    def fit(self) -> dict:
         """Run (or resume) the training loop until ``iter`` steps; returns the latest value of every
-        metric (lazy regularisers keep the value of their last step)."""
+        metric (lazy regularisers keep the value of their last step).
+
+        The chief holds ``<workdir>/train.lock`` from __init__ to the end of fit (WorkdirBusyError when a live
+        run has it); other workers share the chief's workdir and take no lock."""
+        if self.chief and not self._holds_workdir:  # a second fit() of this Trainer
+            workdir_lock.hold(self.cfg.workdir)
+            self._holds_workdir = True
+        try:
+            return self._fit()
+        finally:
+            self.release_workdir()
+
+    def _fit(self) -> dict:  # noqa: C901 (the loop reads best in one piece)
         cfg = self.cfg
         os.makedirs(cfg.workdir, exist_ok=True)
         start = self.restore_or_initialise()
@@ -550,20 +650,42 @@ class Trainer:
         writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tensorboard")) if self.chief \
             else tf.summary.create_noop_writer()
         if self.chief:
-            store.write_workdir_config(cfg.workdir, self.g.get_config(), self.d.get_config(), self._run_args())
-            with open(os.path.join(cfg.workdir, "flags.json"), "w") as f:
-                json.dump(_jsonable(vars_of(cfg)), f, indent=2, sort_keys=True)
-            with writer.as_default():
-                tf.summary.text("flags", json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True), step=start)
+            try:
+                store.write_workdir_config(cfg.workdir, self.g.get_config(), self.d.get_config(), self._run_args())
+                _atomic_write_text(os.path.join(cfg.workdir, "flags.json"),
+                                   json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True))
+            except OSError as e:
+                raise StorageError(self._write_failed(f"the run's settings in {cfg.workdir}", e,
+                                                      self.manager.latest_checkpoint)) from None
+
+            def flags_text():
+                with writer.as_default():
+                    tf.summary.text("flags", json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True),
+                                    step=start)
+
+            self._soft_write("TensorBoard summaries", flags_text)
         self._install_signal_handlers()
         from tf_cartoon.data import stats as data_stats
+        from tf_cartoon.data.folder import DataUnreadableError, data_failure
 
-        data = iter(self.make_data(start))
+        try:
+            data = iter(self.make_data(start))
+        except (ValueError, OSError) as e:  # the folder is gone, empty or unreadable as a whole
+            raise DataUnreadableError(f"--data={cfg.data}: {integrity.one_line(e)}") from None
         t_start = time.time()
         t_last, step_last = t_start, start
         metrics = {}
         for step in range(start, cfg.iter):
-            real = next(data)
+            try:
+                real = next(data)
+            except (tf.errors.OpError, StopIteration):
+                failure = data_failure()  # the folder source stops the stream when no file can be read any more
+                if failure is None:
+                    raise
+                kept = self.save("data unreadable") if self.manager.latest_checkpoint != os.path.join(
+                    self.manager.directory, f"ckpt-{step}") else self.manager.latest_checkpoint
+                raise DataUnreadableError(f"{failure}; stopped at step {step}, checkpoint {kept}; rerun the same "
+                                          "command to resume once the images are back") from None
             metrics.update(self.train_step(real, step))
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.iter:
@@ -575,30 +697,41 @@ class Trainer:
                 metrics["lr_g"] = float(self.g_opt.learning_rate.numpy())
                 metrics["lr_d"] = float(self.d_opt.learning_rate.numpy())
                 eta = sec_per_step * (cfg.iter - done)
+                shown = ("d_loss", "g_loss", "r1", "path_penalty", "structure_loss", "ada_p") + (
+                    ("data_skipped_files",) if metrics["data_skipped_files"] else ())
                 log.info("step %d/%d  %s  %.1f img/s  ETA %s", done, cfg.iter,
-                         "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())
-                                   if k in ("d_loss", "g_loss", "r1", "path_penalty", "structure_loss", "ada_p")),
+                         "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k in shown),
                          metrics["images_per_s"], _hms(eta))
-                with writer.as_default():
-                    for k, v in metrics.items():
-                        tf.summary.scalar(k, v, step=done)
+
+                def scalars():
+                    with writer.as_default():
+                        for k, v in metrics.items():
+                            tf.summary.scalar(k, v, step=done)
+
+                self._soft_write("TensorBoard summaries", scalars)
                 t_last, step_last = now, done
             if self.chief and (done % cfg.sample_every == 0 or done == cfg.iter):
                 grid = self.sample_grid()
-                save_png(os.path.join(cfg.workdir, "samples.png"), grid)  # the latest grid, viewable mid-run
-                with writer.as_default():
-                    tf.summary.image("samples/source_target_swapped", grid[None], step=done)
-                    local = self.strategy.experimental_local_results(real)[0]
-                    tf.summary.image("real", make_grid([local])[None], step=done)
+                # the latest grid, viewable mid-run
+                self._soft_write("samples.png", lambda: save_png(os.path.join(cfg.workdir, "samples.png"), grid))
+
+                def images():
+                    with writer.as_default():
+                        tf.summary.image("samples/source_target_swapped", grid[None], step=done)
+                        local = self.strategy.experimental_local_results(real)[0]
+                        tf.summary.image("real", make_grid([local])[None], step=done)
+
+                self._soft_write("TensorBoard summaries", images)
             timed_out = cfg.max_time_minutes and time.time() - t_start > cfg.max_time_minutes * 60
             if done % cfg.ckpt_every == 0 or done == cfg.iter or self._stop_requested or timed_out:
                 self.save("signal" if self._stop_requested else "")
                 if self._stop_requested or timed_out:
                     log.warning("stopped at step %d; rerun the same command to resume", done)
                     break
-        writer.flush()
+        self._soft_write("TensorBoard summaries", writer.flush)
         if self.chief:
-            save_png(os.path.join(cfg.workdir, "samples.png"), self.sample_grid())
+            grid = self.sample_grid()
+            self._soft_write("samples.png", lambda: save_png(os.path.join(cfg.workdir, "samples.png"), grid))
         if int(self.step.numpy()) >= cfg.iter:
             self.finish()
         return metrics
@@ -627,7 +760,12 @@ class Trainer:
             return
         grid_path = os.path.join(cfg.workdir, FINAL_GRID)
         if cfg.final_seeds() and not (only_missing and os.path.exists(grid_path)):
-            save_png(grid_path, self.final_grid())
+            grid = self.final_grid()
+            try:
+                save_png(grid_path, grid)
+            except OSError as e:
+                raise StorageError(self._write_failed(grid_path, e, self.manager.latest_checkpoint)
+                                   + " (the rerun writes what is missing)") from None
             log.info("final grid: %s", grid_path)
         if cfg.export_on_finish:
             from tf_cartoon import assets, export
@@ -636,8 +774,15 @@ class Trainer:
             if not (only_missing and export.existing_versions(base)):
                 source = cfg.source_ckpt or cfg.ckpt
                 # the latest checkpoint of the workdir is this step's (saved when the loop reached --iter)
-                path = export.export(cfg.workdir, base, source=assets.resolve(source) if source else None,
-                                     seed=cfg.seed)
+                try:
+                    path = export.export(cfg.workdir, base, source=assets.resolve(source) if source else None,
+                                         seed=cfg.seed)
+                except (OSError, tf.errors.OpError) as e:
+                    if not isinstance(e, StorageError) and not integrity.is_storage_failure(e):
+                        raise
+                    raise StorageError(self._write_failed(f"the SavedModel under {base}", e,
+                                                          self.manager.latest_checkpoint)
+                                       + " (the rerun exports what is missing)") from None
                 log.info("SavedModel: %s", path)
 
     def outputs(self) -> dict:
@@ -679,6 +824,19 @@ def _copy(src, dst):
         if tuple(a.shape) != tuple(b.shape):
             raise ValueError(f"cannot copy {src.name} into {dst.name}: {a.path} {a.shape} vs {b.path} {b.shape}")
         b.assign(a.numpy() if hasattr(a, "numpy") else a)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it over ``path``: never a torn file under ``path``."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def vars_of(cfg) -> dict:
