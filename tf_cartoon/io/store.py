@@ -25,7 +25,6 @@ import shutil
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from tf_cartoon.io import integrity
 from tf_cartoon.io import reference_keys as rk
@@ -204,6 +203,8 @@ def _check_size_arg(args, config, path):
 
 def write_converted(ckpt: Checkpoint, out_dir: str, overwrite: bool = False) -> str:
     """Write ``ckpt`` as a converted directory (atomically)."""
+    import tensorflow as tf  # here, not at the top: reading a file and its errors start no TensorFlow
+
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
@@ -270,6 +271,8 @@ def _restore_networks(config: dict, names, fused_modconv: bool, prefix: str, pat
     Whatever else the checkpoint holds (networks not asked for, optimizers, step, ADA state) stays
     unread on purpose; everything we built must be found in it.
     """
+    import tensorflow as tf  # here, not at the top: reading a file and its errors start no TensorFlow
+
     built = {name: build_discriminator(config["discriminator"]) if name == "d"
              else build_generator(config["generator"], fused_modconv=fused_modconv, name=name) for name in names}
     try:
@@ -370,6 +373,8 @@ def _workdir_adam_states(config: dict, built: dict, prefix: str, path: str) -> d
     Adams built on g's and d's variables as the trainer builds them, restored from the checkpoint. Every
     stored state gets the run's step count (the per-parameter counts of frozen parameters are not kept; after
     the hundreds of thousands of steps of a pretrained model, bias correction is 1 either way)."""
+    import tensorflow as tf  # here, not at the top: reading a file and its errors start no TensorFlow
+
     import keras
 
     from tf_cartoon.training import adam_states
