@@ -686,6 +686,25 @@ def _open_archive(path: str, head: bytes) -> zipfile.ZipFile:
         ) from None
 
 
+def load_state_dict(path, what: str, error=CheckpointFormatError) -> dict:
+    """A weights file that is a torch state dict (a dict name -> array), named by the flag ``what``.
+
+    A missing file is a FileNotFoundError; an unreadable, unsafe or non-dict file raises ``error`` with one
+    line naming the flag and the file (tools pass their own ValueError subclass)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist or is not a file")
+    try:
+        sd = load(path)
+    except (CheckpointFormatError, UnsafePickleError) as e:
+        raise error(f"{what} {path}: not a readable torch state dict: {e}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # some tools save {"state_dict": ...}
+    if not isinstance(sd, dict):
+        raise error(f"{what} {path}: expected a state dict, got {type(sd).__name__}")
+    return sd
+
+
 def load(path: str | os.PathLike) -> Any:
     """Load a ``torch.save`` checkpoint (zip or legacy) into plain Python + numpy objects.
 

@@ -150,19 +150,9 @@ class FIDInception:
     def load(self, path) -> None:
         """Read pytorch-fid's state dict from ``path`` into the model (InceptionWeightsError when it is not one)."""
         from tf_cartoon.io import torch_pickle
-        from tf_cartoon.io.errors import CheckpointFormatError, UnsafePickleError
 
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--inception {path} does not exist or is not a file")
-        try:
-            sd = torch_pickle.load(path)
-        except (CheckpointFormatError, UnsafePickleError) as e:
-            raise InceptionWeightsError(f"--inception {path}: not a readable torch state dict: {e}") from None
-        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-            sd = sd["state_dict"]
-        if not isinstance(sd, dict):
-            raise InceptionWeightsError(f"--inception {path}: expected a state dict, got {type(sd).__name__}")
+        sd = torch_pickle.load_state_dict(path, "--inception", InceptionWeightsError)
         missing = [k for k in self.expected if k not in sd]
         if missing:
             raise InceptionWeightsError(

@@ -59,17 +59,8 @@ def find_lpips_weights() -> str | None:
 
 def _load_state_dict(path, what) -> dict:
     from tf_cartoon.io import torch_pickle
-    from tf_cartoon.io.errors import CheckpointFormatError, UnsafePickleError
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} does not exist or is not a file")
-    try:
-        sd = torch_pickle.load(path)
-    except (CheckpointFormatError, UnsafePickleError) as e:
-        raise LPIPSWeightsError(f"{what} {path}: not a readable torch state dict: {e}") from None
-    if not isinstance(sd, dict):
-        raise LPIPSWeightsError(f"{what} {path}: expected a state dict, got {type(sd).__name__}")
-    return sd
+    return torch_pickle.load_state_dict(path, what, LPIPSWeightsError)
 
 
 def load_lin_weights(path) -> list[np.ndarray]:
