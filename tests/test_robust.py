@@ -350,8 +350,10 @@ def test_a_folder_that_empties_mid_run_stops_after_a_checkpoint(tiny, tmp_path):
     latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
     assert latest.endswith(f"ckpt-{step}") and _loads_fully(latest)
 
-    # A rerun on the empty folder says so in one line before training.
-    with pytest.raises(DataUnreadableError, match="no image files found"):
+    # A rerun on the empty folder says so in one line before training (the flag check, before any network).
+    from tf_cartoon.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no image files found"):
         Trainer(_cfg(tiny, workdir, data=str(tmp_path / "imgs"), iter=1000)).fit()
 
 
