@@ -392,6 +392,7 @@ def test_impossible_flags(files, tmp_path, capsys, tool, argv, needle):
 # One subprocess per tool: no traceback reaches the terminal
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_subprocesses_answer_in_one_line(files, tmp_path):
     before = _snapshot(files.root)
     out = tmp_path / "out"

@@ -26,6 +26,8 @@ from tests.tiny_models import make_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+pytestmark = pytest.mark.slow  # short training runs and subprocesses: minutes in all
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
