@@ -103,6 +103,9 @@ def paired_latents(source, target, seeds, truncation: float = 0.7, source_mean=N
     """(source w, target w) of each seed, each truncated toward its own generator's mean (``PAIRINGS``)."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
+    if pairing == "own_z" and source.z_dim != target.z_dim:
+        raise ValueError(f"--pairing own_z maps one z with both generators, but the source's z has {source.z_dim} "
+                         f"values and the target's {target.z_dim}")
     src_w = latents(source, seeds, 1.0)
     tgt_w = src_w if pairing == "shared_w" else latents(target, seeds, 1.0)
     return (truncate(source, src_w, truncation, source_mean, truncation_samples),
