@@ -45,7 +45,8 @@ def _layer(rng, cin, cout, w_dim, res, up, clamp):
                   {"weight": rng.standard_normal([cout, cin, 3, 3]).astype(np.float32),
                    "noise_strength": np.float32(rng.standard_normal()).reshape(()),
                    "bias": (0.2 * rng.standard_normal([cout])).astype(np.float32)},
-                  {"resample_filter": setup_filter(), "noise_const": rng.standard_normal([res, res]).astype(np.float32)},
+                  {"resample_filter": setup_filter(),
+                   "noise_const": rng.standard_normal([res, res]).astype(np.float32)},
                   {"affine": _fc(rng, w_dim, cin, bias_init=1.0)})
 
 

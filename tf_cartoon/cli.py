@@ -135,8 +135,9 @@ def check_pair(source, target, layers=(), flag_name: str | None = None) -> tuple
     """Whether ``source`` and ``target`` work together; returns the swap layers as ints.
 
     The rule is what the tools do with a pair: both render the same W / W+ latents (same ``style_dim`` and
-    ``n_latent``; z goes through the source's mapping, see tf_cartoon.generate.PAIRINGS), render the same image size, and at each swap layer L in
-    ``layers`` the target takes the source's feature after convs.{2L-1} (same channels at 2^(L+2) px).
+    ``n_latent``; z goes through the source's mapping, see tf_cartoon.generate.PAIRINGS), render the same
+    image size, and at each swap layer L in ``layers`` the target takes the source's feature after
+    convs.{2L-1} (same channels at 2^(L+2) px).
     Channels elsewhere, the mapping depth and the 4 px input may differ: each generator computes those
     for itself. ``layers="all"`` checks every layer 1..n_blocks (a SavedModel's swap signature serves
     any of them). Raises IncompatiblePairError (prefixed with ``flag_name`` when given) or

@@ -24,7 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon.arch import MAX_SIZE, MIN_SIZE, default_channels, log2_size, resolve_channels  # noqa: F401 (re-exported)
+# re-exported: the architecture facts live in arch.py (no TensorFlow)
+from tf_cartoon.arch import MAX_SIZE, MIN_SIZE, default_channels, log2_size, resolve_channels  # noqa: F401
 from tf_cartoon.layers import (DEFAULT_BLUR, ConstantInput, ConvLayer, EqualLinear, MinibatchStddev, PixelNorm,
                                ResBlock, StyledConv, ToRGB, track_items)
 

@@ -12,8 +12,9 @@ describes; our deliberate differences: docs/differences.md):
    ``min(1, (1 - t) / 0.25)`` through ``0.5 - 0.5 cos(pi x)`` (cosine ramp-down over the last 25%),
    times ``min(1, t / 0.05)`` (linear warm-up over the first 5%; step 0 has lr 0). lr 0.1.
 3. The objective is ``clip_loss(source image, text) + l2_lambda * sum((w - w_init)^2)``, l2_lambda
-   0.004 (run.py's demo; run_optimization.py alone defaults to 0.008). The image is the source's rendering of the TRUNCATED latent ``mean + psi (w - mean)``
-   (psi ``--truncation`` 0.7, toward the source's own mean latent; stored noise), as in the
+   0.004 (run.py's demo; run_optimization.py alone defaults to 0.008). The image is the source's
+   rendering of the TRUNCATED latent ``mean + psi (w - mean)`` (psi ``--truncation`` 0.7, toward the
+   source's own mean latent; stored noise), as in the
    reference, whose optimised variable is untruncated while every rendering truncates it.
 4. CLIP reads the image resized to its input size (224 for ViT-B/32) the reference's way: nearest
    upsampling by 7 then average pooling by size/32 (for a 256 px image: 1792 px, then 8 x 8 blocks).
