@@ -410,3 +410,16 @@ def test_subprocesses_answer_in_one_line(files, tmp_path):
     _subprocess("convert", [files.unsafe, out])
     _subprocess("prepare_data", [files.empty, out, "--size", "8"])
     assert _snapshot(files.root) == before and not out.exists() and not files.marker.exists()
+
+
+def test_train_flags_do_not_clash_with_other_absl_tools():
+    """train keeps its flags in its own registry: a process that also imports bench (whose absl flags --batch,
+    --size ... live in absl's global registry) parses train's flags alike."""
+    import tf_cartoon.bench  # noqa: F401  (defines the global flags)
+    from tf_cartoon import train
+
+    cfg = train.parse_flags(["--batch=8", "--size=32", "--source=builtin:source_synthetic"])
+    assert (cfg.batch, cfg.size, cfg.source_ckpt) == (8, 32, "builtin:source_synthetic")
+    from tf_cartoon.training.config import TrainConfig
+
+    assert train.parse_flags([]).batch == TrainConfig().batch  # every parse starts from the defaults

@@ -14,12 +14,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from tf_cartoon import cli
 from tf_cartoon.training.config import TrainConfig
 
-FLAGS = flags.FLAGS
+# The trainer's own flag registry, not absl's global one: train parses its argv itself, and a process that
+# imports another absl tool too (bench defines --batch, --size, ...) must not see its flags clash.
+FLAGS = flags.FlagValues()
 
 _HELP = {
     "iter": "total training iterations", "batch": "GLOBAL batch size (split across replicas)",
@@ -75,18 +77,18 @@ def define_flags():
     for f in dataclasses.fields(TrainConfig):
         default, name, help_ = f.default, f.name, _HELP.get(f.name, f.name)
         if isinstance(default, bool):
-            flags.DEFINE_bool(name, default, help_)
+            flags.DEFINE_bool(name, default, help_, flag_values=FLAGS)
         elif isinstance(default, int):
-            flags.DEFINE_integer(name, default, help_)
+            flags.DEFINE_integer(name, default, help_, flag_values=FLAGS)
         elif isinstance(default, float):
-            flags.DEFINE_float(name, default, help_)
+            flags.DEFINE_float(name, default, help_, flag_values=FLAGS)
         else:
-            flags.DEFINE_string(name, default, help_)
+            flags.DEFINE_string(name, default, help_, flag_values=FLAGS)
 
 
 def define_aliases():
     """The cross-tool role name (README "Command-line names"): --source is the frozen source here too."""
-    flags.DEFINE_alias("source", "source_ckpt")
+    flags.DEFINE_alias("source", "source_ckpt", flag_values=FLAGS)
 
 
 def config_from_flags() -> TrainConfig:
@@ -102,7 +104,9 @@ def parse_flags(argv=None) -> TrainConfig:
     # A --flagfile naming a shipped config (configs/quickstart.cfg, quickstart) that does not exist relative
     # to the current directory reads the installed copy (tf_cartoon/resources.py).
     argv = resolve_flagfile_args(list(sys.argv[1:] if argv is None else argv))
-    app.define_help_flags()  # --help / --helpfull, as app.run offers them
+    if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv):
+        print(f"{__doc__}\nflags:\n{FLAGS.get_help()}")
+        raise SystemExit(0)
     if FLAGS.is_parsed():
         FLAGS.unparse_flags()
     try:
