@@ -409,7 +409,11 @@ def test_subprocesses_answer_in_one_line(files, tmp_path):
                "--ckpt='builtin:nope'", "builtin:source_synthetic")
     _subprocess("convert", [files.unsafe, out])
     _subprocess("prepare_data", [files.empty, out, "--size", "8"])
-    assert _snapshot(files.root) == before and not out.exists() and not files.marker.exists()
+    after = _snapshot(files.root)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, changed
+    assert not out.exists(), sorted(os.listdir(out)) if out.is_dir() else out
+    assert not files.marker.exists()
 
 
 def test_train_flags_do_not_clash_with_other_absl_tools():

@@ -51,6 +51,7 @@ class WorkdirLock:
         self.workdir = workdir
         self.path = os.path.join(workdir, LOCK_FILE)
         self._fd = None
+        self._created = False  # whether acquire made the workdir (a failed start then leaves nothing behind)
 
     def _read(self) -> dict:
         try:
@@ -67,6 +68,7 @@ class WorkdirLock:
     def acquire(self) -> None:
         import fcntl
 
+        self._created = not os.path.isdir(self.workdir)
         os.makedirs(self.workdir, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         host = socket.gethostname()
@@ -106,8 +108,17 @@ class WorkdirLock:
             os.ftruncate(self._fd, 0)  # an empty lock file: this run ended normally
         except OSError:
             pass
+        # A run that stopped before writing anything (e.g. a bad --ckpt) leaves no workdir it created itself.
+        leave_nothing = self._created and os.listdir(self.workdir) == [LOCK_FILE]
+        if leave_nothing:
+            os.unlink(self.path)
         os.close(self._fd)  # closing drops the flock
         self._fd = None
+        if leave_nothing:
+            try:
+                os.rmdir(self.workdir)
+            except OSError:  # something appeared meanwhile: keep it
+                pass
 
     def __enter__(self):
         self.acquire()
