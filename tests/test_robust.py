@@ -437,3 +437,23 @@ def test_train_cli_on_a_folder_where_nothing_decodes_exits_2(tiny, tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]
     line = _error_line(r.stderr)
     assert str(folder) in line and "none of the 3 image file(s)" in line
+
+
+def test_lock_release_leaves_no_workdir_it_created_and_never_touches_others(tmp_path):
+    """A run that stops before writing anything leaves no workdir it created; a workdir that was there (or
+    holds anything else) stays; a workdir removed while held is released without an error."""
+    from tf_cartoon.training import workdir_lock
+
+    fresh = tmp_path / "fresh"
+    workdir_lock.hold(str(fresh))
+    workdir_lock.release(str(fresh))
+    assert not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    workdir_lock.hold(str(kept))
+    workdir_lock.release(str(kept))
+    assert kept.is_dir() and (kept / workdir_lock.LOCK_FILE).exists()
+    gone = tmp_path / "gone"
+    workdir_lock.hold(str(gone))
+    shutil.rmtree(gone)
+    workdir_lock.release(str(gone))

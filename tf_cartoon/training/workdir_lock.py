@@ -109,9 +109,12 @@ class WorkdirLock:
         except OSError:
             pass
         # A run that stopped before writing anything (e.g. a bad --ckpt) leaves no workdir it created itself.
-        leave_nothing = self._created and os.listdir(self.workdir) == [LOCK_FILE]
-        if leave_nothing:
-            os.unlink(self.path)
+        try:
+            leave_nothing = self._created and os.listdir(self.workdir) == [LOCK_FILE]
+            if leave_nothing:
+                os.unlink(self.path)
+        except OSError:  # the workdir went away meanwhile (e.g. a removed temporary folder)
+            leave_nothing = False
         os.close(self._fd)  # closing drops the flock
         self._fd = None
         if leave_nothing:
