@@ -396,8 +396,6 @@ def _from_tf(nets, path: str) -> Converted:
     return out
 
 
-_TF_G_FUNCS = {"G_main", "training.networks_stylegan2.G_main"}
-_TF_D_FUNCS = {"D_stylegan2", "training.networks_stylegan2.D_stylegan2"}
 
 
 def _tf_kwargs(net) -> dict:
@@ -421,38 +419,48 @@ def _tf_vars(net, path: str, prefix: str = "") -> dict[str, np.ndarray]:
     return found
 
 
+class _TFNet:
+    """A dnnlib network being mapped: its static kwargs, its variables (components included) and a
+    ``need(name)`` that returns one as float32 or raises naming the file and the network."""
+
+    def __init__(self, net, path: str, default_name: str, build_func: str, what: str):
+        self.kw = _tf_kwargs(net)
+        self.where = f"{path}: TensorFlow network {getattr(net, 'name', default_name)!r}"
+        func = _tf_func(net)
+        if func and func.split(".")[-1] != build_func:  # e.g. training.networks_stylegan2.G_main
+            raise UnsupportedNetworkError(f"{self.where} is built by {func!r}: only StyleGAN2's {build_func} "
+                                          f"({what}) maps onto the reference's architecture")
+        if int(self.kw.get("label_size", 0) or 0) > 0:
+            raise UnsupportedNetworkError(f"{self.where}: a conditional network (label_size="
+                                          f"{self.kw['label_size']}) is not supported: the reference's "
+                                          "architecture has no class labels")
+        self.variables = _tf_vars(net, path)
+
+    def need(self, key) -> np.ndarray:
+        if key not in self.variables:
+            raise CheckpointFormatError(f"{self.where} has no variable '{key}'")
+        a = np.asarray(self.variables[key])
+        if not np.issubdtype(a.dtype, np.floating):
+            raise CheckpointFormatError(f"{self.where}: '{key}' has dtype {a.dtype}, expected floats")
+        return a.astype(np.float32)
+
+
 def _tf_generator(net, path: str):
-    name = getattr(net, "name", "G")
-    kw = _tf_kwargs(net)
-    func = _tf_func(net)
-    where = f"{path}: TensorFlow network {name!r}"
-    if func and func.split(".")[-1] not in {f.split(".")[-1] for f in _TF_G_FUNCS}:
-        raise UnsupportedNetworkError(f"{where} is built by {func!r}: only StyleGAN2's G_main (config-e / config-f)"
-                                      " maps onto the reference's architecture")
+    tfn = _TFNet(net, path, "G", "G_main", "config-e / config-f")
+    kw, where, need = tfn.kw, tfn.where, tfn.need
     synth_func = str(kw.get("synthesis_func", "G_synthesis_stylegan2"))
     arch = kw.get("architecture", "skip")
     if synth_func.split(".")[-1] != "G_synthesis_stylegan2" or arch != "skip":
         raise UnsupportedNetworkError(f"{where}: synthesis {synth_func!r} with architecture {arch!r} (StyleGAN2 "
                                       "config-a..d or StyleGAN): only config-e / config-f (skip generator) map "
                                       "onto the reference's architecture")
-    if int(kw.get("label_size", 0) or 0) > 0:
-        raise UnsupportedNetworkError(f"{where}: a conditional network (label_size={kw['label_size']}) is not "
-                                      "supported: the reference's architecture has no class labels")
     if int(kw.get("num_channels", 3)) != 3:
         raise UnsupportedNetworkError(f"{where}: num_channels={kw['num_channels']}: only RGB networks are "
                                       "supported")
-    v = _tf_vars(net, path)
+    v = tfn.variables
     if "synthesis/4x4/Const/const" not in v:
         raise UnsupportedNetworkError(f"{where} has no synthesis/4x4/Const/const: not a StyleGAN2 config-e / "
                                       "config-f generator")
-
-    def need(key):
-        if key not in v:
-            raise CheckpointFormatError(f"{where} has no variable '{key}'")
-        a = np.asarray(v[key])
-        if not np.issubdtype(a.dtype, np.floating):
-            raise CheckpointFormatError(f"{where}: '{key}' has dtype {a.dtype}, expected floats")
-        return a.astype(np.float32)
 
     sd: dict[str, np.ndarray] = {}
     n_mlp = len([k for k in v if re.fullmatch(r"mapping/Dense\d+/weight", k)])
@@ -503,25 +511,11 @@ def _tf_generator(net, path: str):
 
 
 def _tf_discriminator(net, path: str):
-    name = getattr(net, "name", "D")
-    kw = _tf_kwargs(net)
-    func = _tf_func(net)
-    where = f"{path}: TensorFlow network {name!r}"
-    if func and func.split(".")[-1] not in {f.split(".")[-1] for f in _TF_D_FUNCS}:
-        raise UnsupportedNetworkError(f"{where} is built by {func!r}: only StyleGAN2's D_stylegan2 (resnet, "
-                                      "config-e / config-f) maps onto the reference's architecture")
+    tfn = _TFNet(net, path, "D", "D_stylegan2", "resnet, config-e / config-f")
+    kw, where, need, v = tfn.kw, tfn.where, tfn.need, tfn.variables
     if kw.get("architecture", "resnet") != "resnet":
         raise UnsupportedNetworkError(f"{where}: architecture {kw['architecture']!r}: only the resnet "
                                       "discriminator maps onto the reference's architecture")
-    if int(kw.get("label_size", 0) or 0) > 0:
-        raise UnsupportedNetworkError(f"{where}: a conditional network (label_size={kw['label_size']}) is not "
-                                      "supported")
-    v = _tf_vars(net, path)
-
-    def need(key):
-        if key not in v:
-            raise CheckpointFormatError(f"{where} has no variable '{key}'")
-        return np.asarray(v[key], np.float32)
 
     def conv_weight(key):
         return np.ascontiguousarray(need(key).transpose(3, 2, 0, 1))  # [kh, kw, in, out] -> [out, in, kh, kw]
