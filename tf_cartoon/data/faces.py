@@ -201,51 +201,74 @@ def _bezier(p0, p1, p2, k):
     return (1 - t) ** 2 * p0[:, None] + 2 * t * (1 - t) * p1[:, None] + t * t * p2[:, None]
 
 
-def _hair_shapes(p):
-    """Face-frame hair polygons per style: dict name -> (n, k, 2), computed for every face (cheap, vectorised);
-    ``_STYLE_PARTS`` says which are drawn behind the head (``back_*``) and in front of it (``cap_*``)."""
-    n = _n(p)
-    rx = _col(p["aspect"])
-    part = _col(p["hair_part"])
-    hl = _col(p["hair_len"])
-    ph = (np.asarray(p["tex_seed"], np.float32) % 997.0 / 997.0 * 6.2832)[:, None]
-    z = np.zeros((n, 1), np.float32)
+class _HairFrame:
+    """The per-face columns (n, 1) the hair polygons are built from, and their curve primitives (face frame)."""
 
-    def arc(sx, sy, cy, t0, t1, k, bumps=0.0, freq=11.0):
+    def __init__(self, p):
+        self.rx = _col(p["aspect"])
+        self.part = _col(p["hair_part"])
+        self.hl = _col(p["hair_len"])
+        self.ph = (np.asarray(p["tex_seed"], np.float32) % 997.0 / 997.0 * 6.2832)[:, None]  # the wobbles' phase
+        self.z = np.zeros((_n(p), 1), np.float32)
+
+    def arc(self, sx, sy, cy, t0, t1, k, bumps=0.0, freq=11.0):
+        """k points of the ellipse (sx * rx, sy) around (0, cy) from angle t0 to t1, wobbling by ``bumps``."""
         t = np.linspace(t0, t1, k, dtype=np.float32)[None, :]
-        wob = 1.0 + bumps * np.sin(freq * t + ph)
-        return _stackxy(sx * rx * np.cos(t) * wob, cy + sy * np.sin(t) * wob)
+        wob = 1.0 + bumps * np.sin(freq * t + self.ph)
+        return _stackxy(sx * self.rx * np.cos(t) * wob, cy + sy * np.sin(t) * wob)
 
-    def hairline(temple_x, temple_y, mid_y, k=11):
+    def hairline(self, temple_x, temple_y, mid_y, k=11):
         """Right temple -> left temple through the parting (quadratic Bezier reaching mid_y halfway)."""
-        t_r = _stackxy(temple_x * rx[:, 0], temple_y + z[:, 0])
-        t_l = _stackxy(-temple_x * rx[:, 0], temple_y + z[:, 0])
-        ctrl = _stackxy(part[:, 0] * rx[:, 0], 2.0 * mid_y - temple_y + z[:, 0])
+        rx, z = self.rx[:, 0], self.z[:, 0]
+        t_r = _stackxy(temple_x * rx, temple_y + z)
+        t_l = _stackxy(-temple_x * rx, temple_y + z)
+        ctrl = _stackxy(self.part[:, 0] * rx, 2.0 * mid_y - temple_y + z)
         return _bezier(t_r, ctrl, t_l, k)
 
+    @staticmethod
     def side(x_of_v, v0, v1, k=6):
+        """k points (x_of_v(v), v) for v from v0 to v1."""
         v = np.linspace(0.0, 1.0, k, dtype=np.float32)[None, :] * (v1 - v0) + v0
         return _stackxy(x_of_v(v), v)
 
-    out = {}
-    pi = math.pi
-    # short: a tufted cap with sideburns; bangs: a jagged fringe at the brows; both have some volume behind
-    out["back_short"] = arc(1.1, 1.14, -0.06, pi - 0.3, 2 * pi + 0.3, 23, 0.03)
+
+def _hair_shapes(p):
+    """Face-frame hair polygons per style: dict name -> (n, k, 2), computed for every face (cheap, vectorised);
+    ``_STYLE_PARTS`` says which are drawn behind the head (``back_*``) and in front of it (``cap_*``)."""
+    fr = _HairFrame(p)
+    out = _cropped_hair(fr, p)
+    out.update(_curtain_hair(fr))
+    out.update(_afro_hair(fr))
+    return out
+
+
+def _cropped_hair(fr: _HairFrame, p) -> dict:
+    """short: a tufted cap with sideburns; bangs: a jagged fringe at the brows (both with some volume behind);
+    buzz: a thin cap."""
+    rx, z, pi = fr.rx, fr.z, math.pi
+    out = {"back_short": fr.arc(1.1, 1.14, -0.06, pi - 0.3, 2 * pi + 0.3, 23, 0.03)}
     out["cap_short"] = np.concatenate([
         _stackxy(-0.9 * rx, 0.06 + z), _stackxy(-1.0 * rx, 0.08 + z),
-        arc(1.07, 1.12, -0.04, pi - 0.05, 2 * pi + 0.05, 25, 0.025),
-        _stackxy(1.0 * rx, 0.08 + z), _stackxy(0.9 * rx, 0.06 + z), hairline(0.9, -0.27, -0.6)], 1)
+        fr.arc(1.07, 1.12, -0.04, pi - 0.05, 2 * pi + 0.05, 25, 0.025),
+        _stackxy(1.0 * rx, 0.08 + z), _stackxy(0.9 * rx, 0.06 + z), fr.hairline(0.9, -0.27, -0.6)], 1)
     brow_y = _col(p["eye_y"]) - _col(p["eye_h"]) - _col(p["brow_gap"]) - 0.06
     m = 13
     xs = np.linspace(0.97, -0.97, m, dtype=np.float32)[None, :]
     fy = brow_y - 0.18 * xs ** 2 - np.where(np.arange(m) % 2 == 1, 0.09, 0.0).astype(np.float32)[None, :]
     out["cap_bangs"] = np.concatenate([
-        _stackxy(-1.03 * rx, 0.02 + z), arc(1.09, 1.14, -0.06, pi - 0.05, 2 * pi + 0.05, 25, 0.02),
+        _stackxy(-1.03 * rx, 0.02 + z), fr.arc(1.09, 1.14, -0.06, pi - 0.05, 2 * pi + 0.05, 25, 0.02),
         _stackxy(1.03 * rx, 0.02 + z), _stackxy(xs * rx, fy)], 1)
-    out["cap_buzz"] = np.concatenate([arc(1.02, 1.03, 0.0, pi + 0.3, 2 * pi - 0.3, 21), hairline(0.92, -0.36, -0.62)],
-                                     1)
-    # long / bob: one curtain over the top and down both sides (face framed by its inner edge), more behind
-    top = arc(1.12, 1.16, -0.06, pi, 2 * pi, 21, 0.012, 7.0)
+    out["cap_buzz"] = np.concatenate([fr.arc(1.02, 1.03, 0.0, pi + 0.3, 2 * pi - 0.3, 21),
+                                      fr.hairline(0.92, -0.36, -0.62)], 1)
+    return out
+
+
+def _curtain_hair(fr: _HairFrame) -> dict:
+    """long / bob: one curtain over the top and down both sides (the face framed by its inner edge), more
+    behind."""
+    rx, hl, pi, side = fr.rx, fr.hl, math.pi, fr.side
+    out = {}
+    top = fr.arc(1.12, 1.16, -0.06, pi, 2 * pi, 21, 0.012, 7.0)
     for name, bot, inner in (
             ("long", 1.3 + 0.6 * hl, lambda v: rx * (0.86 + 0.03 * np.clip(v, 0, 1))),
             ("bob", 0.74 + 0.2 * hl, lambda v: rx * (0.87 - 0.22 * np.clip((v - 0.3) / 0.6, 0, 1)))):
@@ -257,21 +280,26 @@ def _hair_shapes(p):
         left_in = side(lambda v: -inner(v), -0.3, bot - 0.04)
         out[f"cap_{name}"] = np.concatenate([
             left_out, top, right_out, _stackxy(0.5 * (outer(bot) + inner(bot)), bot + 0.03), right_in[:, :-1],
-            hairline(0.86, -0.33, -0.64), left_in[:, 1:], _stackxy(-0.5 * (outer(bot) + inner(bot)), bot + 0.03)],
+            fr.hairline(0.86, -0.33, -0.64), left_in[:, 1:], _stackxy(-0.5 * (outer(bot) + inner(bot)), bot + 0.03)],
             1)
         out[f"back_{name}"] = np.concatenate([
-            _stackxy(-1.18 * rx, bot - 0.04), arc(1.15, 1.18, -0.06, pi, 2 * pi, 15), _stackxy(1.18 * rx, bot - 0.04),
-            _stackxy(0.0 * rx, bot + 0.02)], 1)
-    # afro: a big bumpy cloud behind, a bumpy hairline in front
+            _stackxy(-1.18 * rx, bot - 0.04), fr.arc(1.15, 1.18, -0.06, pi, 2 * pi, 15),
+            _stackxy(1.18 * rx, bot - 0.04), _stackxy(0.0 * rx, bot + 0.02)], 1)
+    return out
+
+
+def _afro_hair(fr: _HairFrame) -> dict:
+    """afro: a big bumpy cloud behind, a bumpy hairline in front."""
+    rx, pi = fr.rx, math.pi
     c, s = _unit_circle(48)
-    r = 1.0 + 0.045 * np.sin(11 * np.arctan2(s, c)[None] + ph)
-    R = 1.28 + 0.18 * hl
-    out["back_afro"] = _stackxy(R * 1.12 * rx / 0.8 * r * c, -0.22 + R * r * s)
+    r = 1.0 + 0.045 * np.sin(11 * np.arctan2(s, c)[None] + fr.ph)
+    R = 1.28 + 0.18 * fr.hl
+    back = _stackxy(R * 1.12 * rx / 0.8 * r * c, -0.22 + R * r * s)
     xs = np.linspace(0.97, -0.97, 15, dtype=np.float32)[None, :] * rx
     ys = -0.52 + 0.3 * (xs / rx) ** 2 - 0.06 * np.abs(np.sin(np.linspace(0, 7 * pi, 15)))[None, :]
-    out["cap_afro"] = np.concatenate([_stackxy(-1.1 * rx, z), arc(1.1, 1.21, -0.05, pi, 2 * pi, 21, 0.03, 9.0),
-                                      _stackxy(1.1 * rx, z), _stackxy(xs, ys)], 1)
-    return out
+    cap = np.concatenate([_stackxy(-1.1 * rx, fr.z), fr.arc(1.1, 1.21, -0.05, pi, 2 * pi, 21, 0.03, 9.0),
+                          _stackxy(1.1 * rx, fr.z), _stackxy(xs, ys)], 1)
+    return {"back_afro": back, "cap_afro": cap}
 
 
 _STYLE_PARTS = {  # drawn behind the head, in front of it
