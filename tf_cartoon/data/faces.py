@@ -675,25 +675,9 @@ def _shade_res(size: int) -> int:
     return min(size, _SHADE_RES * 3 // 4)
 
 
-def _post_faces(p, fg, size):
-    """Light, texture and composite one chunk: fg (m, s, s, 4) uint8 (premultiplied RGB + coverage) ->
-    (uint8 (m, s, s, 3), alpha (m, s, s)).
-
-    The smooth fields (height-field shading, specular, the shadowed background, the strand coordinate) are
-    computed on a grid of at most ``_SHADE_RES`` pixels and upsampled bilinearly in one go; colours,
-    strands and grain stay at full resolution."""
-    m = fg.shape[0]
-    alpha = fg[..., 3].astype(np.float32) * (1.0 / 255.0)
-    key = np.zeros((m, 4), np.uint8)
-    key[:, :3] = p["_hair_key"]
-    key[:, 3] = 255
-    hair_mask = fg.view(np.uint32)[..., 0] == key.view(np.uint32)[:, :, None]  # opaque pixels of the hair colour
-    r = _shade_res(size)
-    u, v = _face_uv(p, r)
-    rx = _c3(p["aspect"])
-    L = np.asarray(p["light"], np.float32)
-    lx, ly, lz = L[:, 0, None, None], L[:, 1, None, None], L[:, 2, None, None]
-    # ---- height field (units of ry): a dome for the head + bumps / dents for the features
+def _height_field(p, u, v, rx):
+    """The photo's relief (units of ry) on the grid (u, v): a dome for the head plus bumps and dents for the
+    features. Returns (height, q), q the dome's squared radius (q < 1 inside the head)."""
     q = (u / (rx * 1.1)) ** 2 + ((v + 0.04) * (1.0 / 1.12)) ** 2
     h = np.sqrt(np.maximum(1.0 - q, 0.0))
     f = _features(p)
@@ -711,84 +695,239 @@ def _post_faces(p, fg, size):
     mx, my = _c3(f["mouth_x"][:, 0]), _c3(f["mouth_y"][:, 0])
     h += 0.04 * _bump(u, v, mx, my + 0.02, 0.34, 0.12)  # lips
     h += 0.05 * _bump(u, v, mx * 0.8, 0.82, 0.34, 0.17)  # chin
-    head_w = np.clip((1.02 - q) * 8.0, 0.0, 1.0)
-    body, shadow = _soft_fields(alpha, 0.035, 0.05, -L[:, :2] * r * 0.06, r)
-    hf = 0.9 * h * head_w + 0.35 * body
-    step = r * _c3(p["ry"]) * 0.5  # pixels per ry / 2 (central differences)
+    return h, q
+
+
+def _slopes(hf, step):
+    """Central-difference slopes (gx, gy) of the height field hf (m, r, r) in units of ``step`` (pixels per
+    ry / 2), and 1 / |(-gx, -gy, 1)| (the normal's normalisation)."""
     gx = np.zeros_like(hf)
     gy = np.zeros_like(hf)
     gx[:, :, 1:-1] = hf[:, :, 2:] - hf[:, :, :-2]
     gy[:, 1:-1, :] = hf[:, 2:, :] - hf[:, :-2, :]
     gx *= step
     gy *= step
-    inv = 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
-    fields = np.empty((m, 6, r, r), np.float32)  # shade, specular, strand coordinate, background RGB
-    diffuse = np.clip((lz - gx * lx - gy * ly) * inv, 0.0, 1.0)
-    shade = 0.42 + 0.72 * diffuse
-    # the chin's shadow on the neck
+    return gx, gy, 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
+
+
+def _chin_shadow(u, v, rx, head_w, ly):
+    """Strength in [0, 1] of the chin's shadow on the neck (longer when the light comes from above)."""
     below = np.clip((v - 0.9) * 6.0, 0.0, 1.0) * (1.0 - head_w)
     cv = (v - 1.05 - 0.15 * np.maximum(-ly, 0)) * (1.0 / 0.3)
     cu = u / (rx * 0.85)
-    chin = np.maximum(1.0 - cv * cv, 0.0) * np.maximum(1.0 - cu * cu, 0.0) * below
-    fields[:, 0] = shade * (1.0 - 0.4 * chin)
-    # specular (Blinn-Phong): (n.h)^24
+    return np.maximum(1.0 - cv * cv, 0.0) * np.maximum(1.0 - cu * cu, 0.0) * below
+
+
+def _specular(L, gx, gy, inv):
+    """Blinn-Phong highlight (n.h)^24 * 255 of the slopes lit from the unit vectors L (m, 3)."""
     hv = L + np.array([0, 0, 1], np.float32)
     hv /= np.linalg.norm(hv, axis=1, keepdims=True)
     ndh = np.clip((hv[:, 2, None, None] - gx * hv[:, 0, None, None] - gy * hv[:, 1, None, None]) * inv, 0, 1)
     ndh *= ndh
     ndh *= ndh
     ndh *= ndh
-    fields[:, 1] = ndh * ndh * ndh * 255.0
+    return ndh * ndh * ndh * 255.0
+
+
+def _smooth_fields(p, alpha, size):
+    """The photo's smooth fields (m, 6, size, size), computed at ``_shade_res(size)`` and upsampled bilinearly
+    in one go: shade (diffuse light with the chin's shadow), specular, the hair strands' coordinate, and the
+    background RGB with the person's drop shadow."""
+    m = alpha.shape[0]
+    r = _shade_res(size)
+    u, v = _face_uv(p, r)
+    rx = _c3(p["aspect"])
+    L = np.asarray(p["light"], np.float32)
+    lx, ly, lz = L[:, 0, None, None], L[:, 1, None, None], L[:, 2, None, None]
+    h, q = _height_field(p, u, v, rx)
+    head_w = np.clip((1.02 - q) * 8.0, 0.0, 1.0)
+    body, shadow = _soft_fields(alpha, 0.035, 0.05, -L[:, :2] * r * 0.06, r)
+    gx, gy, inv = _slopes(0.9 * h * head_w + 0.35 * body, r * _c3(p["ry"]) * 0.5)
+    fields = np.empty((m, 6, r, r), np.float32)
+    diffuse = np.clip((lz - gx * lx - gy * ly) * inv, 0.0, 1.0)
+    fields[:, 0] = (0.42 + 0.72 * diffuse) * (1.0 - 0.4 * _chin_shadow(u, v, rx, head_w, ly))
+    fields[:, 1] = _specular(L, gx, gy, inv)
     fields[:, 2] = (u - _c3(p["hair_part"]) * 0.3) / (v + 1.9)  # strands radiate from above the crown
-    fields[:, 3:] = (_background(p, r) * (1.0 - 0.35 * shadow)[..., None]).transpose(0, 3, 1, 2)  # + drop shadow
+    fields[:, 3:] = (_background(p, r) * (1.0 - 0.35 * shadow)[..., None]).transpose(0, 3, 1, 2)
     if r != size:  # (channels first: the upsampling's inner loops run along x)
         fields = _upsample(fields.reshape(m * 6, r, r), size).reshape(m, 6, size, size)
+    return fields
+
+
+def _hair_mask(p, fg):
+    """(m, s, s) bool: the opaque pixels of the hair's key colour (``_photo_palette``)."""
+    key = np.zeros((fg.shape[0], 4), np.uint8)
+    key[:, :3] = p["_hair_key"]
+    key[:, 3] = 255
+    return fg.view(np.uint32)[..., 0] == key.view(np.uint32)[:, :, None]
+
+
+def _hair_texture(p, coord, size):
+    """(m, s, s) in [-1, 1]: streaks (a 1-D noise lookup along the strand coordinate ``coord``), curls for
+    the afro."""
+    off = (np.asarray(p["tex_seed"], np.int64) % 4096).astype(np.int32)[:, None, None]
+    idx = (coord * (30.0 + 0.9 * size)).astype(np.int32)
+    idx += off
+    idx &= 4095
+    strands = _strand_table()[idx]
+    afro = np.flatnonzero(np.asarray(p["hair_style"]) == _AFRO)
+    if afro.size:
+        curls = _curl_bank(size)
+        seeds = np.asarray(p["tex_seed"], np.int64)
+        for i in afro:
+            oy, ox = int(seeds[i] // 7 % size), int(seeds[i] // 11 % size)
+            strands[i] = curls[oy:oy + size, ox:ox + size]
+    return strands
+
+
+def _blur121(out, axis):
+    """In place: half a [1 2 1] blur (0.75 x + 0.125 (left + right), edges clamped) along ``axis`` (1 or 2)."""
+    pre = (slice(None),) * axis
+    nb = np.empty_like(out)
+    nb[pre + (slice(1, -1),)] = out[pre + (slice(None, -2),)]
+    nb[pre + (slice(1, -1),)] += out[pre + (slice(2, None),)]
+    nb[pre + (0,)] = out[pre + (1,)]
+    nb[pre + (-1,)] = out[pre + (-2,)]
+    nb[pre + (0,)] += out[pre + (0,)]
+    nb[pre + (-1,)] += out[pre + (-1,)]
+    out *= 0.75
+    nb *= 0.125
+    out += nb
+
+
+def _add_grain(out, p, size):
+    """In place: each image's window of the shared film grain, placed by its ``tex_seed``."""
+    bank = _grain_bank(size)
+    seeds = np.asarray(p["tex_seed"], np.int64)
+    for i in range(out.shape[0]):
+        oy, ox = int(seeds[i] % size), int((seeds[i] // size) % size)
+        out[i] += bank[oy:oy + size, ox:ox + size, None]
+
+
+def _post_faces(p, fg, size):
+    """Light, texture and composite one chunk: fg (m, s, s, 4) uint8 (premultiplied RGB + coverage) ->
+    (uint8 (m, s, s, 3), alpha (m, s, s)).
+
+    The smooth fields (``_smooth_fields``) come from a coarse grid; colours, strands and grain stay at full
+    resolution."""
+    alpha = fg[..., 3].astype(np.float32) * (1.0 / 255.0)
+    hair_mask = _hair_mask(p, fg)
+    fields = _smooth_fields(p, alpha, size)
     shade = fields[:, 0]
-    if hair_mask.any():  # hair strands: a 1-D noise lookup along the strand coordinate
-        off = (np.asarray(p["tex_seed"], np.int64) % 4096).astype(np.int32)[:, None, None]
-        idx = (fields[:, 2] * (30.0 + 0.9 * size)).astype(np.int32)
-        idx += off
-        idx &= 4095
-        strands = _strand_table()[idx]
-        afro = np.flatnonzero(np.asarray(p["hair_style"]) == _AFRO)
-        if afro.size:  # curls instead of streaks
-            curls = _curl_bank(size)
-            seeds = np.asarray(p["tex_seed"], np.int64)
-            for i in afro:
-                oy, ox = int(seeds[i] // 7 % size), int(seeds[i] // 11 % size)
-                strands[i] = curls[oy:oy + size, ox:ox + size]
-        shade = shade * (1.0 + hair_mask * (0.3 * strands - 0.06))
+    if hair_mask.any():
+        shade = shade * (1.0 + hair_mask * (0.3 * _hair_texture(p, fields[:, 2], size) - 0.06))
     spec = fields[:, 1] * alpha * (0.10 + 0.15 * hair_mask)  # a stronger sheen on the hair
     out = fg[..., :3] * shade[..., None]
     out += spec[..., None]
     out += fields[:, 3:].transpose(0, 2, 3, 1) * (1.0 - alpha)[..., None]
-    if size >= 48:  # a mild [1 2 1] blur (photo-ish softness), half strength
-        nb = np.empty_like(out)
-        nb[:, 1:-1] = out[:, :-2]
-        nb[:, 1:-1] += out[:, 2:]
-        nb[:, 0] = out[:, 1]
-        nb[:, -1] = out[:, -2]
-        nb[:, 0] += out[:, 0]
-        nb[:, -1] += out[:, -1]
-        out *= 0.75
-        nb *= 0.125
-        out += nb
-        nb[:, :, 1:-1] = out[:, :, :-2]
-        nb[:, :, 1:-1] += out[:, :, 2:]
-        nb[:, :, 0] = out[:, :, 1]
-        nb[:, :, -1] = out[:, :, -2]
-        nb[:, :, 0] += out[:, :, 0]
-        nb[:, :, -1] += out[:, :, -1]
-        out *= 0.75
-        nb *= 0.125
-        out += nb
-    bank = _grain_bank(size)
-    seeds = np.asarray(p["tex_seed"], np.int64)
-    for i in range(m):
-        oy, ox = int(seeds[i] % size), int((seeds[i] // size) % size)
-        out[i] += bank[oy:oy + size, ox:ox + size, None]
+    if size >= 48:  # photo-ish softness
+        _blur121(out, 1)
+        _blur121(out, 2)
+    _add_grain(out, p, size)
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8), alpha
+
+
+def _photo_palette(p) -> dict:
+    """The photo's fill colours, RGBA tuples per image. The hair colour doubles as a colour key for the strand
+    texture (``_hair_mask``): its blue is odd, every other colour's even."""
+    style = np.asarray(p["hair_style"])
+    skin = np.asarray(p["skin"], np.float32)
+    hair = np.asarray(p["hair"], np.float32)
+    hair_draw = np.where((style == _BUZZ)[:, None], 0.55 * hair + 0.45 * skin, hair)
+    hair_key = np.clip(np.rint(hair_draw), 0, 255).astype(np.uint8)
+    hair_key[:, 2] |= 1
+
+    def even(a):
+        a = np.clip(np.rint(a), 0, 254).astype(np.uint8)
+        a[:, 2] &= 0xFE
+        return [tuple(c) + (255,) for c in a.tolist()]
+
+    return {"hair_key": hair_key, "hair": [tuple(c) + (255,) for c in hair_key.tolist()], "skin": even(skin),
+            "ear": even(skin * 0.93), "lid": even(skin * 0.9), "neck": even(skin * 0.9), "shirt": even(p["shirt"]),
+            "brow": even(hair * 0.75 + 10), "lash": even(np.minimum(hair, 70) * 0.5 + 10), "iris": even(p["iris"]),
+            "lip": even(p["lip"]), "gap": even(np.asarray(p["lip"]) * 0.25), "nostril": even(skin * 0.5)}
+
+
+def _photo_mouth(p, f, C) -> dict:
+    """The photo's mouth as per-image flat polygons: lips ``up`` / ``lo``, the ``open`` gap, ``teeth``, and the
+    closed mouth's ``line``."""
+    up, lo = _mouth(p, f)
+    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
+    k = up.shape[1]
+    bow = (1 - np.linspace(-1, 1, k, dtype=np.float32) ** 2)[None, :, None]
+    lip_th = 0.045
+    upper_lip = np.concatenate([_to_px(p, up + np.array([0, -lip_th], np.float32) * bow, C), up_px[:, ::-1]], 1)
+    lower_lip = np.concatenate([lo_px, _to_px(p, lo + np.array([0, 1.3 * lip_th], np.float32) * bow ** 0.7,
+                                              C)[:, ::-1]], 1)
+    mouth_open = np.concatenate([up_px, lo_px[:, ::-1]], 1)
+    teeth = np.concatenate([up_px, _to_px(p, up + np.array([0, 0.045], np.float32) * bow ** 0.5, C)[:, ::-1]], 1)
+    return {k2: _flat(v) for k2, v in (("up", upper_lip), ("lo", lower_lip), ("open", mouth_open),
+                                       ("teeth", teeth), ("line", up_px))}
+
+
+def _photo_shapes(p, C) -> dict:
+    """Everything the photo's flat stage draws, per image (canvas ``C`` px): the named polygons (``flat``), the
+    mouth, the nostrils, the irises (centre, radius), the light's direction and the line width."""
+    g = _geometry(p, C)
+    f = g["_f"]
+    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
+    return {"flat": _LazyFlat(g), "style": np.asarray(p["hair_style"]).tolist(),
+            "mouth_type": np.asarray(p["mouth_type"]).tolist(), "mouth": _photo_mouth(p, f, C),
+            "nostrils": [_flat(_to_px(p, _ellipse(nx + sgn * nw * 0.55, ntip + 0.01, nw * 0.32, nw * 0.18, 8), C))
+                         for sgn in (-1, 1)],
+            "iris": [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)],
+            "light": np.asarray(p["light"], np.float32)[:, :2].tolist(),
+            "line_w": np.maximum(1, np.rint(0.022 * C * np.asarray(p["ry"], np.float32))).astype(int).tolist()}
+
+
+_BODY = ("torso", "neck", "ear_l", "ear_r", "head")  # drawn in this order, after the hair behind the head
+
+
+def _draw_photo_eyes(d, i, s, c) -> None:
+    """Both eyes of photo ``i``: sclera, iris, pupil, the catch light (towards the light), lids, lashes, brow."""
+    poly, flat = d.polygon, s["flat"]
+    lx, ly = s["light"][i]
+    for side in (0, 1):
+        poly(flat[f"eye{side}"][i], fill=(238, 232, 226, 255))
+        cen, r = s["iris"][side][0][i], s["iris"][side][1][i]
+        d.ellipse(_iris_box(cen, r), fill=c["iris"][i])
+        d.ellipse(_iris_box(cen, r * 0.42), fill=(12, 8, 8, 255))
+        hc = (cen[0] + lx * r * 0.45 - r * 0.1, cen[1] + ly * r * 0.45 - r * 0.15)
+        d.ellipse(_iris_box(hc, max(r * 0.24, 0.7)), fill=(252, 252, 252, 255))
+        poly(flat[f"lid{side}"][i], fill=c["lid"][i])
+        poly(flat[f"lowlid{side}"][i], fill=c["skin"][i])
+        d.line(flat[f"lash{side}"][i], fill=c["lash"][i], width=s["line_w"][i], joint="curve")
+        poly(flat[f"brow{side}"][i], fill=c["brow"][i])
+
+
+def _draw_photo_mouth(d, i, s, c) -> None:
+    """Nostrils and mouth of photo ``i`` (an open mouth shows its gap and teeth, a closed one a line)."""
+    poly, mouth = d.polygon, s["mouth"]
+    poly(s["nostrils"][0][i], fill=c["nostril"][i])
+    poly(s["nostrils"][1][i], fill=c["nostril"][i])
+    is_open = s["mouth_type"][i] == _OPEN
+    if is_open:
+        poly(mouth["open"][i], fill=c["gap"][i])
+        poly(mouth["teeth"][i], fill=(236, 232, 222, 255))
+    poly(mouth["up"][i], fill=c["lip"][i])
+    poly(mouth["lo"][i], fill=c["lip"][i])
+    if not is_open:
+        d.line(mouth["line"][i], fill=c["gap"][i], width=s["line_w"][i], joint="curve")
+
+
+def _draw_photo(d, i, s, c) -> None:
+    """Photo ``i``'s flat stage, back to front: hair behind, body, eyes, nose and mouth, hair in front."""
+    poly, flat = d.polygon, s["flat"]
+    back, front = _STYLE_PARTS[s["style"][i]]
+    for name in back:
+        poly(flat[name][i], fill=c["hair"][i])
+    for name, colour in zip(_BODY, (c["shirt"], c["neck"], c["ear"], c["ear"], c["skin"])):
+        poly(flat[name][i], fill=colour[i])
+    _draw_photo_eyes(d, i, s, c)
+    _draw_photo_mouth(d, i, s, c)
+    for name in front:
+        poly(flat[name][i], fill=c["hair"][i])
 
 
 def render_faces(params: dict[str, np.ndarray], size: int, *, return_alpha: bool = False):
@@ -808,95 +947,16 @@ def render_faces(params: dict[str, np.ndarray], size: int, *, return_alpha: bool
         return (empty, np.zeros((0, size, size), np.float32)) if return_alpha else empty
     ss = _supersample(size)
     C = size * ss
-    g = _geometry(p, C)
-    style = np.asarray(p["hair_style"])
-    mt = np.asarray(p["mouth_type"])
-    skin = np.asarray(p["skin"], np.float32)
-    hair = np.asarray(p["hair"], np.float32)
-    # the hair colour doubles as a colour key for the strand texture: odd blue, every other colour even
-    hair_draw = np.where((style == _BUZZ)[:, None], 0.55 * hair + 0.45 * skin, hair)
-    hair_key = np.clip(np.rint(hair_draw), 0, 255).astype(np.uint8)
-    hair_key[:, 2] |= 1
-
-    def even(a):
-        a = np.clip(np.rint(a), 0, 254).astype(np.uint8)
-        a[:, 2] &= 0xFE
-        return [tuple(c) + (255,) for c in a.tolist()]
-
-    skin_c = even(skin)
-    hair_c = [tuple(c) + (255,) for c in hair_key.tolist()]
-    ear_c = even(skin * 0.93)
-    lid_c = even(skin * 0.9)
-    neck_c = even(skin * 0.9)
-    shirt_c = even(p["shirt"])
-    brow_c = even(hair * 0.75 + 10)
-    lash_c = even(np.minimum(hair, 70) * 0.5 + 10)
-    iris_c = even(p["iris"])
-    lip_c = even(p["lip"])
-    gap_c = even(np.asarray(p["lip"]) * 0.25)
-    nostril_c = even(skin * 0.5)
-    sclera = (238, 232, 226, 255)
-    flat = _LazyFlat(g)
-    f = g["_f"]
-    up, lo = _mouth(p, f)
-    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
-    k = up.shape[1]
-    bow = (1 - np.linspace(-1, 1, k, dtype=np.float32) ** 2)[None, :, None]
-    lip_th = 0.045
-    upper_lip = np.concatenate([_to_px(p, up + np.array([0, -lip_th], np.float32) * bow, C), up_px[:, ::-1]], 1)
-    lower_lip = np.concatenate([lo_px, _to_px(p, lo + np.array([0, 1.3 * lip_th], np.float32) * bow ** 0.7,
-                                              C)[:, ::-1]], 1)
-    mouth_open = np.concatenate([up_px, lo_px[:, ::-1]], 1)
-    teeth = np.concatenate([up_px, _to_px(p, up + np.array([0, 0.045], np.float32) * bow ** 0.5, C)[:, ::-1]], 1)
-    mouth_l = {k2: _flat(v) for k2, v in (("up", upper_lip), ("lo", lower_lip), ("open", mouth_open),
-                                          ("teeth", teeth), ("line", up_px))}
-    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
-    nos = [_flat(_to_px(p, _ellipse(nx + sgn * nw * 0.55, ntip + 0.01, nw * 0.32, nw * 0.18, 8), C))
-           for sgn in (-1, 1)]
-    light = np.asarray(p["light"], np.float32)
-    iris_cr = [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)]
-    lw = np.maximum(1, np.rint(0.022 * C * np.asarray(p["ry"], np.float32))).astype(int).tolist()
+    colours = _photo_palette(p)
+    shapes = _photo_shapes(p, C)
     fg = np.empty((n, size, size, 4), np.uint8)
     for i in range(n):
         im = Image.new("CMYK", (C, C), (0, 0, 0, 0))  # 4 plain 8-bit bands: R, G, B, coverage
-        d = ImageDraw.Draw(im)
-        poly = d.polygon
-        back, front = _STYLE_PARTS[int(style[i])]
-        for name in back:
-            poly(flat[name][i], fill=hair_c[i])
-        poly(flat["torso"][i], fill=shirt_c[i])
-        poly(flat["neck"][i], fill=neck_c[i])
-        poly(flat["ear_l"][i], fill=ear_c[i])
-        poly(flat["ear_r"][i], fill=ear_c[i])
-        poly(flat["head"][i], fill=skin_c[i])
-        lx, ly = float(light[i, 0]), float(light[i, 1])
-        for side in (0, 1):
-            poly(flat[f"eye{side}"][i], fill=sclera)
-            c, r = iris_cr[side][0][i], iris_cr[side][1][i]
-            d.ellipse(_iris_box(c, r), fill=iris_c[i])
-            d.ellipse(_iris_box(c, r * 0.42), fill=(12, 8, 8, 255))
-            hc = (c[0] + lx * r * 0.45 - r * 0.1, c[1] + ly * r * 0.45 - r * 0.15)
-            d.ellipse(_iris_box(hc, max(r * 0.24, 0.7)), fill=(252, 252, 252, 255))
-            poly(flat[f"lid{side}"][i], fill=lid_c[i])
-            poly(flat[f"lowlid{side}"][i], fill=skin_c[i])
-            d.line(flat[f"lash{side}"][i], fill=lash_c[i], width=lw[i], joint="curve")
-            poly(flat[f"brow{side}"][i], fill=brow_c[i])
-        poly(nos[0][i], fill=nostril_c[i])
-        poly(nos[1][i], fill=nostril_c[i])
-        mti = int(mt[i])
-        if mti == _OPEN:
-            poly(mouth_l["open"][i], fill=gap_c[i])
-            poly(mouth_l["teeth"][i], fill=(236, 232, 222, 255))
-        poly(mouth_l["up"][i], fill=lip_c[i])
-        poly(mouth_l["lo"][i], fill=lip_c[i])
-        if mti != _OPEN:
-            d.line(mouth_l["line"][i], fill=gap_c[i], width=lw[i], joint="curve")
-        for name in front:
-            poly(flat[name][i], fill=hair_c[i])
+        _draw_photo(ImageDraw.Draw(im), i, shapes, colours)
         fg[i] = im.reduce(ss)  # a box filter; transparent pixels are 0, so RGB comes out premultiplied
     out = np.empty((n, size, size, 3), np.uint8)
     alpha = np.empty((n, size, size), np.float32) if return_alpha else None
-    p = dict(p, _hair_key=hair_key)
+    p = dict(p, _hair_key=colours["hair_key"])
     chunk = max(1, _CHUNK_PIXELS // (size * size))  # keep the float temporaries cache-sized
     for a in range(0, n, chunk):
         sl = slice(a, min(n, a + chunk))
