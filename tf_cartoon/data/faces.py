@@ -632,6 +632,23 @@ def _iris_box(c, r):
     return [c[0] - r, c[1] - r, c[0] + r, c[1] + r]
 
 
+# the body's polygons in drawing order, with their palette entries
+_BODY = (("torso", "shirt"), ("neck", "neck"), ("ear_l", "ear"), ("ear_r", "ear"), ("head", "skin"))
+
+
+def _draw_person(shape, face, i, s, c) -> None:
+    """The drawing order both renderers share for image ``i``: the hair behind the head, the body, the face's
+    features (``face()``), the hair in front; ``shape(name, fill)`` draws one named polygon."""
+    back, front = _STYLE_PARTS[s["style"][i]]
+    for name in back:
+        shape(name, c["hair"][i])
+    for name, key in _BODY:
+        shape(name, c[key][i])
+    face()
+    for name in front:
+        shape(name, c["hair"][i])
+
+
 # --------------------------------------------------------------------------------------------- faces
 def _bump(u, v, cx, cy, sx, sy):
     """A smooth compact bump (1 - r^2)^2 of radii (sx, sy) at (cx, cy) (cheaper than a gaussian)."""
@@ -881,9 +898,6 @@ def _photo_shapes(p, C) -> dict:
             "line_w": np.maximum(1, np.rint(0.022 * C * np.asarray(p["ry"], np.float32))).astype(int).tolist()}
 
 
-_BODY = ("torso", "neck", "ear_l", "ear_r", "head")  # drawn in this order, after the hair behind the head
-
-
 def _draw_photo_eyes(d, i, s, c) -> None:
     """Both eyes of photo ``i``: sclera, iris, pupil, the catch light (towards the light), lids, lashes, brow."""
     poly, flat = d.polygon, s["flat"]
@@ -917,17 +931,17 @@ def _draw_photo_mouth(d, i, s, c) -> None:
 
 
 def _draw_photo(d, i, s, c) -> None:
-    """Photo ``i``'s flat stage, back to front: hair behind, body, eyes, nose and mouth, hair in front."""
-    poly, flat = d.polygon, s["flat"]
-    back, front = _STYLE_PARTS[s["style"][i]]
-    for name in back:
-        poly(flat[name][i], fill=c["hair"][i])
-    for name, colour in zip(_BODY, (c["shirt"], c["neck"], c["ear"], c["ear"], c["skin"])):
-        poly(flat[name][i], fill=colour[i])
-    _draw_photo_eyes(d, i, s, c)
-    _draw_photo_mouth(d, i, s, c)
-    for name in front:
-        poly(flat[name][i], fill=c["hair"][i])
+    """Photo ``i``'s flat stage, back to front."""
+    flat = s["flat"]
+
+    def shape(name, fill):
+        d.polygon(flat[name][i], fill=fill)
+
+    def face():
+        _draw_photo_eyes(d, i, s, c)
+        _draw_photo_mouth(d, i, s, c)
+
+    _draw_person(shape, face, i, s, c)
 
 
 def render_faces(params: dict[str, np.ndarray], size: int, *, return_alpha: bool = False):
@@ -983,6 +997,116 @@ def _checked_size(size) -> int:
     return size
 
 
+def _cartoon_palette(p) -> dict:
+    """The cartoon's fill colours, RGB tuples per image: brighter skin and hair (a buzz cut half skin), pastel
+    backgrounds, vivid irises, a pink blush."""
+    style = np.asarray(p["hair_style"])
+    skin = np.asarray(p["skin"], np.float32)
+    hair = np.asarray(p["hair"], np.float32)
+    skin_t = np.clip(skin * 1.04 + 6, 0, 255)
+    hair_t = np.where((style == _BUZZ)[:, None], 0.5 * hair + 0.5 * skin_t, hair * 1.05)
+    skin_c = _rgb(skin_t)
+    return {"bg": _rgb(_pastel(p["bg0"])), "skin": skin_c, "neck": skin_c, "ear": skin_c, "hair": _rgb(hair_t),
+            "shirt": _rgb(np.clip(p["shirt"] * 1.1 + 10, 0, 255)),
+            "iris": _rgb(np.clip(np.asarray(p["iris"]) * 1.25 + 10, 0, 255)),
+            "iris_ring": _rgb(np.asarray(p["iris"]) * 0.55),
+            "blush": _rgb(0.75 * skin_t + 0.25 * np.array([255, 90, 110], np.float32))}
+
+
+def _cartoon_mouth(p, f, C, ow) -> dict:
+    """The cartoon's mouth as per-image flat polygons: the closed mouth's ``line``, the ``open`` mouth and its
+    ``open_outline`` (``ow`` px wider), ``teeth`` and ``tongue``. Smiles are exaggerated: wider, corners
+    higher."""
+    up, lo = _mouth(p, f, smile_gain=2.0, open_gain=1.5)
+    sm = np.asarray(p["mouth_type"]) == _SMILE
+    up = up.copy()
+    up[..., 0] = np.where(sm[:, None], f["mouth_x"] + (up[..., 0] - f["mouth_x"]) * 1.2, up[..., 0])
+    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
+    open_poly = np.concatenate([up_px, lo_px[:, ::-1]], 1)
+    kk = up.shape[1]
+    teeth = np.concatenate([up_px, _to_px(p, up + np.array([0, 1], np.float32) * 0.04
+                                          * (1 - np.linspace(-1, 1, kk) ** 2)[None, :, None] ** 0.5, C)[:, ::-1]], 1)
+    tongue = _to_px(p, _ellipse(f["mouth_x"], lo[:, kk // 2:kk // 2 + 1, 1] - 0.05, f["mouth_w"] * 0.5, 0.045, 12),
+                    C)
+    return {"line": _flat(up_px), "open": _flat(open_poly), "open_outline": _flat(_dilate(open_poly, ow)),
+            "teeth": _flat(teeth), "tongue": _flat(tongue)}
+
+
+def _cartoon_shapes(p, C, ss) -> dict:
+    """Everything the cartoon draws, per image (canvas ``C`` px, supersampled ``ss`` times): the named polygons
+    (``flat``) and their outlines (dilated copies drawn under them), the mouth, the nose hook, the blushes, the
+    irises (centre, radius) and the line widths."""
+    g = _geometry(p, C, eye_w=1.35, eye_h=1.85, cartoon=True)  # bigger, rounder eyes
+    ow = max(ss * 0.75, C / 44.0)  # outline width (canvas px)
+    outlined = ["torso", "neck", "ear_l", "ear_r", "head"] + [k for k in g if k.startswith(("cap_", "back_"))]
+    f = g["_f"]
+    # nose: a small hook on the side away from the yaw
+    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
+    sgn = np.where(np.asarray(p["yaw"]) >= 0, -1.0, 1.0)[:, None].astype(np.float32)
+    nose = _to_px(p, _stackxy(np.concatenate([nx + sgn * nw * 0.1, nx + sgn * nw * 0.7, nx - sgn * nw * 0.1], 1),
+                              np.concatenate([ntip - 0.08, ntip - 0.01, ntip + 0.02], 1)), C)
+    blush = [_to_px(p, _ellipse(f["eye_x"][:, s_:s_ + 1] + (0.05 if s_ else -0.05), f["eye_y"][:, s_:s_ + 1]
+                                + 0.24, 0.09, 0.045, 12), C) for s_ in (0, 1)]
+    return {"flat": _LazyFlat(g, ["torso", "neck", "ear_l", "ear_r", "head", "brow0", "brow1", "eye0", "eye1",
+                                  "lash0", "lash1"]),
+            "outline": {k: (_LazyRows if k.startswith(("cap_", "back_")) else _flat)(_dilate(g[k], ow))
+                        for k in outlined},
+            "eye_outline": [_flat(_dilate(g[f"eye{s_}"], ow * 0.45)) for s_ in (0, 1)],
+            "iris": [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)],
+            "mouth": _cartoon_mouth(p, f, C, ow), "nose": _flat(nose), "blush": [_flat(b) for b in blush],
+            "style": np.asarray(p["hair_style"]).tolist(), "mouth_type": np.asarray(p["mouth_type"]).tolist(),
+            "ss": ss, "line_w": int(round(ow)), "lash_w": max(1, int(round(ow * 1.5))),
+            "nose_w": max(1, int(round(ow * 0.8)))}
+
+
+def _draw_cartoon_eyes(d, i, s, c) -> None:
+    """Both eyes of cartoon ``i``: outline, white, iris ring, iris, pupil, two catch lights, lashes, brow."""
+    flat, ss = s["flat"], s["ss"]
+    for side in (0, 1):
+        d.polygon(s["eye_outline"][side][i], fill=_OUTLINE)
+        d.polygon(flat[f"eye{side}"][i], fill=(255, 255, 255))
+        cen, r = s["iris"][side][0][i], s["iris"][side][1][i]
+        d.ellipse(_iris_box(cen, r), fill=c["iris_ring"][i])
+        d.ellipse(_iris_box(cen, r * 0.8), fill=c["iris"][i])
+        d.ellipse(_iris_box(cen, r * 0.45), fill=(20, 14, 18))
+        d.ellipse(_iris_box((cen[0] - r * 0.32, cen[1] - r * 0.34), max(r * 0.3, ss * 0.6)), fill=(255, 255, 255))
+        d.ellipse(_iris_box((cen[0] + r * 0.35, cen[1] + r * 0.3), max(r * 0.12, ss * 0.3)), fill=(255, 255, 255))
+        d.line(flat[f"lash{side}"][i], fill=_OUTLINE, width=s["lash_w"], joint="curve")
+        d.polygon(flat[f"brow{side}"][i], fill=_OUTLINE)
+
+
+def _draw_cartoon_mouth(d, i, s) -> None:
+    """Nose hook and mouth of cartoon ``i`` (an open mouth outlined, with tongue and teeth; a closed one a
+    line, thicker for a smile)."""
+    mouth = s["mouth"]
+    d.line(s["nose"][i], fill=_OUTLINE, width=s["nose_w"], joint="curve")
+    m = s["mouth_type"][i]
+    if m == _OPEN:
+        d.polygon(mouth["open_outline"][i], fill=_OUTLINE)
+        d.polygon(mouth["open"][i], fill=(120, 30, 42))
+        d.polygon(mouth["tongue"][i], fill=(232, 104, 112))
+        d.polygon(mouth["teeth"][i], fill=(255, 255, 255))
+    else:
+        d.line(mouth["line"][i], fill=_OUTLINE, width=s["line_w"] + (s["ss"] if m == _SMILE else 0), joint="curve")
+
+
+def _draw_cartoon(d, i, s, c) -> None:
+    """Cartoon ``i``, back to front, each body and hair shape over its outline."""
+    flat, outline = s["flat"], s["outline"]
+
+    def shape(name, fill):
+        d.polygon(outline[name][i], fill=_OUTLINE)
+        d.polygon(flat[name][i], fill=fill)
+
+    def face():
+        d.polygon(s["blush"][0][i], fill=c["blush"][i])
+        d.polygon(s["blush"][1][i], fill=c["blush"][i])
+        _draw_cartoon_eyes(d, i, s, c)
+        _draw_cartoon_mouth(d, i, s)
+
+    _draw_person(shape, face, i, s, c)
+
+
 def render_cartoon(params: dict[str, np.ndarray], size: int) -> np.ndarray:
     """The same faces as ``render_faces`` drawn as cartoons: flat colours, dark outlines, bigger eyes with a
     white highlight, exaggerated smiles, plain pastel backgrounds. uint8 [n, size, size, 3]."""
@@ -993,96 +1117,12 @@ def render_cartoon(params: dict[str, np.ndarray], size: int) -> np.ndarray:
         return np.zeros((0, size, size, 3), np.uint8)
     ss = _supersample(size)
     C = size * ss
-    g = _geometry(p, C, eye_w=1.35, eye_h=1.85, cartoon=True)  # bigger, rounder eyes
-    ow = max(ss * 0.75, C / 44.0)  # outline width (canvas px)
-    style = np.asarray(p["hair_style"])
-    mt = np.asarray(p["mouth_type"])
-    skin = np.asarray(p["skin"], np.float32)
-    hair = np.asarray(p["hair"], np.float32)
-    skin_t = np.clip(skin * 1.04 + 6, 0, 255)
-    hair_t = np.where((style == _BUZZ)[:, None], 0.5 * hair + 0.5 * skin_t, hair * 1.05)
-    bg_c = _rgb(_pastel(p["bg0"]))
-    skin_c, hair_c, shirt_c = _rgb(skin_t), _rgb(hair_t), _rgb(np.clip(p["shirt"] * 1.1 + 10, 0, 255))
-    ear_c = skin_c
-    iris_c = _rgb(np.clip(np.asarray(p["iris"]) * 1.25 + 10, 0, 255))
-    blush_c = _rgb(0.75 * skin_t + 0.25 * np.array([255, 90, 110], np.float32))
-    mouth_c = (120, 30, 42)
-    tongue_c = (232, 104, 112)
-    flat = _LazyFlat(g, ["torso", "neck", "ear_l", "ear_r", "head", "brow0", "brow1", "eye0", "eye1", "lash0",
-                         "lash1"])
-    dil = {k: (_LazyRows(_dilate(g[k], ow)) if k.startswith(("cap_", "back_")) else _flat(_dilate(g[k], ow)))
-           for k in ["torso", "neck", "ear_l", "ear_r", "head"] + [k for k in g if k.startswith(("cap_", "back_"))]}
-    f = g["_f"]
-    up, lo = _mouth(p, f, smile_gain=2.0, open_gain=1.5)
-    sm = mt == _SMILE
-    # exaggerated smile: wider, corners higher
-    up = up.copy()
-    up[..., 0] = np.where(sm[:, None], f["mouth_x"] + (up[..., 0] - f["mouth_x"]) * 1.2, up[..., 0])
-    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
-    line_l = _flat(up_px)
-    open_poly = np.concatenate([up_px, lo_px[:, ::-1]], 1)
-    open_l, open_dil = _flat(open_poly), _flat(_dilate(open_poly, ow))
-    kk = up.shape[1]
-    teeth = _flat(np.concatenate([up_px, _to_px(p, up + np.array([0, 1], np.float32) * 0.04
-                                                 * (1 - np.linspace(-1, 1, kk) ** 2)[None, :, None] ** 0.5,
-                                                 C)[:, ::-1]], 1))
-    tongue = _flat(_to_px(p, _ellipse(f["mouth_x"], lo[:, kk // 2:kk // 2 + 1, 1] - 0.05, f["mouth_w"] * 0.5,
-                                      0.045, 12), C))
-    # nose: a small hook on the side away from the yaw
-    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
-    sgn = np.where(np.asarray(p["yaw"]) >= 0, -1.0, 1.0)[:, None].astype(np.float32)
-    nose = _flat(_to_px(p, _stackxy(np.concatenate([nx + sgn * nw * 0.1, nx + sgn * nw * 0.7, nx - sgn * nw * 0.1],
-                                                   1),
-                                    np.concatenate([ntip - 0.08, ntip - 0.01, ntip + 0.02], 1)), C))
-    blush = [_to_px(p, _ellipse(f["eye_x"][:, s_:s_ + 1] + (0.05 if s_ else -0.05), f["eye_y"][:, s_:s_ + 1]
-                                + 0.24, 0.09, 0.045, 12), C) for s_ in (0, 1)]
-    blush = [_flat(b) for b in blush]
-    ow_i = int(round(ow))
-    lash_w = max(1, int(round(ow * 1.5)))
-    eye_dil = [_flat(_dilate(g[f"eye{s_}"], ow * 0.45)) for s_ in (0, 1)]
-    iris_cr = [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)]
-    iris_ring_c = _rgb(np.asarray(p["iris"]) * 0.55)
+    colours = _cartoon_palette(p)
+    shapes = _cartoon_shapes(p, C, ss)
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
-        im = Image.new("RGB", (C, C), bg_c[i])
-        d = ImageDraw.Draw(im)
-        back, front = _STYLE_PARTS[int(style[i])]
-
-        def shape(name, fill):
-            d.polygon(dil[name][i], fill=_OUTLINE)
-            d.polygon(flat[name][i], fill=fill)
-
-        for name in back:
-            shape(name, hair_c[i])
-        shape("torso", shirt_c[i])
-        shape("neck", skin_c[i])
-        shape("ear_l", ear_c[i])
-        shape("ear_r", ear_c[i])
-        shape("head", skin_c[i])
-        d.polygon(blush[0][i], fill=blush_c[i])
-        d.polygon(blush[1][i], fill=blush_c[i])
-        for side in (0, 1):
-            d.polygon(eye_dil[side][i], fill=_OUTLINE)
-            d.polygon(flat[f"eye{side}"][i], fill=(255, 255, 255))
-            c, r = iris_cr[side][0][i], iris_cr[side][1][i]
-            d.ellipse(_iris_box(c, r), fill=iris_ring_c[i])
-            d.ellipse(_iris_box(c, r * 0.8), fill=iris_c[i])
-            d.ellipse(_iris_box(c, r * 0.45), fill=(20, 14, 18))
-            d.ellipse(_iris_box((c[0] - r * 0.32, c[1] - r * 0.34), max(r * 0.3, ss * 0.6)), fill=(255, 255, 255))
-            d.ellipse(_iris_box((c[0] + r * 0.35, c[1] + r * 0.3), max(r * 0.12, ss * 0.3)), fill=(255, 255, 255))
-            d.line(flat[f"lash{side}"][i], fill=_OUTLINE, width=lash_w, joint="curve")
-            d.polygon(flat[f"brow{side}"][i], fill=_OUTLINE)
-        d.line(nose[i], fill=_OUTLINE, width=max(1, int(round(ow * 0.8))), joint="curve")
-        m = int(mt[i])
-        if m == _OPEN:
-            d.polygon(open_dil[i], fill=_OUTLINE)
-            d.polygon(open_l[i], fill=mouth_c)
-            d.polygon(tongue[i], fill=tongue_c)
-            d.polygon(teeth[i], fill=(255, 255, 255))
-        else:
-            d.line(line_l[i], fill=_OUTLINE, width=ow_i + (ss if m == _SMILE else 0), joint="curve")
-        for name in front:
-            shape(name, hair_c[i])
+        im = Image.new("RGB", (C, C), colours["bg"][i])
+        _draw_cartoon(ImageDraw.Draw(im), i, shapes, colours)
         out[i] = np.asarray(im.reduce(ss))
     return out
 
