@@ -377,14 +377,17 @@ def _ada_discriminator(d: _Module):
             raise layer.refuse(f"learning-rate multiplier {_fc_lr_mul(layer)}: the reference's head uses 1")
     if sd["final_linear.1.weight"].shape[0] != 1:
         raise out.refuse(f"{sd['final_linear.1.weight'].shape[0]} outputs (a conditional head?); expected 1")
-    group = mbstd.attr("group_size", 4)
-    extras = {"stddev_group": _GROUP_ALL if group is None else int(group),
-              "stddev_features": int(mbstd.attr("num_channels", 1)), "conv_clamp": clamp, "blur_kernel": taps}
-    return sd, extras
+    return sd, _d_extras(mbstd.attr("group_size", 4), mbstd.attr("num_channels", 1), clamp, taps)
 
 
 # "the whole minibatch" (NVlabs' group_size=None): min(N, this) is N for any batch.
 _GROUP_ALL = 2 ** 31 - 1
+
+
+def _d_extras(group, features, clamp, taps) -> dict:
+    """A discriminator's architecture extras from its minibatch-stddev group size and features."""
+    return {"stddev_group": _GROUP_ALL if group is None else int(group), "stddev_features": int(features),
+            "conv_clamp": clamp, "blur_kernel": taps}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -565,8 +568,5 @@ def _tf_discriminator(net, path: str):
     sd["final_linear.0.bias"] = need("4x4/Dense0/bias")
     sd["final_linear.1.weight"] = np.ascontiguousarray(need("Output/weight").T)
     sd["final_linear.1.bias"] = need("Output/bias")
-    group = kw.get("mbstd_group_size", 4)
-    extras = {"stddev_group": _GROUP_ALL if group is None else int(group),
-              "stddev_features": int(kw.get("mbstd_num_features", 1)), "conv_clamp": None, "blur_kernel": taps}
-    return sd, extras
+    return sd, _d_extras(kw.get("mbstd_group_size", 4), kw.get("mbstd_num_features", 1), None, taps)
 
