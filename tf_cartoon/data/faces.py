@@ -638,7 +638,8 @@ _BODY = (("torso", "shirt"), ("neck", "neck"), ("ear_l", "ear"), ("ear_r", "ear"
 
 def _draw_person(shape, face, i, s, c) -> None:
     """The drawing order both renderers share for image ``i``: the hair behind the head, the body, the face's
-    features (``face()``), the hair in front; ``shape(name, fill)`` draws one named polygon."""
+    features (``face()``), the hair in front; ``shape(name, fill)`` draws one named polygon. ``s``: the
+    renderer's shapes (``_photo_shapes`` / ``_cartoon_shapes``), ``c``: its palette."""
     back, front = _STYLE_PARTS[s["style"][i]]
     for name in back:
         shape(name, c["hair"][i])
