@@ -121,12 +121,12 @@ def make_dataset(spec: str, size: int, batch_size: int, *, shuffle: bool = True,
     size, batch_size = int(size), int(batch_size)
     if size < 1 or batch_size < 1:
         raise ValueError(f"size and batch_size must be >= 1, got size={size}, batch_size={batch_size}")
-    start_batch = int(start_batch)
+    n_pipes, pipe = _pipeline_of(input_context)
+    seed, start_batch = int(seed), int(start_batch)
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-    n_pipes, pipe = _pipeline_of(input_context)
-    pseed = _pipeline_seed(int(seed), pipe)
-    ds = _batches(spec, size, batch_size, shuffle=shuffle, repeat=repeat, seed=int(seed), pseed=pseed,
+    pseed = _pipeline_seed(seed, pipe)
+    ds = _batches(spec, size, batch_size, shuffle=shuffle, repeat=repeat, seed=seed, pseed=pseed,
                   n_pipes=n_pipes, pipe=pipe, num_parallel=num_parallel, start_batch=start_batch)
     return _finish(ds, size, batch_size, flip=flip, pseed=pseed, start_batch=start_batch,
                    num_parallel=num_parallel, sharded=input_context is not None)
