@@ -123,7 +123,8 @@ def test_area_resize_equals_torch_area_interpolation():
     x = np.random.RandomState(0).uniform(0, 255, (37, 53, 3)).astype(np.float32)
     for size in [(12, 17), (24, 24), (37, 53), (50, 60)]:
         want = torch.nn.functional.interpolate(torch.from_numpy(x.transpose(2, 0, 1))[None], size=size, mode="area")
-        np.testing.assert_allclose(align.area_resize(x, *size), want[0].numpy().transpose(1, 2, 0), rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(align.area_resize(x, *size), want[0].numpy().transpose(1, 2, 0),
+                                   rtol=1e-5, atol=1e-3)
 
 
 @needs_astronaut
