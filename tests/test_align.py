@@ -286,3 +286,13 @@ def test_cli_aligns_astronaut(tmp_path, capsys):
     assert rc == 0
     out = np.asarray(Image.open(tmp_path / "astronaut.png"))
     assert out.shape == (64, 64, 3)
+
+
+def test_missing_weights_one_line_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(align, "weights_dir", lambda: None)
+    with pytest.raises(align.AlignUnavailable, match="pip install --no-deps facenet-pytorch"):
+        align.MTCNNNets.load()
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((40, 50, 3), 9, np.uint8)).save(photo)
+    assert align.main([str(photo), "--out", str(tmp_path / "out")]) == 2
+    assert "facenet-pytorch" in one_line_error(capsys)

@@ -131,3 +131,12 @@ def test_cli_real_unaligned_photo(tmp_path, g):
     photo = align.read_photo(ASTRONAUT)
     np.testing.assert_array_equal(aligned, align.ffhq_crop(photo, align.detector().detect(photo).landmarks[0], g.size))
     assert np.asarray(Image.open(out / "astronaut.png")).shape[1] >= 5 * g.size
+
+
+def test_cli_align_without_weights_one_line(tmp_path, face, monkeypatch, capsys):
+    monkeypatch.setattr(align, "weights_dir", lambda: None)
+    photo = tmp_path / "p.png"
+    Image.fromarray(face).save(photo)
+    rc = toonify.main([str(photo), "--target", BUILTIN, "--out", str(tmp_path / "out"), "--align", "mtcnn"])
+    assert rc == 2
+    assert "pip install --no-deps facenet-pytorch" in one_line_error(capsys)
