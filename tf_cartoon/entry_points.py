@@ -50,6 +50,10 @@ def prepare_data():
     _run("prepare_data")
 
 
+def studio():
+    _run("studio")
+
+
 def bench():
     from absl import app, logging
 
