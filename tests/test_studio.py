@@ -310,8 +310,11 @@ def test_studio_in_headless_chromium(tmp_path):
         photo = tmp_path / "face.png"
         Image.fromarray(to_uint8(gen.sample(source, [7], 0.7, truncation_samples=N_MEAN))[0]).save(photo)
         driver.find_element("id", "toon-file").send_keys(str(photo))
-        toon = _wait(lambda: len(_srcs(driver, "toon-out")) == 4 and _srcs(driver, "toon-out"), timeout=180,
-                     what="the toonified photo")
+        def toonified():
+            status = driver.find_element("id", "toon-status")
+            assert "error" not in status.get_attribute("class"), status.text
+            return len(_srcs(driver, "toon-out")) == 4 and _srcs(driver, "toon-out")
+        toon = _wait(toonified, timeout=180, what="the toonified photo")
         assert [f.text for f in driver.find_elements("css selector", "#toon-out figcaption")] == \
             ["aligned", "reconstruction", "target", "swapped (l=2, 16 px)"]
         aligned, recon, cartoon, _ = (_decode(s) for s in toon)
