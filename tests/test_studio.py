@@ -124,6 +124,26 @@ def test_decode_photo(tmp_path):
             st.decode_photo(bad)
 
 
+def _face(g, seed: int) -> np.ndarray:
+    """A face the generator drew, uint8 [size, size, 3]: a "photo" already aligned for it."""
+    return to_uint8(gen.sample(g, [seed], 0.7, truncation_samples=N_MEAN))[0]
+
+
+def test_toonify_is_toonify_photo_kept_per_photo(studio, pair):
+    from tf_cartoon.toonify import toonify_photo
+
+    photo = _face(pair[0], 11)
+    result = studio.toonify(photo)
+    direct = toonify_photo(photo, *pair, fast=True, swap_layers=(1, 2), steps=10)
+    np.testing.assert_array_equal(result.aligned, photo)
+    for name in ("reconstruction", "target"):
+        np.testing.assert_array_equal(getattr(result, name), getattr(direct, name))
+    assert sorted(result.swapped) == [1, 2]
+    for l in (1, 2):
+        np.testing.assert_array_equal(result.swapped[l], direct.swapped[l])
+    assert studio.toonify(photo.copy()) is result  # the same photo again: no second projection
+
+
 # ---------------------------------------------------------------------------
 # HTTP, without a browser
 # ---------------------------------------------------------------------------
@@ -161,13 +181,47 @@ def test_http_page_and_api(server, studio):
     for p, (label, image) in zip(panels, studio.draw(3, 0.6, 1)):
         assert p["label"] == label
         np.testing.assert_array_equal(_decode(p["src"]), image)
+    photo = _face(studio.source, 11)
+    status, body = _post(server + "api/toonify", _png_file(photo))
+    assert status == 200
+    result = studio.toonify(photo)
+    assert [p["label"] for p in body["panels"]] == ["aligned", "reconstruction", "target"]
+    for p, image in zip(body["panels"], [result.aligned, result.reconstruction, result.target]):
+        np.testing.assert_array_equal(_decode(p["src"]), image)
+    assert sorted(body["swapped"]) == ["1", "2"] and body["swapped"]["1"]["label"] == "swapped (l=1, 8 px)"
+    np.testing.assert_array_equal(_decode(body["swapped"]["2"]["src"]), result.swapped[2])
     status, _, body = _get(server + "api/sefa?seed=3&index=1&strength=2.5&truncation=0.7&swap=2")
     assert status == 200
     for p, (_, image) in zip(json.loads(body)["panels"], studio.sefa(3, 1, 2.5, 0.7, 2)):
         np.testing.assert_array_equal(_decode(p["src"]), image)
 
 
+def _png_file(image) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _post(url, data: bytes):
+    req = urllib.request.Request(url, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def test_http_errors(server):
+    from tf_cartoon import align
+
+    status, body = _post(server + "api/toonify", b"not an image")
+    assert status == 400 and body["error"].startswith("the upload is not an image")
+    # A grey 40x30 photo is no aligned face: MTCNN looks for one and finds none, or is not installed.
+    status, body = _post(server + "api/toonify", _png_file(np.full((30, 40, 3), 128, np.uint8)))
+    if align.weights_dir() is None:
+        assert status == 501, body
+    else:
+        assert status == 422 and "no face" in body["error"].lower(), body
     status, _, body = _get(server + "api/draw?seed=abc")
     assert status == 400 and json.loads(body) == {"error": "seed must be an integer, got 'abc'"}
     status, _, body = _get(server + "nope")

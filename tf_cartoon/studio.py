@@ -255,7 +255,8 @@ def _panels_json(panels) -> list[dict]:
 class Handler(BaseHTTPRequestHandler):
     """Routes: ``GET /`` the page; ``GET /api/info``; ``GET /api/draw?seed=&truncation=&swap=``;
     ``GET /api/sefa?seed=&index=&strength=&truncation=&swap=``; ``POST /api/toonify`` (body: the photo
-    file). Answers are JSON; a bad parameter is ``400 {"error": ...}``, no face ``422``."""
+    file). Answers are JSON; a bad parameter or upload is ``400 {"error": ...}``, a photo without a face ``422``,
+    a photo that needs alignment where MTCNN's weights are not installed ``501``."""
 
     studio: Studio  # set on the subclass the server is made with
     server_version = "tf_cartoon-studio"
@@ -318,12 +319,14 @@ class Handler(BaseHTTPRequestHandler):
         data = self.rfile.read(length)
         if not toonify_available():
             return self._error(HTTPStatus.NOT_IMPLEMENTED, "toonify is not part of this installation")
-        from tf_cartoon.toonify import NoFaceError
+        from tf_cartoon.align import AlignUnavailable, NoFaceError
 
         try:
             result = self.studio.toonify(decode_photo(data))
         except NoFaceError as e:
             return self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(e))
+        except AlignUnavailable as e:  # the installation's, not the photo's
+            return self._error(HTTPStatus.NOT_IMPLEMENTED, str(e))
         except (ValueError, OSError) as e:
             return self._error(HTTPStatus.BAD_REQUEST, str(e))
         except Exception as e:
