@@ -108,6 +108,14 @@ def test_verify_finds_torn_index_and_data_and_lists_newest_first(tmp_path):
     state = (tmp_path / "checkpoint").read_text()
     (tmp_path / "checkpoint").write_text(state[:25])
     assert integrity.candidates(str(tmp_path)) == [str(tmp_path / f"ckpt-{i}") for i in (3, 2, 1)]
+    # A relative folder (a workdir named from its parent, e.g. --target runs/quickstart) gives relative prefixes.
+    (tmp_path / "checkpoint").write_text(state)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path.parent)
+        assert integrity.candidates(tmp_path.name) == [os.path.join(tmp_path.name, f"ckpt-{i}") for i in (3, 2, 1)]
+    finally:
+        os.chdir(cwd)
     integrity.drop_from_state(str(tmp_path), [str(tmp_path / "ckpt-3")])
     assert tf.train.get_checkpoint_state(str(tmp_path)).model_checkpoint_path.endswith("ckpt-2")
 

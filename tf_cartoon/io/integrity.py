@@ -158,6 +158,8 @@ def candidates(directory: str) -> list[str]:
                     os.path.join(directory, "checkpoint"), one_line(e))
         state = None
     if state is not None:
+        # get_checkpoint_state has joined relative entries with ``directory`` already (a relative directory
+        # gives prefixes relative to the working directory; joining again would double it).
         paths = list(state.all_model_checkpoint_paths)
         if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
             paths.append(state.model_checkpoint_path)
@@ -165,7 +167,7 @@ def candidates(directory: str) -> list[str]:
         found = [m for n in os.listdir(directory) if (m := re.fullmatch(r"(.+)-(\d+)\.index", n))]
         found.sort(key=lambda m: int(m.group(2)))
         paths = [os.path.join(directory, f"{m.group(1)}-{m.group(2)}") for m in found]
-    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in reversed(paths)]
+    return list(reversed(paths))
 
 
 def newest_good(directory: str, warn: bool = True) -> tuple[str | None, list[tuple[str, str]]]:
