@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import one_line_error
-from tf_cartoon import cli, toonify
+from tf_cartoon import align, cli, toonify
 from tf_cartoon.data import synthetic
 
 BUILTIN = "builtin:source_synthetic"
@@ -114,3 +114,20 @@ def test_cli_unreadable_photo_skipped_none_done(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"skipped {bad}" in err and "error: no photo toonified (of 1)" in err
     assert not os.path.exists(tmp_path / "out" / "bad.png")
+
+
+@pytest.mark.slow
+def test_cli_real_unaligned_photo(tmp_path, g):
+    """astronaut.png (512 px, the face off-centre): MTCNN alignment -> projection -> sheet and latent."""
+    from tests.test_align import ASTRONAUT
+
+    if ASTRONAUT is None or align.weights_dir() is None:
+        pytest.skip("needs scikit-image's astronaut.png and facenet-pytorch's MTCNN weights (pip install --no-deps)")
+    out = tmp_path / "out"
+    rc = toonify.main([ASTRONAUT, "--target", BUILTIN, "--out", str(out), "--steps", "10"])
+    assert rc == 0
+    with np.load(out / "astronaut.npz") as f:
+        aligned = f["photo"]
+    photo = align.read_photo(ASTRONAUT)
+    np.testing.assert_array_equal(aligned, align.ffhq_crop(photo, align.detector().detect(photo).landmarks[0], g.size))
+    assert np.asarray(Image.open(out / "astronaut.png")).shape[1] >= 5 * g.size

@@ -158,8 +158,6 @@ def candidates(directory: str) -> list[str]:
                     os.path.join(directory, "checkpoint"), one_line(e))
         state = None
     if state is not None:
-        # get_checkpoint_state has joined relative entries with ``directory`` already (a relative directory
-        # gives prefixes relative to the working directory; joining again would double it).
         paths = list(state.all_model_checkpoint_paths)
         if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
             paths.append(state.model_checkpoint_path)
@@ -167,6 +165,8 @@ def candidates(directory: str) -> list[str]:
         found = [m for n in os.listdir(directory) if (m := re.fullmatch(r"(.+)-(\d+)\.index", n))]
         found.sort(key=lambda m: int(m.group(2)))
         paths = [os.path.join(directory, f"{m.group(1)}-{m.group(2)}") for m in found]
+    # Both branches give paths under ``directory`` already (get_checkpoint_state joins a relative entry to it):
+    # joining again would double a relative directory (runs/x/checkpoints/runs/x/checkpoints/ckpt-1).
     return list(reversed(paths))
 
 
