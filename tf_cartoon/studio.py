@@ -476,7 +476,8 @@ function layerText(l) { return "l=" + l + " (" + (1 << (l + 2)) + " px)"; }
 function bindSeed(prefix, refresh) {
   const range = $(prefix + "-seed-range"), box = $(prefix + "-seed");
   range.addEventListener("input", () => { box.value = range.value; refresh(); });
-  box.addEventListener("change", () => {
+  box.addEventListener("input", () => {
+    if (!/^[0-9]+$/.test(box.value)) return;  // mid-edit (empty): wait for a number
     range.value = Math.min(Number(box.value), Number(range.max));
     refresh();
   });
