@@ -58,6 +58,10 @@ def toonify():
     _run("toonify")
 
 
+def studio():
+    _run("studio")
+
+
 def bench():
     from absl import app, logging
 
