@@ -197,7 +197,8 @@ class Source:
         s_mean = generate.mean_latent(src, truncation_samples) if src is not None and truncation != 1.0 else None
         for start in range(0, n, batch):
             seeds = range(seed + start, seed + min(n, start + batch))
-            noise = seed_noise(g, seeds)
+            # a paired target's z is the source's draw (shared_w) or one of the same length (own_z)
+            noise = seed_noise(g, seeds, src.z_dim if src is not None else g.z_dim)
             if src is None:
                 w = generate.latents(g, seeds, truncation, t_mean)
                 out = g.synthesis(generate.to_wplus(g, w), noise=noise, randomize_noise=False)
@@ -246,13 +247,13 @@ class Source:
                 yield quantise(np.asarray(x, np.float32))
 
 
-def seed_noise(g, seeds) -> list[np.ndarray]:
-    """The noise maps of each seed: drawn from ``RandomState(seed)`` right after its z (generate.seed_z), so a
-    source and a target of one resolution take the same maps for the same seed."""
+def seed_noise(g, seeds, z_dim: int) -> list[np.ndarray]:
+    """The noise maps of each seed for ``g``: drawn from ``RandomState(seed)`` right after its ``z_dim`` values
+    of z (generate.seed_z), so a source and a target of one resolution take the same maps for the same seed."""
     noise = [[] for _ in range(g.num_layers)]
     for s in seeds:
         rs = np.random.RandomState(int(s))
-        rs.randn(g.z_dim)
+        rs.randn(int(z_dim))
         for i in range(g.num_layers):
             r = g.noise_resolution(i)
             noise[i].append(rs.randn(r, r, 1))
