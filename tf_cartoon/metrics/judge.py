@@ -35,7 +35,7 @@ Training (reproducible; ``configs/judge.cfg`` holds the settings and the expecte
 
 writes ``judge.npz`` (the weights, read with ``allow_pickle=False``) and ``judge.json`` (architecture,
 target normalisation, spreads, the floor and the held-out accuracy per parameter) into ``--out``.
-``docs/judge.md`` shows the shipped judge's figures; ``tests/test_judge.py`` checks them on fresh renders.
+``docs/judge_table.md`` shows the shipped judge's figures; ``tests/test_judge.py`` checks them on fresh renders.
 """
 
 from __future__ import annotations
