@@ -276,8 +276,9 @@ def accuracy(judge: Judge, params: dict) -> dict:
     """Held-out figures of ``judge`` on the faces ``params`` rendered in both domains.
 
     Per domain: domain accuracy; per continuous parameter MAE (its units), its standard error and R^2; per
-    categorical one the accuracy; and the structure floor (faces(p) vs cartoon(p)): its value over
-    ``STRUCTURE`` and the normalised disagreement of every judged parameter."""
+    categorical one the accuracy; the structure floor (faces(p) vs cartoon(p)): its value over ``STRUCTURE``
+    and the normalised disagreement of every judged parameter; and ``unrelated``: structure_error of faces(p)
+    vs cartoon(q) for a fixed shuffle q of p (what a target that kept nothing of its source scores)."""
     t = targets(params)
     outs = {"faces": judge(F.render_faces(params, JUDGE_SIZE)), "cartoon": judge(F.render_cartoon(params, JUDGE_SIZE))}
     n = len(t["cx"])
@@ -295,6 +296,8 @@ def accuracy(judge: Judge, params: dict) -> dict:
     value, _ = structure_error(outs["faces"], outs["cartoon"], judge.spreads)
     _, per = structure_error(outs["faces"], outs["cartoon"], judge.spreads, CONTINUOUS + tuple(CATEGORICAL))
     rep["floor"] = {"value": value, "per_param": per}
+    shuffle = np.random.default_rng(0).permutation(n)
+    rep["unrelated"] = structure_error(outs["faces"], outs["cartoon"].subset(shuffle), judge.spreads)[0]
     return rep
 
 
@@ -402,8 +405,9 @@ def write_report(folder: str) -> dict:
     config = dict(judge.config)
     rep = accuracy(judge, heldout_params(config["heldout"]["seed"], config["heldout"]["n"]))
     config["structure"] = list(STRUCTURE)
-    config["accuracy"] = {k: v for k, v in rep.items() if k != "floor"}
+    config["accuracy"] = {k: v for k, v in rep.items() if k not in ("floor", "unrelated")}
     config["floor"] = rep["floor"]["value"]
+    config["unrelated"] = rep["unrelated"]
     config["floor_per_param"] = rep["floor"]["per_param"]
     with open(os.path.join(folder, "judge.json"), "w") as f:
         json.dump(config, f, indent=1)
@@ -428,6 +432,8 @@ def markdown_table(config: dict) -> str:
                      f"{stats[k]['spread']:.3f} | {floor[k]:.3f} |")
     lines.append(f"| **structure_error floor** | mean over the {len(config['structure'])} marked * | | | | "
                  f"**{config['floor']:.3f}** |")
+    lines.append(f"| structure_error of unrelated pairs (faces(p) vs cartoon(shuffled p)) | | | | | "
+                 f"{config['unrelated']:.3f} |")
     return "\n".join(lines)
 
 
