@@ -160,6 +160,25 @@ def test_paired_target_renders_the_sources_seeds(tmp_path):
     assert tgt.identity() != src.identity() and tgt.identity()["partner"] == src.identity()
 
 
+def test_swapped_target_matches_generates_layer_swap(tmp_path, monkeypatch):
+    """With the noise maps set to the stored ones, a paired target's swapped images are tf_cartoon.generate's
+    swap_images of the same seeds (an independent path: generate's render and swap), quantised."""
+    from tf_cartoon import generate
+    from tests.tiny_models import make_tiny_checkpoint
+
+    src = evaluate.Source("source", make_tiny_checkpoint(tmp_path / "s", seed=0))
+    tgt = evaluate.Source("fake", make_tiny_checkpoint(tmp_path / "t", seed=1))
+    monkeypatch.setattr(evaluate, "seed_noise", lambda g, seeds, z_dim: g.stored_noise())
+    seeds = range(3, 8)
+    want = generate.swap_images(src.generator(), tgt.generator(), seeds, layers=(1, 2), truncation=1.0)
+    for layer in (1, 2):
+        got = np.concatenate(list(tgt.paired(src, "shared_w", layer).batches(5, 16, 2, 1.0, 16, 3)))
+        np.testing.assert_allclose(got, evaluate.quantise(want.swapped[layer]), atol=1.01 / 127.5)
+    plain = np.concatenate(list(tgt.paired(src, "shared_w").batches(5, 16, 2, 1.0, 16, 3)))
+    np.testing.assert_allclose(plain, evaluate.quantise(want.target), atol=1.01 / 127.5)
+    assert np.abs(plain - evaluate.quantise(want.swapped[1])).max() > 0.05  # the swap changes the image
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--metrics", "structure"], "structure needs --source"),
     (["--metrics", "domain", "--swap_layer", "2"], "--swap_layer needs --source"),
