@@ -10,7 +10,10 @@ import pytest
 from tf_cartoon.training.config import TrainConfig, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
+ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
+# Flagfiles of other tools than train (the judge's) name their own command; the rest are training recipes.
+OTHER_TOOL = {"judge.cfg": "tf_cartoon.metrics.judge"}
+CONFIGS = [c for c in ALL_CONFIGS if os.path.basename(c) not in OTHER_TOOL]
 
 
 def parse_flagfile(path) -> dict:
@@ -64,6 +67,16 @@ def test_config_header_and_flags(path, tmp_path):
     size = cfg.size or (32 if name in ("tiny_cpu.cfg", "quickstart.cfg") else 256)
     n_blocks = size.bit_length() - 3
     validate(cfg, size=size, n_blocks=n_blocks)
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_TOOL))
+def test_other_tool_config_header(name):
+    path = os.path.join(ROOT, "configs", name)
+    text = open(path).read()
+    header = text.split("\n--", 1)[0]
+    assert text.startswith("#") and "Expected runtime" in header
+    assert f"python -m {OTHER_TOOL[name]} --flagfile=configs/{name}" in header
+    assert all(line.startswith(("#", "--")) for line in text.splitlines() if line.strip())
 
 
 def test_paper_recipes_match_the_paper():

@@ -84,6 +84,7 @@ def test_wheel_contents(installed):
         shipped = {f for f in os.listdir(os.path.join(ROOT, folder)) if f.rsplit(".", 1)[-1] in pattern}
         assert shipped and {f"tf_cartoon/{folder}/{f}" for f in shipped} <= names, folder
     assert "tf_cartoon/assets/source_synthetic/config.json" in names
+    assert {"tf_cartoon/assets/judge/judge.json", "tf_cartoon/assets/judge/judge.npz"} <= names
     assert not any(n.startswith(("tests/", "configs/", "custom_ops/")) for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

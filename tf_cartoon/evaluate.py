@@ -1,9 +1,11 @@
-"""Evaluate generators and image sets: FID, KID and PPL.
+"""Evaluate generators and image sets: FID, KID, PPL and the judge's structure metrics.
 
     python -m tf_cartoon.evaluate --metrics fid,kid --real /data/cartoon --fake workdir/ckpt.pt \\
         --inception pt_inception-2015-12-05-6726825d.pth --n 50000
     python -m tf_cartoon.evaluate --metrics ppl --fake builtin:source_synthetic \\
         --vgg16_weights vgg16-397923af.pth --n 5000
+    python -m tf_cartoon.evaluate --metrics structure,domain,judge_fd --fake runs/quickstart \\
+        --source builtin:source_synthetic [--swap_layer 2]
 
 ``--real`` / ``--fake``: an image folder (recursive), a TFRecord file / pattern / folder of shards
 (``python -m tf_cartoon.prepare_data``), ``synthetic:NAME``, or a checkpoint (a .pt, NVlabs .pkl,
@@ -22,10 +24,25 @@ pytorch-fid's pt_inception-2015-12-05-6726825d.pth), ``ppl`` (of the ``--fake`` 
 points t and t + 1e-4, LPIPS-VGG; ``--vgg16_weights``, and the lpips package's v0.1 linear layers or
 ``--lpips``). ``--n`` defaults to 50000 for fid / kid and 5000 (the reference ppl.py's) for ppl.
 
-Output: one JSON line per metric on stdout, a table on stderr. Inception features are cached under
+The judge's metrics (tf_cartoon.metrics.judge: a small CNN shipped in the package that reads the built-in
+domains synthetic:faces / synthetic:cartoon; ``--judge`` another judge folder; ``--n`` defaults to 1000):
+``structure`` (structure_error between ``--source`` and ``--fake``, two checkpoints rendering the same seeds
+with the same noise maps; 0 = the same faces, ~1 = unrelated; the row also gives the judge's floor, measured
+on true render pairs), ``domain`` (domain_rate: the share of ``--fake`` images judged cartoon; with
+``--source``, a row for it too) and ``judge_fd`` (Frechet distance of the judge's features from ``--fake`` to
+``--real``, default synthetic:cartoon; with ``--source``, from it to synthetic:faces).
+
+With ``--source`` a checkpoint ``--fake`` (the fine-tuned target) renders each seed as tf_cartoon.generate
+renders it beside its source: the latents pair as ``--pairing`` says (generate.PAIRINGS; default shared_w),
+each generator truncates toward its own mean, and both take the seed's noise maps. ``--swap_layer L[,L...]``
+scores layer-swapped outputs instead (the target with the source's feature at layer L, Generator.synthesis's
+swap), every metric of ``--fake`` once per layer (``swap_layer`` in the JSON lines).
+
+Output: one JSON line per metric on stdout, a table on stderr. Inception and judge features are cached under
 ``--cache_dir`` (default ``$TF_CARTOON_CACHE/features`` or ``~/.cache/tf_cartoon/features``) keyed by a
-hash of the source (image file bytes, TFRecord bytes, checkpoint bytes), the sampling settings and the
-Inception weights' bytes, so a second run against the same real set only computes the fake side.
+hash of the source (image file bytes, TFRecord bytes, checkpoint bytes; a paired target's also its source's,
+the pairing and swap layer), the sampling settings and the network's weights' bytes, so a second run against
+the same real set only computes the fake side.
 Bad input: one ``error: ...`` line on stderr, exit status 2.
 """
 
@@ -44,9 +61,11 @@ import numpy as np
 
 from tf_cartoon import cli
 
-METRICS = ("fid", "kid", "ppl")
+METRICS = ("fid", "kid", "ppl", "structure", "domain", "judge_fd")
 FEATURE_METRICS = ("fid", "kid")
-DEFAULT_N = {"fid": 50000, "kid": 50000, "ppl": 5000}
+JUDGE_METRICS = ("structure", "domain", "judge_fd")
+DEFAULT_N = {"fid": 50000, "kid": 50000, "ppl": 5000, "judge": 1000}
+JUDGE_REFERENCE = {"fake": "synthetic:cartoon", "source": "synthetic:faces"}  # judge_fd's default real sets
 DEFAULT_SIZE = 256
 FEATURES_VERSION = 1  # bump when the feature pipeline changes, so stale cache entries are not used
 
@@ -71,6 +90,7 @@ class Source:
 
         self.role, self.spec = role, spec
         self._g = None
+        self.partner, self.swap_layer, self.pairing = None, None, None
         if not spec:
             raise UsageError(f"--{role} is empty")
         if spec.startswith(data.SYNTHETIC_PREFIX):
@@ -107,6 +127,14 @@ class Source:
     def is_checkpoint(self) -> bool:
         return self.kind == "checkpoint"
 
+    def paired(self, partner: "Source", pairing: str, swap_layer: int | None = None) -> "Source":
+        """This checkpoint as the target of ``partner`` (the source): same seeds and noise maps, latents paired
+        by ``pairing``, and with ``swap_layer`` the source's feature swapped in (a new Source; generators shared)."""
+        twin = Source.__new__(Source)
+        twin.__dict__.update(self.__dict__)
+        twin.partner, twin.pairing, twin.swap_layer = partner, pairing, swap_layer
+        return twin
+
     def generator(self):
         if self._g is None:
             import tf_cartoon
@@ -139,7 +167,10 @@ class Source:
                     h.update(f"{os.path.relpath(p, self.target)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         else:
             h.update(file_digest(self.target).encode())
-        return {"kind": self.kind, "digest": h.hexdigest()}
+        out = {"kind": self.kind, "digest": h.hexdigest()}
+        if self.partner is not None:
+            out.update(partner=self.partner.identity(), pairing=self.pairing, swap_layer=self.swap_layer)
+        return out
 
     def count(self, n: int) -> int | None:
         if self.kind == "folder":
@@ -162,19 +193,24 @@ class Source:
 
         g = self.generator()
         t_mean = generate.mean_latent(g, truncation_samples) if truncation != 1.0 else None
+        src = self.partner.generator() if self.partner is not None else None
+        s_mean = generate.mean_latent(src, truncation_samples) if src is not None and truncation != 1.0 else None
         for start in range(0, n, batch):
             seeds = range(seed + start, seed + min(n, start + batch))
-            z, noise = [], [[] for _ in range(g.num_layers)]
-            for s in seeds:
-                rs = np.random.RandomState(s)
-                z.append(rs.randn(g.style_dim))
-                for i in range(g.num_layers):
-                    r = g.noise_resolution(i)
-                    noise[i].append(rs.randn(r, r, 1))
-            z = np.asarray(z, np.float32)
-            w = generate.truncate(g, np.asarray(g.mapping(z), np.float32), truncation, t_mean)
-            noise = [np.asarray(maps, np.float32) for maps in noise]
-            out = g.synthesis(generate.to_wplus(g, w), noise=noise, randomize_noise=False)
+            # a paired target's z is the source's draw (shared_w) or one of the same length (own_z)
+            noise = seed_noise(g, seeds, src.z_dim if src is not None else g.z_dim)
+            if src is None:
+                w = generate.latents(g, seeds, truncation, t_mean)
+                out = g.synthesis(generate.to_wplus(g, w), noise=noise, randomize_noise=False)
+            else:
+                src_w, w = generate.paired_latents(src, g, seeds, truncation, s_mean, t_mean, truncation_samples,
+                                                   self.pairing)
+                kw = {}
+                if self.swap_layer is not None:
+                    feat = src.synthesis(generate.to_wplus(src, src_w), noise=noise, randomize_noise=False,
+                                         tap_layers=(self.swap_layer,), stop_after_layer=self.swap_layer)
+                    kw = dict(swap_layer=self.swap_layer, swap_feature=feat.features[self.swap_layer])
+                out = g.synthesis(generate.to_wplus(g, w), noise=noise, randomize_noise=False, **kw)
             yield quantise(np.asarray(out.image, np.float32))
 
     def _folder(self, size, batch):
@@ -209,6 +245,19 @@ class Source:
             ds = make_dataset(self.spec, size, 1, shuffle=False, flip=False, repeat=False).unbatch().batch(batch)
             for x in ds:
                 yield quantise(np.asarray(x, np.float32))
+
+
+def seed_noise(g, seeds, z_dim: int) -> list[np.ndarray]:
+    """The noise maps of each seed for ``g``: drawn from ``RandomState(seed)`` right after its ``z_dim`` values
+    of z (generate.seed_z), so a source and a target of one resolution take the same maps for the same seed."""
+    noise = [[] for _ in range(g.num_layers)]
+    for s in seeds:
+        rs = np.random.RandomState(int(s))
+        rs.randn(int(z_dim))
+        for i in range(g.num_layers):
+            r = g.noise_resolution(i)
+            noise[i].append(rs.randn(r, r, 1))
+    return [np.asarray(maps, np.float32) for maps in noise]
 
 
 def quantise(images: np.ndarray) -> np.ndarray:
@@ -266,14 +315,16 @@ def default_cache_dir() -> str:
     return os.path.join(root, "features")
 
 
-def feature_key(source: Source, settings: dict, inception_digest: str) -> str:
+def feature_key(source: Source, settings: dict, inception_digest: str, network: str = "inception") -> str:
     blob = json.dumps({"version": FEATURES_VERSION, "source": source.identity(), "settings": settings,
-                       "inception": inception_digest}, sort_keys=True)
+                       network: inception_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def source_features(source: Source, args, size: int, inception_path: str, cache_dir: str | None):
-    """(features [N, 2048], "hit" | "miss" | "off") for one source."""
+def source_features(source: Source, args, size: int, inception_path: str | None, cache_dir: str | None,
+                    judge=None):
+    """(features [N, D], "hit" | "miss" | "off") for one source: FID Inception pool features, or with ``judge``
+    (a tf_cartoon.metrics.judge.Judge) the judge's raw outputs (features and heads, ``Judge.decode``)."""
     from tf_cartoon.metrics.inception import file_digest, get_inception
 
     n = args.n_features
@@ -283,18 +334,22 @@ def source_features(source: Source, args, size: int, inception_path: str, cache_
     if source.kind == "checkpoint":
         settings.update(truncation=args.truncation, truncation_samples=args.truncation_samples)
         settings.pop("size")  # generated at the checkpoint's own resolution
-    key = feature_key(source, settings, file_digest(inception_path))
+    if judge is None:
+        key = feature_key(source, settings, file_digest(inception_path))
+    else:
+        key = feature_key(source, settings, judge.digest, network="judge")
     path = os.path.join(cache_dir, key + ".npy") if cache_dir else None
     if path and os.path.isfile(path):
         try:
             return np.load(path), "hit"
         except (OSError, ValueError):
             pass  # an unreadable entry is recomputed and rewritten
-    inception = get_inception(inception_path)
-    progress = Progress(f"{source.role} features ({source.spec})", source.count(n))
+    network = judge.raw if judge is not None else get_inception(inception_path)
+    what = "judge features" if judge is not None else "features"
+    progress = Progress(f"{source.role} {what} ({source.spec})", source.count(n))
     feats, done = [], 0
     for images in source.batches(n, size, args.batch, args.truncation, args.truncation_samples, args.seed):
-        feats.append(inception(images))
+        feats.append(network(images))
         done += len(images)
         progress.update(done)
     progress.finish(done)
@@ -320,13 +375,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--real", help="reference images: folder, TFRecords, synthetic:NAME or checkpoint (fid, kid)")
     p.add_argument("--fake", help="evaluated images: a checkpoint (needed for ppl), or folder / TFRecords / "
                                   "synthetic:NAME (fid, kid)")
+    cli.add_role(p, "source", help="the pretrained generator the --fake checkpoint was fine-tuned from (needed for "
+                                   "structure and --swap_layer; pairs the fake's seeds with it)")
+    p.add_argument("--swap_layer", default=None, help="score the --fake target with the --source's feature swapped "
+                                                      "in at layer L (comma-separated: each)")
+    p.add_argument("--pairing", default="shared_w", help="how --source and --fake pair their latents: shared_w "
+                                                         "(default; z through the source's mapping) or own_z")
+    p.add_argument("--judge", default=None, help="judge folder (judge.json + judge.npz) for structure, domain, "
+                                                 "judge_fd (default: the shipped tf_cartoon/assets/judge)")
     p.add_argument("--inception", help="pytorch-fid's FID Inception weights pt_inception-2015-12-05-6726825d.pth "
                                        "(fid, kid)")
     p.add_argument("--vgg16_weights", help="VGG16 weights for ppl's LPIPS: torchvision's vgg16-397923af.pth (exact "
                                            "LPIPS) or a keras.applications VGG16 include_top=False .h5")
     p.add_argument("--lpips", help="the lpips package's weights/v0.1/vgg.pth (default: found in an installed lpips)")
     p.add_argument("--n", type=int, default=None, help="images per checkpoint / synthetic source (default 50000 "
-                                                       "for fid/kid), path pairs for ppl (default 5000)")
+                                                       "for fid/kid, 1000 for the judge's metrics), path pairs for "
+                                                       "ppl (default 5000)")
     p.add_argument("--truncation", type=float, default=1.0, help="truncation psi of generated images for fid/kid "
                                                                  "(default 1: none; ppl never truncates)")
     p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind the mean latent")
@@ -367,6 +431,28 @@ def _check(args) -> list[str]:
         for role in ("real", "fake"):
             if not getattr(args, role):
                 raise UsageError(f"fid / kid need --{role}")
+    if any(m in JUDGE_METRICS for m in metrics) and not args.fake:
+        raise UsageError("structure / domain / judge_fd need --fake")
+    if "structure" in metrics and not args.source:
+        raise UsageError("structure needs --source CHECKPOINT (the generator --fake was fine-tuned from)")
+    if args.swap_layer is not None and not args.source:
+        raise UsageError("--swap_layer needs --source CHECKPOINT (whose feature is swapped in)")
+    from tf_cartoon.generate import PAIRINGS
+
+    if args.pairing not in PAIRINGS:
+        raise UsageError(f"--pairing must be one of {', '.join(PAIRINGS)}, got {args.pairing!r}")
+    args.swap_layers = None
+    if args.swap_layer is not None:
+        try:
+            args.swap_layers = list(dict.fromkeys(int(v) for v in args.swap_layer.split(",") if v.strip()))
+        except ValueError:
+            args.swap_layers = []
+        if not args.swap_layers:
+            raise UsageError(f"--swap_layer must be integers like 2 or 1,2, got {args.swap_layer!r}")
+        if "ppl" in metrics:
+            raise UsageError("ppl scores the --fake generator's own paths; it does not take --swap_layer")
+    if args.judge and not os.path.isdir(args.judge):
+        raise UsageError(f"--judge {args.judge} is not a folder")
     if "ppl" in metrics:
         if not args.fake:
             raise UsageError("ppl needs --fake CHECKPOINT")
@@ -386,47 +472,71 @@ def _check(args) -> list[str]:
 
 
 def _table(rows: list[dict]) -> str:
-    lines = [f"{'metric':<8}{'value':>16}  {'n':>8}  details"]
+    lines = [f"{'metric':<16}{'value':>12}  {'n':>8}  details"]
     for r in rows:
-        details = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("metric", "value", "n"))
-        lines.append(f"{r['metric']:<8}{r['value']:>16.6g}  {r['n']:>8}  {details}")
+        details = ", ".join(f"{k}={v}" for k, v in r.items()
+                            if k not in ("metric", "value", "n") and not isinstance(v, dict))
+        lines.append(f"{r['metric']:<16}{r['value']:>12.6g}  {r['n']:>8}  {details}")
     return "\n".join(lines)
+
+
+def _fake_sets(args, sources) -> list[tuple[int | None, Source]]:
+    """(swap layer or None, Source) of each --fake set to score: the fake itself; with --source, the target
+    paired with it (seeds, noise, latents), once per --swap_layer when given."""
+    fake, src = sources["fake"], sources.get("source")
+    if src is None:
+        return [(None, fake)]
+    if not src.is_checkpoint:
+        raise UsageError(f"--source must be a checkpoint, got {args.source} ({src.kind})")
+    if not fake.is_checkpoint:
+        if args.swap_layers or "structure" in args.metric_list:
+            raise UsageError(f"structure and --swap_layer need --fake to be a checkpoint, got {args.fake} "
+                             f"({fake.kind})")
+        return [(None, fake)]
+    layers = cli.check_pair(src.generator(), fake.generator(), args.swap_layers or (),
+                            flag_name="--swap_layer" if args.swap_layers else cli.flag(args, "source"))
+    return [(layer, fake.paired(src, args.pairing, layer)) for layer in (layers or (None,))]
+
+
+def _default_size(sources, fallback: int) -> int:
+    ckpts = [s for s in (sources["fake"], sources.get("source"), sources.get("real")) if s and s.is_checkpoint]
+    return ckpts[0].generator().size if ckpts else fallback
 
 
 def run(args) -> list[dict]:
     metrics = _check(args)
-    sources = {role: Source(role, getattr(args, role)) for role in ("real", "fake") if getattr(args, role)}
+    args.metric_list = metrics
+    sources = {role: Source(role, getattr(args, role)) for role in ("real", "fake", "source") if getattr(args, role)}
     if "ppl" in metrics and not sources["fake"].is_checkpoint:
         raise UsageError(f"ppl needs --fake to be a checkpoint, got {args.fake} ({sources['fake'].kind})")
+    fake_sets = _fake_sets(args, sources) if "fake" in sources else []
+    paired = {"source": args.source, "pairing": args.pairing} if "source" in sources else {}
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     results = []
     wanted = [m for m in metrics if m in FEATURE_METRICS]
     if wanted:
         from tf_cartoon.metrics.inception import file_digest
         from tf_cartoon.metrics.stats import fid_from_features, kid_from_features
 
-        size = args.size
-        if size is None:
-            ckpts = [s for s in (sources["fake"], sources["real"]) if s.is_checkpoint]
-            size = ckpts[0].generator().size if ckpts else DEFAULT_SIZE
+        size = args.size if args.size is not None else _default_size(sources, DEFAULT_SIZE)
         args.n_features = args.n if args.n is not None else DEFAULT_N["fid"]
-        cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
-        feats, cache = {}, {}
-        for role in ("real", "fake"):
-            feats[role], cache[role] = source_features(sources[role], args, size, args.inception, cache_dir)
-        common = {"n": len(feats["fake"]), "n_real": len(feats["real"]), "real": args.real, "fake": args.fake,
-                  "size": size, "truncation": args.truncation, "seed": args.seed,
-                  "inception": file_digest(args.inception)[:16], "cache": cache}
-        for m in wanted:
-            if min(len(feats["real"]), len(feats["fake"])) < 2:
-                raise UsageError(f"{m} needs at least 2 images on each side")
-            if m == "fid":
-                value = fid_from_features(feats["real"], feats["fake"])
-                results.append({"metric": "fid", "value": value, **common})
-            else:
-                value = kid_from_features(feats["real"], feats["fake"], args.kid_subsets, args.kid_subset_size,
-                                          seed=args.seed)
-                results.append({"metric": "kid", "value": value, **common, "num_subsets": args.kid_subsets,
-                                "max_subset_size": args.kid_subset_size})
+        real, real_cache = source_features(sources["real"], args, size, args.inception, cache_dir)
+        for layer, fake_set in fake_sets:
+            fake, fake_cache = source_features(fake_set, args, size, args.inception, cache_dir)
+            common = {"n": len(fake), "n_real": len(real), "real": args.real, "fake": args.fake, **paired,
+                      **({"swap_layer": layer} if layer is not None else {}),
+                      "size": size, "truncation": args.truncation, "seed": args.seed,
+                      "inception": file_digest(args.inception)[:16], "cache": {"real": real_cache, "fake": fake_cache}}
+            for m in wanted:
+                if min(len(real), len(fake)) < 2:
+                    raise UsageError(f"{m} needs at least 2 images on each side")
+                if m == "fid":
+                    value = fid_from_features(real, fake)
+                    results.append({"metric": "fid", "value": value, **common})
+                else:
+                    value = kid_from_features(real, fake, args.kid_subsets, args.kid_subset_size, seed=args.seed)
+                    results.append({"metric": "kid", "value": value, **common, "num_subsets": args.kid_subsets,
+                                    "max_subset_size": args.kid_subset_size})
     if "ppl" in metrics:
         from tf_cartoon.metrics.lpips import LPIPS
         from tf_cartoon.metrics.ppl import ppl
@@ -441,7 +551,60 @@ def run(args) -> list[dict]:
         results.append({"metric": "ppl", "value": value, "n": n, "fake": args.fake, "space": "w",
                         "sampling": "end", "eps": args.eps, "crop": args.crop, "seed": args.seed,
                         "lpips": "exact" if lp.exact else "keras-vgg16"})
+    if any(m in JUDGE_METRICS for m in metrics):
+        results += _judge_metrics(args, metrics, sources, fake_sets, paired, cache_dir)
     return results
+
+
+def _judge_metrics(args, metrics, sources, fake_sets, paired, cache_dir) -> list[dict]:
+    """structure_error, domain_rate and judge_fd rows (tf_cartoon.metrics.judge), judge outputs cached."""
+    from tf_cartoon.metrics import judge as J
+
+    jd = J.load(args.judge)
+    size = args.size if args.size is not None else _default_size(sources, J.JUDGE_SIZE)
+    args.n_features = args.n if args.n is not None else DEFAULT_N["judge"]
+
+    def judged(source: Source):
+        raw, cache = source_features(source, args, size, None, cache_dir, judge=jd)
+        if len(raw) == 0:
+            raise UsageError(f"--{source.role} {source.spec}: no images")
+        return jd.decode(raw), cache
+
+    def reference(role: str):
+        spec = args.real if role == "fake" and args.real else JUDGE_REFERENCE[role]
+        return spec, judged(sources["real"] if spec == args.real else Source("real", spec))
+
+    common = {"seed": args.seed, "truncation": args.truncation, "size": size, "judge": jd.digest[:16]}
+    rows = []
+    src_out = judged(sources["source"]) if "source" in sources else None
+    for layer, fake_set in fake_sets:
+        out, cache = judged(fake_set)
+        base = {"n": len(out), "fake": args.fake, **paired, **({"swap_layer": layer} if layer is not None else {}),
+                **common}
+        if "structure" in metrics:
+            if len(src_out[0]) != len(out):
+                raise UsageError(f"structure needs as many --source as --fake images, got {len(src_out[0])} and "
+                                 f"{len(out)}")
+            value, per = J.structure_error(src_out[0], out, jd.spreads, jd.config["structure"])
+            rows.append({"metric": "structure_error", "value": value, **base, "floor": jd.floor,
+                         "cache": {"source": src_out[1], "fake": cache}, "per_param": per})
+        if "domain" in metrics:
+            rows.append({"metric": "domain_rate", "value": J.domain_rate(out), "set": "fake", **base,
+                         "cache": {"fake": cache}})
+        if "judge_fd" in metrics:
+            spec, (ref, ref_cache) = reference("fake")
+            rows.append({"metric": "judge_fd", "value": J.judge_fd(ref, out), "set": "fake", "real": spec,
+                         "n_real": len(ref), **base, "cache": {"real": ref_cache, "fake": cache}})
+    if src_out is not None:
+        base = {"n": len(src_out[0]), "source": args.source, **common}
+        if "domain" in metrics:
+            rows.append({"metric": "domain_rate", "value": J.domain_rate(src_out[0]), "set": "source", **base,
+                         "cache": {"source": src_out[1]}})
+        if "judge_fd" in metrics:
+            spec, (ref, ref_cache) = reference("source")
+            rows.append({"metric": "judge_fd", "value": J.judge_fd(ref, src_out[0]), "set": "source", "real": spec,
+                         "n_real": len(ref), **base, "cache": {"real": ref_cache, "source": src_out[1]}})
+    return rows
 
 
 @cli.command(setup="generate")

@@ -5,8 +5,8 @@
     feats = FIDInception("pt_inception-2015-12-05-6726825d.pth")(images)   # NHWC in [-1, 1] -> [N, 2048]
 
 Modules: ``stats`` (Frechet distance, KID; numpy only), ``inception`` (the FID Inception in Keras),
-``lpips`` (LPIPS-VGG), ``ppl`` (perceptual path length). This package imports TensorFlow only when a
-network is built.
+``lpips`` (LPIPS-VGG), ``ppl`` (perceptual path length), ``judge`` (the built-in domains' judge and its
+structure_error / domain_rate / judge_fd). This package imports TensorFlow only when a network is built.
 """
 
 from tf_cartoon.metrics.stats import (feature_stats, fid_from_features, frechet_distance, kid_from_features,
