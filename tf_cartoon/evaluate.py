@@ -607,6 +607,13 @@ def _judge_metrics(args, metrics, sources, fake_sets, paired, cache_dir) -> list
     return rows
 
 
+def evaluate(argv: list[str]) -> list[dict]:
+    """The metrics the command line ``argv`` asks for, as the rows ``main`` prints (for other tools, e.g.
+    tf_cartoon.compare)."""
+    with cli.user_input():
+        return run(_parser().parse_args(argv))
+
+
 @cli.command(setup="generate")
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
