@@ -161,7 +161,7 @@ class Source:
         from tf_cartoon import generate
 
         g = self.generator()
-        t_mean = generate.mean_latent(g, truncation_samples) if truncation != 1.0 else None
+        t_mean, = generate.mean_latents(truncation, truncation_samples, g)
         for start in range(0, n, batch):
             seeds = range(seed + start, seed + min(n, start + batch))
             z, noise = [], [[] for _ in range(g.num_layers)]
