@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import logging
+import math
 import os
 import sys
 
@@ -98,6 +99,21 @@ def add_role(p: argparse.ArgumentParser, role: str, *aliases: str, **kwargs) -> 
 def flag(args: argparse.Namespace, dest: str) -> str:
     """The option string the user gave for ``dest`` (``--ckpt`` for an alias), else ``--<dest>``."""
     return getattr(args, "_spellings", {}).get(dest) or f"--{dest}"
+
+
+def add_truncation(p: argparse.ArgumentParser, default: float = 0.7) -> None:
+    """``--truncation`` (psi; each generator truncates toward its own mean latent) and ``--truncation_samples``
+    (the z behind each mean latent), as every tool that renders seeds takes them."""
+    p.add_argument("--truncation", type=float, default=default, help=f"truncation psi (1 = none; default {default:g})")
+    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+
+
+def check_finite(args: argparse.Namespace, *dests: str) -> None:
+    """Each float flag in ``dests`` is finite (not nan or inf), else ValueError naming it."""
+    for dest in dests:
+        value = getattr(args, dest)
+        if not math.isfinite(value):
+            raise ValueError(f"{flag(args, dest)} must be finite, got {value}")
 
 
 def check_at_least(args: argparse.Namespace, minimum, *dests: str) -> None:

@@ -311,8 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_role(p, "source", default=None, help="source (pretrained) generator, e.g. ffhq256.pt, for layer swapping")
     cli.add_role(p, "out", required=True, help="output directory")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-15 or 0-3,7 (default 0-7)")
-    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (1 = none; default 0.7)")
-    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    cli.add_truncation(p)
     p.add_argument("--pairing", choices=PAIRINGS, default="shared_w",
                    help="with --source: shared_w (default, as the reference's demos): the seed's z through the "
                         "source's mapping, that w to both; own_z: each generator maps z itself")
@@ -337,8 +336,7 @@ def _prepare(args):
     layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else None
     cli.check_at_least(args, 1, "batch", "frames", "frame_ms", "truncation_samples")
     cli.check_at_least(args, 0, "pad")
-    if not np.isfinite(args.truncation):
-        raise ValueError(f"--truncation must be finite, got {args.truncation}")
+    cli.check_finite(args, "truncation")
     if layers is not None and args.source is None:
         raise ValueError("--swap_layer needs --source (the generator whose features are swapped in)")
     if args.interpolate and len(seeds) < 2:

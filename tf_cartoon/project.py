@@ -207,7 +207,10 @@ def loss_resolution(images):
 
 def latent_stats(g, n: int = 10000, seed: int = 0, chunk: int = 4096):
     """Mean of ``g``'s mapping over n stateless N(0, 1) z ([style_dim]) and the scalar spread
-    sqrt(sum((w - mean)^2) / n) that scales the latent noise."""
+    sqrt(sum((w - mean)^2) / n) that scales the latent noise.
+
+    Not ``g.mean_latent``: the spread must come from the same samples as the mean, and the reference's
+    projector starts from this mapped mean even where a checkpoint stores a truncation centre (w_avg)."""
     import tensorflow as tf
 
     n = int(n)

@@ -157,8 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--degrees", type=float, default=5.0, help="edit from -degrees to +degrees (default 5)")
     p.add_argument("--steps", type=int, default=7, help="edit strengths per direction (default 7)")
     p.add_argument("--seeds", default="0-3", help="seeds to edit (default 0-3)")
-    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (default 0.7)")
-    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    cli.add_truncation(p)
     p.add_argument("--swap_layer", default=None, help="also render the layer-swapped target at these layers")
     p.add_argument("--out_dir", default="sefa", help="where --render writes direction_III.png (default sefa)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
@@ -176,8 +175,7 @@ def _prepare(args):
         raise ValueError("--swap_layer needs --target")
     cli.check_at_least(args, 1, "steps", "batch", "truncation_samples")
     cli.check_at_least(args, 0, "pad")
-    if not (np.isfinite(args.degrees) and np.isfinite(args.truncation)):
-        raise ValueError("--degrees and --truncation must be finite")
+    cli.check_finite(args, "degrees", "truncation")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file, got {args.out}")
     source = cli.load_generator(args.source, cli.flag(args, "source"))

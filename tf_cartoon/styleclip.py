@@ -316,8 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--swap_layer", default=None,
                    help=f"render the layer-swapped target at these layers (e.g. 1,2; needs --target; default "
                         f"{SWAP_LAYER} with --target, as the reference's demo; 'none': no swapped row)")
-    p.add_argument("--truncation", type=float, default=TRUNCATION, help="truncation psi (default 0.7)")
-    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    cli.add_truncation(p, TRUNCATION)
     p.add_argument("--log_every", type=int, default=50, help="print the loss every N steps (0: never)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call when rendering")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
@@ -349,9 +348,7 @@ def _prepare(args):
     if args.n_alpha < 2:
         raise ValueError(f"--n_alpha must be >= 2, got {args.n_alpha}")
     cli.check_at_least(args, 0, "log_every", "pad")
-    for name in ("lr", "l2_lambda", "alpha", "truncation"):
-        if not np.isfinite(getattr(args, name)):
-            raise ValueError(f"--{name} must be finite, got {getattr(args, name)}")
+    cli.check_finite(args, "lr", "l2_lambda", "alpha", "truncation")
     if args.lr <= 0 or args.l2_lambda < 0:
         raise ValueError(f"--lr must be > 0 and --l2_lambda >= 0, got {args.lr} and {args.l2_lambda}")
     for path, flag in ((args.latent, "--latent"), (args.bpe, "--bpe")):
