@@ -329,8 +329,7 @@ class Discriminator(keras.Model):
     """
 
     def __init__(self, size=256, channel_multiplier=2, channels=None, blur_kernel=DEFAULT_BLUR,
-                 stddev_group=arch.STDDEV_GROUP,
-                 stddev_features=1, conv_clamp=None, **kwargs):
+                 stddev_group=arch.STDDEV_GROUP, stddev_features=1, conv_clamp=None, **kwargs):
         kwargs.setdefault("name", "discriminator")
         super().__init__(**kwargs)
         self.size, self.channel_multiplier = int(size), int(channel_multiplier)
