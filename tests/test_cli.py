@@ -99,51 +99,6 @@ def _subprocess(tool, argv):
 
 
 # ---------------------------------------------------------------------------
-# check_pair: the one rule of a source / target pair
-# ---------------------------------------------------------------------------
-
-def _g(size=16, style_dim=8, channels=None, n_mlp=2):
-    channels = channels or {4: 8, 8: 6, 16: 4}
-    n_blocks = int(np.log2(size)) - 2
-    return SimpleNamespace(size=size, style_dim=style_dim, n_latent=2 * int(np.log2(size)) - 2, n_blocks=n_blocks,
-                           channels=channels, n_mlp=n_mlp)
-
-
-def test_check_pair_rule():
-    t = _g()
-    assert cli.check_pair(_g(), t, [1, 2]) == (1, 2)
-    # what each generator computes for itself may differ: mapping depth, the 4 px input's channels
-    assert cli.check_pair(_g(n_mlp=5, channels={4: 3, 8: 6, 16: 4}), t, "all") == (1, 2)
-    # channels may differ only where nothing is swapped
-    narrow = _g(channels={4: 8, 8: 5, 16: 4})
-    assert cli.check_pair(narrow, t, [2]) == (2,)
-    with pytest.raises(cli.IncompatiblePairError, match="layer 1: source has 5 channels at 8 px, target 6"):
-        cli.check_pair(narrow, t, [1])
-    with pytest.raises(cli.IncompatiblePairError, match="layer 1"):
-        cli.check_pair(narrow, t, "all")  # export serves every layer
-    with pytest.raises(cli.IncompatiblePairError, match="^--source: source and target differ in image size"):
-        cli.check_pair(_g(size=32, channels={4: 8, 8: 6, 16: 4, 32: 2}), t, (), "--source")
-    with pytest.raises(cli.IncompatiblePairError, match="style_dim: 4 vs 8"):
-        cli.check_pair(_g(style_dim=4), t)
-    with pytest.raises(cli.IncompatiblePairError, match="n_latent"):
-        cli.check_pair(SimpleNamespace(**{**vars(_g()), "n_latent": 7}), t)
-    for bad in (0, 3, 1.5, True):
-        with pytest.raises(cli.UsageError, match="1..2"):
-            cli.check_pair(_g(), t, [bad])
-    assert issubclass(cli.IncompatiblePairError, ValueError)  # library callers catching ValueError still do
-
-
-def test_generate_and_export_share_the_rule():
-    from tf_cartoon import export, generate
-
-    narrow = _g(channels={4: 8, 8: 5, 16: 4})
-    assert generate.check_pair(narrow, _g(), [2]) == (2,)
-    with pytest.raises(cli.IncompatiblePairError):
-        export.check_compatible(_g(), narrow)  # target, source: every layer must fit
-    export.check_compatible(_g(), _g(channels={4: 2, 8: 6, 16: 4}))  # 4 px differs: never swapped
-
-
-# ---------------------------------------------------------------------------
 # Flags and the error wrapper
 # ---------------------------------------------------------------------------
 

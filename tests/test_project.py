@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 
 import numpy as np
@@ -37,17 +35,8 @@ def render(g, wplus, noise=None):
 
 
 # ---------------------------------------------------------------------------
-# Schedules, noise regulariser, renormalisation
+# Latent noise, noise regulariser, renormalisation
 # ---------------------------------------------------------------------------
-
-def test_lr_schedule():
-    lr = 0.1
-    assert pj.lr_at(0.0, lr) == 0.0  # ramp-up starts at 0
-    assert pj.lr_at(0.025, lr) == pytest.approx(0.05)  # half way up the linear ramp (0.05 long)
-    assert pj.lr_at(0.05, lr) == pytest.approx(lr) and pj.lr_at(0.5, lr) == pytest.approx(lr)
-    assert pj.lr_at(1 - 0.125, lr) == pytest.approx(lr * 0.5)  # half way down the cosine (0.25 long)
-    assert pj.lr_at(1 - 0.25 * (1 / 3), lr) == pytest.approx(lr * (0.5 - 0.5 * math.cos(math.pi / 3)))
-
 
 def test_latent_noise_strength():
     assert pj.latent_noise_strength(0.0, 2.0, 0.05, 0.75) == pytest.approx(0.1)

@@ -1,4 +1,4 @@
-"""Architecture facts without TensorFlow: image sizes, channel tables, FIR kernels.
+"""Architecture facts without TensorFlow: image sizes, block / W+ row / noise counts, channel tables, FIR kernels.
 
 Everything here is plain Python / numpy, so that flag validation and checkpoint reading (which map a file
 onto these facts before any network is built) never start TensorFlow: a bad file or flag is answered
@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 MIN_SIZE, MAX_SIZE = 8, 1024
+STDDEV_GROUP = 4  # the discriminator's minibatch-stddev group (the reference's stddev_group)
 
 
 def default_channels(channel_multiplier: int = 2) -> dict[int, int]:
@@ -27,6 +28,46 @@ def log2_size(size) -> int:
     if size <= 0 or 2 ** log != size or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be a power of two between {MIN_SIZE} and {MAX_SIZE}, got {size}")
     return log
+
+
+def is_power_of_two(n) -> bool:
+    n = int(n)
+    return n > 0 and n & (n - 1) == 0
+
+
+def is_valid_size(size) -> bool:
+    """A power of two between MIN_SIZE and MAX_SIZE: an image size the networks are built for."""
+    return is_power_of_two(size) and MIN_SIZE <= int(size) <= MAX_SIZE
+
+
+def resolutions(size) -> list[int]:
+    """The feature resolutions 4, 8, ..., size of a ``size`` px network."""
+    return [2 ** i for i in range(2, log2_size(size) + 1)]
+
+
+def n_blocks(size) -> int:
+    """Synthesis blocks above 4x4 (8 px .. size px): the swap layers are 1..n_blocks."""
+    return log2_size(size) - 2
+
+
+def n_latent(size) -> int:
+    """W+ rows: one per styled conv and ToRGB (conv1, to_rgb1, then three per block, sharing one)."""
+    return 2 * log2_size(size) - 2
+
+
+def num_noise(size) -> int:
+    """Noise inputs: conv1's, then two per block."""
+    return 2 * n_blocks(size) + 1
+
+
+def noise_resolution(i: int) -> int:
+    """Resolution of noise input i (4, 8, 8, 16, 16, ...)."""
+    return 2 ** ((int(i) + 5) // 2)
+
+
+def swap_resolution(layer: int) -> int:
+    """Resolution of the feature swapped at layer L (the output of convs.{2L-1}): 2^(L+2)."""
+    return 2 ** (int(layer) + 2)
 
 
 def resolve_channels(size, channel_multiplier=2, channels=None) -> dict[int, int]:

@@ -11,7 +11,8 @@ through this module, so that they all behave alike:
   is never pre-checked here: :func:`load_checkpoint` / :func:`load_generator` let the loader decide
   and turn its complaint into a :class:`UsageError` naming the flag
   (``--source: checkpoint not found: x.pt``).
-* :func:`check_pair` is the one compatibility rule of a source / target pair.
+* A source / target pair that does not fit (tf_cartoon.latent.check_pair, the one rule) is an
+  :class:`IncompatiblePairError`.
 * :func:`command` wraps each tool's ``main(argv)``: every user error becomes ONE stderr line
   ``error: ...`` and exit status 2; KeyboardInterrupt exits 130 without a traceback; anything else is
   a bug and keeps its traceback. :func:`run` is each tool's process entry: the process setup the
@@ -26,6 +27,8 @@ import argparse
 import contextlib
 import functools
 import logging
+import math
+import os
 import sys
 
 from tf_cartoon.io.errors import CheckpointError
@@ -98,6 +101,29 @@ def flag(args: argparse.Namespace, dest: str) -> str:
     return getattr(args, "_spellings", {}).get(dest) or f"--{dest}"
 
 
+def add_truncation(p: argparse.ArgumentParser, default: float = 0.7) -> None:
+    """``--truncation`` (psi; each generator truncates toward its own mean latent) and ``--truncation_samples``
+    (the z behind each mean latent), as every tool that renders seeds takes them."""
+    p.add_argument("--truncation", type=float, default=default, help=f"truncation psi (1 = none; default {default:g})")
+    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+
+
+def check_finite(args: argparse.Namespace, *dests: str) -> None:
+    """Each float flag in ``dests`` is finite (not nan or inf), else ValueError naming it."""
+    for dest in dests:
+        value = getattr(args, dest)
+        if not math.isfinite(value):
+            raise ValueError(f"{flag(args, dest)} must be finite, got {value}")
+
+
+def check_at_least(args: argparse.Namespace, minimum, *dests: str) -> None:
+    """Each numeric flag in ``dests`` is >= ``minimum``, else ValueError naming it (``--batch must be >= 1``)."""
+    for dest in dests:
+        value = getattr(args, dest)
+        if value < minimum:
+            raise ValueError(f"{flag(args, dest)} must be >= {minimum}, got {value}")
+
+
 # ---------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------
@@ -126,44 +152,12 @@ def load_generator(spec, flag_name: str, fused_modconv: bool = False):
     return g
 
 
-def swap_resolution(layer: int) -> int:
-    """Resolution of the feature swapped at layer L (the output of convs.{2L-1}): 2^(L+2)."""
-    return 2 ** (int(layer) + 2)
+def checkpoint_record(spec: str) -> str:
+    """A checkpoint spec as a tool's records (metadata, settings) keep it: a path made absolute,
+    ``builtin:<name>`` as it is."""
+    from tf_cartoon import assets
 
-
-def check_pair(source, target, layers=(), flag_name: str | None = None) -> tuple[int, ...]:
-    """Whether ``source`` and ``target`` work together; returns the swap layers as ints.
-
-    The rule is what the tools do with a pair: both render the same W / W+ latents (same ``style_dim`` and
-    ``n_latent``; z goes through the source's mapping, see tf_cartoon.generate.PAIRINGS), render the same
-    image size, and at each swap layer L in ``layers`` the target takes the source's feature after
-    convs.{2L-1} (same channels at 2^(L+2) px).
-    Channels elsewhere, the mapping depth and the 4 px input may differ: each generator computes those
-    for itself. ``layers="all"`` checks every layer 1..n_blocks (a SavedModel's swap signature serves
-    any of them). Raises IncompatiblePairError (prefixed with ``flag_name`` when given) or
-    UsageError for a layer outside 1..n_blocks.
-    """
-    prefix = f"{flag_name}: " if flag_name else ""
-    for attr, what in (("size", "image size"), ("style_dim", "style_dim"), ("n_latent", "n_latent (W+ rows)")):
-        a, b = getattr(source, attr), getattr(target, attr)
-        if a != b:
-            raise IncompatiblePairError(f"{prefix}source and target differ in {what}: {a} vs {b}; layer swapping "
-                                        "and shared latents need the same")
-    n_blocks = int(target.n_blocks)
-    if isinstance(layers, str) and layers == "all":
-        layers = range(1, n_blocks + 1)
-    out = []
-    for layer in layers:
-        if isinstance(layer, bool) or not hasattr(layer, "__index__") or not 1 <= int(layer) <= n_blocks:
-            raise UsageError(f"{prefix}swap layer must be in 1..{n_blocks} for a {target.size} px generator, "
-                             f"got {layer!r}")
-        layer = int(layer)
-        res = swap_resolution(layer)
-        if source.channels[res] != target.channels[res]:
-            raise IncompatiblePairError(f"{prefix}cannot swap at layer {layer}: source has {source.channels[res]} "
-                                        f"channels at {res} px, target {target.channels[res]}")
-        out.append(layer)
-    return tuple(out)
+    return spec if assets.is_builtin(spec) else os.path.abspath(spec)
 
 
 # ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ import time
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 
 METRICS = ("fid", "kid", "ppl", "structure", "domain", "judge_fd")
 FEATURE_METRICS = ("fid", "kid")
@@ -192,9 +192,8 @@ class Source:
         from tf_cartoon import generate
 
         g = self.generator()
-        t_mean = generate.mean_latent(g, truncation_samples) if truncation != 1.0 else None
         src = self.partner.generator() if self.partner is not None else None
-        s_mean = generate.mean_latent(src, truncation_samples) if src is not None and truncation != 1.0 else None
+        t_mean, s_mean = generate.mean_latents(truncation, truncation_samples, g, src)
         for start in range(0, n, batch):
             seeds = range(seed + start, seed + min(n, start + batch))
             # a paired target's z is the source's draw (shared_w) or one of the same length (own_z)
@@ -493,7 +492,7 @@ def _fake_sets(args, sources) -> list[tuple[int | None, Source]]:
             raise UsageError(f"structure and --swap_layer need --fake to be a checkpoint, got {args.fake} "
                              f"({fake.kind})")
         return [(None, fake)]
-    layers = cli.check_pair(src.generator(), fake.generator(), args.swap_layers or (),
+    layers = latent.check_pair(src.generator(), fake.generator(), args.swap_layers or (),
                             flag_name="--swap_layer" if args.swap_layers else cli.flag(args, "source"))
     return [(layer, fake.paired(src, args.pairing, layer)) for layer in (layers or (None,))]
 

@@ -6,7 +6,7 @@
 TARGET / SOURCE: anything ``tf_cartoon.load`` reads (a reference .pt, a converted
 directory, a training workdir, builtin:<name>); their ``g_ema`` is exported
 (``--ckpt`` is an older spelling of ``--target``). With a source, the pair must
-pass tf_cartoon.cli.check_pair at every swap layer (the swap signature serves all). The SavedModel goes
+pass tf_cartoon.latent.check_pair at every swap layer (the swap signature serves all). The SavedModel goes
 to ``<out>/<version>/`` (TF Serving's layout: one integer folder per version);
 the version defaults to 1 + the largest integer folder already there (or 1). It
 is written into a hidden temporary folder under ``<out>`` and renamed into place,
@@ -58,7 +58,7 @@ import os
 import shutil
 import tempfile
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 from tf_cartoon.cli import UsageError
 
 FORMAT = "tf_cartoon_export/1"
@@ -175,11 +175,6 @@ def plain_tf_ops():
         dispatch._default = previous
 
 
-def check_compatible(target, source) -> None:
-    """Source and target must fit together at every swap layer (the swap signature serves each of them)."""
-    cli.check_pair(source, target, "all")
-
-
 class CartoonServing:
     """The exported computations as plain methods (usable eagerly too).
 
@@ -197,8 +192,8 @@ class CartoonServing:
         if pairing not in PAIRINGS:
             raise ExportError(f"--pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
         self.target, self.source, self.pairing = target, source, pairing
-        if source is not None:
-            check_compatible(target, source)
+        if source is not None:  # the swap signature serves every layer
+            latent.check_pair(source, target, "all", same_z=pairing == "own_z")
         self.size, self.style_dim, self.z_dim = int(target.size), int(target.style_dim), int(target.z_dim)
         self.n_latent, self.n_blocks = int(target.n_latent), int(target.n_blocks)
         self.truncation_samples, self.seed = int(truncation_samples), int(seed)
@@ -381,7 +376,7 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         target = cli.load_generator(ckpt, target_flag)
         src = cli.load_generator(source, "--source") if source is not None else None
         if src is not None:
-            cli.check_pair(src, target, "all", "--source")
+            latent.check_pair(src, target, "all", "--source", same_z=pairing == "own_z")
         serving = CartoonServing(target, src, truncation_samples, seed, pairing)
         archive = build_archive(serving)
         os.makedirs(out, exist_ok=True)
@@ -416,13 +411,6 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
     return final
 
 
-def _spec(spec: str) -> str:
-    """A checkpoint as the metadata records it: a path made absolute; builtin:<name> as it is."""
-    from tf_cartoon import assets
-
-    return spec if assets.is_builtin(spec) else os.path.abspath(spec)
-
-
 def tf_errors():
     import tensorflow as tf
 
@@ -437,8 +425,8 @@ def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: i
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "version": version,
-        "target": _spec(ckpt),
-        "source": _spec(source) if source is not None else None,
+        "target": cli.checkpoint_record(ckpt),
+        "source": cli.checkpoint_record(source) if source is not None else None,
         "size": serving.size, "height": serving.size, "width": serving.size, "channels": 3,
         "style_dim": serving.style_dim, "z_dim": serving.z_dim, "n_latent": serving.n_latent,
         "n_blocks": serving.n_blocks,

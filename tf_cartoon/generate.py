@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_gif, save_png, to_uint8
 
 MEAN_LATENT_SEED = 0  # seed of the z batch behind every generator's mean latent
@@ -67,6 +67,12 @@ def mean_latent(g, truncation_samples: int = 4096) -> np.ndarray:
     return np.asarray(g.mean_latent(n, seed=MEAN_LATENT_SEED))
 
 
+def mean_latents(truncation: float, truncation_samples: int, *gens) -> list:
+    """:func:`mean_latent` of each generator, or None where a generator is None or ``truncation`` is 1
+    (nothing to truncate toward)."""
+    return [mean_latent(g, truncation_samples) if g is not None and truncation != 1.0 else None for g in gens]
+
+
 def truncate(g, w, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096) -> np.ndarray:
     """``mean + psi * (w - mean)`` toward ``g``'s own mean (computed when not given); psi 1 returns w."""
     w = np.asarray(w, np.float32)
@@ -75,11 +81,8 @@ def truncate(g, w, truncation: float = 0.7, truncation_latent=None, truncation_s
         raise ValueError(f"truncation must be finite, got {truncation}")
     if psi == 1.0:
         return w
-    t = mean_latent(g, truncation_samples) if truncation_latent is None else np.asarray(truncation_latent,
-                                                                                        np.float32)
-    if w.ndim == 3 and t.ndim == 2:
-        t = t[:, None, :]
-    return (t + np.float32(psi) * (w - t)).astype(np.float32)
+    t = mean_latent(g, truncation_samples) if truncation_latent is None else np.asarray(truncation_latent)
+    return latent.truncate(w, t, psi)
 
 
 def latents(g, seeds, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096) -> np.ndarray:
@@ -103,9 +106,8 @@ def paired_latents(source, target, seeds, truncation: float = 0.7, source_mean=N
     """(source w, target w) of each seed, each truncated toward its own generator's mean (``PAIRINGS``)."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}, got {pairing!r}")
-    if pairing == "own_z" and source.z_dim != target.z_dim:
-        raise ValueError(f"--pairing own_z maps one z with both generators, but the source's z has {source.z_dim} "
-                         f"values and the target's {target.z_dim}")
+    if pairing == "own_z":  # one z through both mappings
+        latent.check_pair(source, target, (), "--pairing own_z", same_z=True)
     src_w = latents(source, seeds, 1.0)
     tgt_w = src_w if pairing == "shared_w" else latents(target, seeds, 1.0)
     return (truncate(source, src_w, truncation, source_mean, truncation_samples),
@@ -113,15 +115,8 @@ def paired_latents(source, target, seeds, truncation: float = 0.7, source_mean=N
 
 
 def to_wplus(g, w) -> np.ndarray:
-    """w [N, D] -> W+ [N, n_latent, D] (every slot the same); W+ passes through."""
-    w = np.asarray(w, np.float32)
-    if w.ndim == 3:
-        if w.shape[1:] != (g.n_latent, g.style_dim):
-            raise ValueError(f"W+ must be [N, {g.n_latent}, {g.style_dim}], got {w.shape}")
-        return w
-    if w.ndim != 2 or w.shape[1] != g.style_dim:
-        raise ValueError(f"w must be [N, {g.style_dim}], got {w.shape}")
-    return np.repeat(w[:, None, :], g.n_latent, axis=1)
+    """w [N, D] -> ``g``'s W+ [N, n_latent, D] (every slot the same), float32; W+ passes through."""
+    return latent.to_wplus(np.asarray(w, np.float32), g.n_latent, g.style_dim)
 
 
 def lerp_path(w, frames: int, closed: bool = True) -> np.ndarray:
@@ -194,19 +189,9 @@ class SwapImages(NamedTuple):
     swapped: dict  # swap layer l -> [N, H, W, 3]
 
 
-def check_layers(g, layers) -> tuple[int, ...]:
-    """Swap layers as ints in 1..n_blocks, else ValueError."""
-    out = []
-    for layer in layers:
-        if not (isinstance(layer, (int, np.integer)) and 1 <= layer <= g.n_blocks):
-            raise ValueError(f"swap layer must be in 1..{g.n_blocks} for a {g.size} px generator, got {layer!r}")
-        out.append(int(layer))
-    return tuple(out)
-
-
-def check_pair(source, target, layers=()) -> tuple[int, ...]:
-    """Source and target fit together for swapping at ``layers`` (the one rule: :func:`tf_cartoon.cli.check_pair`)."""
-    return cli.check_pair(source, target, layers)
+def default_swap_layers(g) -> list[int]:
+    """DEFAULT_SWAP_LAYERS, those ``g`` has."""
+    return [layer for layer in DEFAULT_SWAP_LAYERS if layer <= g.n_blocks]
 
 
 def swap_from_w(source, target, source_w, target_w, layers, batch: int = 8) -> SwapImages:
@@ -214,7 +199,7 @@ def swap_from_w(source, target, source_w, target_w, layers, batch: int = 8) -> S
 
     source_w / target_w: [N, D] w or [N, n_latent, D] W+ of each generator.
     """
-    layers = check_pair(source, target, layers)
+    layers = latent.check_pair(source, target, layers)
     src = render(source, source_w, batch, tap_layers=layers)
     target_wplus = to_wplus(target, target_w)
     tgt = render(target, target_wplus, batch).images
@@ -229,7 +214,7 @@ def swap_images(source, target, seeds, layers=DEFAULT_SWAP_LAYERS, truncation: f
     """For each seed: the source image, the target image and the target with the source's feature at
     each swap layer. The latents pair as ``pairing`` says (``PAIRINGS``); each generator truncates toward its
     own mean latent (``source_mean`` / ``target_mean`` when given)."""
-    layers = check_pair(source, target, layers)
+    layers = latent.check_pair(source, target, layers)
     src_w, tgt_w = paired_latents(source, target, seeds, truncation, source_mean, target_mean, truncation_samples,
                                   pairing)
     return swap_from_w(source, target, src_w, tgt_w, layers, batch)
@@ -238,6 +223,17 @@ def swap_images(source, target, seeds, layers=DEFAULT_SWAP_LAYERS, truncation: f
 def swap_grid_rows(result: SwapImages) -> list[np.ndarray]:
     """Grid rows: source, target, then one per swap layer (ascending)."""
     return [result.source, result.target, *(result.swapped[l] for l in sorted(result.swapped))]
+
+
+def render_pair(source, w, truncation: float = 0.7, target=None, layers=(), source_mean=None, target_mean=None,
+                truncation_samples: int = 4096, batch: int = 8) -> list[np.ndarray]:
+    """Image rows of the same untruncated latents ``w`` ([N, D] or W+): the source's, then with a target the
+    target's and one per swap layer (:func:`swap_grid_rows`); each generator truncates toward its own mean."""
+    src_w = truncate(source, w, truncation, source_mean, truncation_samples)
+    if target is None:
+        return [render(source, src_w, batch).images]
+    tgt_w = truncate(target, w, truncation, target_mean, truncation_samples)
+    return swap_grid_rows(swap_from_w(source, target, src_w, tgt_w, layers, batch))
 
 
 # ---------------------------------------------------------------------------
@@ -250,28 +246,17 @@ class Mixing(NamedTuple):
     mixed: np.ndarray  # [R, C, H, W, 3]: row r's W+ with the mix_layers slots from column c's w
 
 
-def check_slots(g, slots) -> tuple[int, ...]:
-    out = []
-    for s in slots:
-        if not (isinstance(s, (int, np.integer)) and 0 <= s < g.n_latent):
-            raise ValueError(f"mix layers are W+ slots in 0..{g.n_latent - 1} for a {g.size} px generator, "
-                             f"got {s!r}")
-        out.append(int(s))
-    return tuple(out)
-
-
 def style_mixing(g, row_seeds, col_seeds, mix_layers, truncation: float = 0.7, truncation_latent=None,
                  truncation_samples: int = 4096, batch: int = 8) -> Mixing:
     """StyleGAN's style-mixing figure: each row seed's W+ with slots ``mix_layers`` replaced by each
     column seed's w (all truncated toward ``g``'s own mean)."""
-    slots = list(check_slots(g, mix_layers))
+    from_cols = latent.row_mask(latent.check_rows(mix_layers, g.n_latent, g.size), g.n_latent)
     if truncation != 1.0 and truncation_latent is None:
         truncation_latent = mean_latent(g, truncation_samples)
     w_rows = latents(g, row_seeds, truncation, truncation_latent)
     w_cols = latents(g, col_seeds, truncation, truncation_latent)
     n_rows, n_cols = len(w_rows), len(w_cols)
-    wplus = np.repeat(to_wplus(g, w_rows)[:, None], n_cols, axis=1)  # [R, C, n_latent, D]
-    wplus[:, :, slots] = w_cols[None, :, None, :]
+    wplus = latent.mix(to_wplus(g, w_rows)[:, None], w_cols[None, :, None, :], from_cols)  # [R, C, n_latent, D]
     mixed = render(g, wplus.reshape([n_rows * n_cols, g.n_latent, g.style_dim]), batch).images
     return Mixing(render(g, w_rows, batch).images, render(g, w_cols, batch).images,
                   mixed.reshape([n_rows, n_cols, *mixed.shape[1:]]))
@@ -296,7 +281,7 @@ def interpolation_frames(target, seeds, frames: int = 30, truncation: float = 0.
     """HWC uint8 frames walking linearly in W from seed to seed and back to the first
     (``frames`` per pair, ``frames * len(seeds)`` in all). With a source, each frame is
     source | target | swap_l{l}... side by side (the seeds' latents paired as ``pairing`` says)."""
-    layers = check_pair(source, target, layers) if source is not None else ()
+    layers = latent.check_pair(source, target, layers) if source is not None else ()
     if source is None:
         tgt_path, src_path = lerp_path(latents(target, seeds, truncation, target_mean, truncation_samples),
                                        frames), None
@@ -326,8 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     cli.add_role(p, "source", default=None, help="source (pretrained) generator, e.g. ffhq256.pt, for layer swapping")
     cli.add_role(p, "out", required=True, help="output directory")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-15 or 0-3,7 (default 0-7)")
-    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (1 = none; default 0.7)")
-    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    cli.add_truncation(p)
     p.add_argument("--pairing", choices=PAIRINGS, default="shared_w",
                    help="with --source: shared_w (default, as the reference's demos): the seed's z through the "
                         "source's mapping, that w to both; own_z: each generator maps z itself")
@@ -350,13 +334,9 @@ def _prepare(args):
     seeds = parse_seeds(args.seeds)
     mix = (parse_seeds(args.mix_rows), parse_seeds(args.mix_cols), parse_range(args.mix_layers, "mix layers"))
     layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else None
-    for name in ("batch", "frames", "frame_ms", "truncation_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.pad < 0:
-        raise ValueError(f"--pad must be >= 0, got {args.pad}")
-    if not np.isfinite(args.truncation):
-        raise ValueError(f"--truncation must be finite, got {args.truncation}")
+    cli.check_at_least(args, 1, "batch", "frames", "frame_ms", "truncation_samples")
+    cli.check_at_least(args, 0, "pad")
+    cli.check_finite(args, "truncation")
     if layers is not None and args.source is None:
         raise ValueError("--swap_layer needs --source (the generator whose features are swapped in)")
     if args.interpolate and len(seeds) < 2:
@@ -366,10 +346,10 @@ def _prepare(args):
     if args.source is not None:
         source = cli.load_generator(args.source, "--source")
         if layers is None:
-            layers = [l for l in DEFAULT_SWAP_LAYERS if l <= target.n_blocks]
-        layers = cli.check_pair(source, target, layers, "--source")
+            layers = default_swap_layers(target)
+        layers = latent.check_pair(source, target, layers, "--source")
     if args.mixing:
-        check_slots(target, mix[2])
+        latent.check_rows(mix[2], target.n_latent, target.size)
     os.makedirs(args.out, exist_ok=True)
     return seeds, mix, layers, source, target
 
@@ -381,8 +361,7 @@ def main(argv=None) -> int:
         seeds, (mix_rows, mix_cols, mix_layers), layers, source, target = _prepare(args)
 
     out, psi = args.out, args.truncation
-    t_mean = mean_latent(target, args.truncation_samples) if psi != 1.0 else None
-    s_mean = mean_latent(source, args.truncation_samples) if psi != 1.0 and source is not None else None
+    t_mean, s_mean = mean_latents(psi, args.truncation_samples, target, source)
     written = []
     if source is None:
         images = sample(target, seeds, psi, t_mean, batch=args.batch)

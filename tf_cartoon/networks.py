@@ -24,8 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# re-exported: the architecture facts live in arch.py (no TensorFlow)
-from tf_cartoon.arch import MAX_SIZE, MIN_SIZE, default_channels, log2_size, resolve_channels  # noqa: F401
+from tf_cartoon import arch, latent
+from tf_cartoon.arch import log2_size, resolve_channels
 from tf_cartoon.layers import (DEFAULT_BLUR, ConstantInput, ConvLayer, EqualLinear, MinibatchStddev, PixelNorm,
                                ResBlock, StyledConv, ToRGB, track_items)
 
@@ -85,9 +85,9 @@ class Generator(keras.Model):
         self.blur_kernel = tuple(blur_kernel)
         self.log_size = log2_size(size)
         self.channels = resolve_channels(size, channel_multiplier, channels)
-        self.num_layers = (self.log_size - 2) * 2 + 1  # noise inputs
-        self.n_latent = self.log_size * 2 - 2  # W+ rows
-        self.n_blocks = self.log_size - 2  # synthesis blocks above 4x4 = valid swap indices 1..n_blocks
+        self.num_layers = arch.num_noise(size)  # noise inputs
+        self.n_latent = arch.n_latent(size)  # W+ rows
+        self.n_blocks = arch.n_blocks(size)  # synthesis blocks above 4x4 = valid swap indices 1..n_blocks
         ch = self.channels
 
         self.style = MappingNetwork(style_dim, n_mlp, lr_mlp, z_dim=self.z_dim, name="style")
@@ -120,7 +120,7 @@ class Generator(keras.Model):
     # -- configuration -----------------------------------------------------------------------------
     @staticmethod
     def noise_resolution(i: int) -> int:
-        return 2 ** ((i + 5) // 2)
+        return arch.noise_resolution(i)
 
     @property
     def fused_modconv(self) -> bool:
@@ -193,20 +193,18 @@ class Generator(keras.Model):
         if not (isinstance(truncation, (int, float, np.number)) and truncation >= 1):
             if truncation_latent is None:
                 raise ValueError("truncation < 1 needs truncation_latent (e.g. generator.mean_latent(4096))")
-            t = tf.cast(truncation_latent, styles[0].dtype)
-            styles = [_truncate(s, t, truncation) for s in styles]
+            styles = [latent.truncate(s, truncation_latent, truncation) for s in styles]
         n = self.n_latent
         if len(styles) == 1:
-            s = styles[0]
-            return s if s.shape.rank == 3 else tf.tile(s[:, None, :], [1, n, 1])
+            return latent.to_wplus(styles[0], n)
         if freeze_fc is not None:
             return tf.convert_to_tensor(freeze_fc)
         if inject_index is None:
             inject_index = tf.random.uniform([], 1, n, dtype=tf.int32)
         first = put_latent if put_latent is not None else styles[0]
         second = styles[0] if put_latent is not None else styles[1]
-        rows = tf.range(n)[None, :, None] < tf.cast(inject_index, tf.int32)
-        return tf.where(rows, _rows(first, n), _rows(second, n))
+        return latent.mix(latent.to_wplus(tf.convert_to_tensor(first), n), latent.to_wplus(second, n),
+                          latent.cutoff_rows(n, inject_index))
 
     # -- synthesis ---------------------------------------------------------------------------------
     def stored_noise(self):
@@ -291,8 +289,7 @@ class Generator(keras.Model):
         return out.image
 
     def _check_layer(self, L):
-        if not (isinstance(L, (int, np.integer)) and 1 <= L <= self.n_blocks):
-            raise ValueError(f"swap/tap layer must be in 1..{self.n_blocks} for size {self.size}, got {L!r}")
+        latent.check_layers([L], self.n_blocks, self.size, "swap/tap layer")
 
     def _check_swap_feature(self, feature, x, L):
         feature = tf.cast(tf.convert_to_tensor(feature), x.dtype)
@@ -323,20 +320,6 @@ def _first_recomputed(recompute, n_blocks: int) -> int:
     return max(0, n_blocks - k)
 
 
-def _truncate(s, t, psi):
-    psi = tf.cast(psi, s.dtype)
-    if psi.shape.rank == 1:  # per sample
-        psi = tf.reshape(psi, [-1] + [1] * (s.shape.rank - 1))
-    if s.shape.rank == 3 and t.shape.rank == 2:
-        t = t[:, None, :]
-    return t + psi * (s - t)
-
-
-def _rows(s, n):
-    s = tf.convert_to_tensor(s)
-    return s if s.shape.rank == 3 else tf.tile(s[:, None, :], [1, n, 1])
-
-
 class Discriminator(keras.Model):
     """StyleGAN2 resnet discriminator on NHWC images [N, size, size, 3].
 
@@ -345,8 +328,8 @@ class Discriminator(keras.Model):
     ``final_linear.0.weight`` to match) -> linear + lrelu -> linear -> logits [N, 1].
     """
 
-    def __init__(self, size=256, channel_multiplier=2, channels=None, blur_kernel=DEFAULT_BLUR, stddev_group=4,
-                 stddev_features=1, conv_clamp=None, **kwargs):
+    def __init__(self, size=256, channel_multiplier=2, channels=None, blur_kernel=DEFAULT_BLUR,
+                 stddev_group=arch.STDDEV_GROUP, stddev_features=1, conv_clamp=None, **kwargs):
         kwargs.setdefault("name", "discriminator")
         super().__init__(**kwargs)
         self.size, self.channel_multiplier = int(size), int(channel_multiplier)

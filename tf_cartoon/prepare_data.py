@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import arch, cli
 from tf_cartoon.data.folder import load_image, scan_images
 
 SHARD_NAME = "data-{index:05d}-of-{count:05d}.tfrecord"
@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a) -> str | None:
-    if a.size < 8 or a.size & (a.size - 1):
-        return f"--size must be a power of two >= 8, got {a.size}"
+    if a.size < arch.MIN_SIZE or not arch.is_power_of_two(a.size):
+        return f"--size must be a power of two >= {arch.MIN_SIZE}, got {a.size}"
     if a.shards < 1:
         return f"--shards must be >= 1, got {a.shards}"
     if a.workers is not None and a.workers < 1:

@@ -67,22 +67,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 from tf_cartoon.images import atomic_save, make_grid, parse_range, save_png, to_uint8
 
 LOSS_MAX_SIZE = 256  # images larger than this are average-pooled to it before the losses (as the reference)
 VGG_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")  # relu_k_l
 VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications' "caffe" preprocessing of VGG16
 NORM_EPS = 1e-10  # LPIPS's feature normalisation epsilon
-ADAM = dict(beta_1=0.9, beta_2=0.999, epsilon=1e-8)  # torch.optim.Adam's defaults, as the reference uses
 
 
 class ProjectConfig(NamedTuple):
     steps: int = 1000
     lr: float = 0.01  # Cartoon-StyleGan2's projector.py (rosinality's: 0.1)
     w_plus: bool = False  # optimise one w per layer (W+); default one w for all layers, as projector.py
-    lr_rampup: float = 0.05
-    lr_rampdown: float = 0.25
+    lr_rampup: float = latent.LR_RAMPUP
+    lr_rampdown: float = latent.LR_RAMPDOWN
     noise: float = 0.05
     noise_ramp: float = 0.75
     noise_regularize: float = 1e5
@@ -153,16 +152,8 @@ def photo_names(paths) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# Schedules and the noise regulariser
+# Latent noise and the noise regulariser
 # ---------------------------------------------------------------------------
-
-def lr_at(t: float, lr: float, rampup: float = 0.05, rampdown: float = 0.25) -> float:
-    """Learning rate at progress t in [0, 1): cosine ramp-down times linear ramp-up."""
-    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
-    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-    ramp *= min(1.0, t / rampup) if rampup > 0 else 1.0
-    return lr * ramp
-
 
 def latent_noise_strength(t: float, latent_std: float, noise: float = 0.05, noise_ramp: float = 0.75) -> float:
     """Std of the noise added to W+ at progress t: quadratic decay to 0 at t = noise_ramp."""
@@ -216,7 +207,10 @@ def loss_resolution(images):
 
 def latent_stats(g, n: int = 10000, seed: int = 0, chunk: int = 4096):
     """Mean of ``g``'s mapping over n stateless N(0, 1) z ([style_dim]) and the scalar spread
-    sqrt(sum((w - mean)^2) / n) that scales the latent noise."""
+    sqrt(sum((w - mean)^2) / n) that scales the latent noise.
+
+    Not ``g.mean_latent``: the spread must come from the same samples as the mean, and the reference's
+    projector starts from this mapped mean even where a checkpoint stores a truncation centre (w_avg)."""
     import tensorflow as tf
 
     n = int(n)
@@ -326,6 +320,72 @@ def describe_loss(cfg: ProjectConfig, perceptual=None) -> str:
     return text
 
 
+class _Projector:
+    """What a projection optimises: the latent (one w, or with ``w_plus`` one W+, per photo, starting at the
+    mean latent), the noise maps (every photo starts from the same draw) and their Adam states.
+
+    :meth:`losses` gives each photo's loss terms, :meth:`step` one Adam update at a given learning rate and
+    latent noise; :func:`project` runs the schedule."""
+
+    def __init__(self, g, photos, cfg: ProjectConfig, perceptual: VGGPerceptual | None):
+        import tensorflow as tf
+
+        self.g, self.cfg, self.b = g, cfg, len(photos)
+        self.perceptual = perceptual if perceptual is not None and cfg.vgg > 0 else None
+        self.target = loss_resolution(tf.constant(photos))
+        self.target_feats = ([tf.constant(f) for f in self.perceptual.features(self.target)]
+                             if self.perceptual is not None else None)
+        mean, self.latent_std = latent_stats(g, cfg.n_mean_latent, cfg.seed)
+        self.rows = g.n_latent if cfg.w_plus else 1  # one w per layer, or one w broadcast to every layer
+        self.w = tf.Variable(np.broadcast_to(mean, (self.b, self.rows, g.style_dim)).copy(),
+                             name="w_plus" if cfg.w_plus else "w")
+        # Every photo starts from the same noise maps and gets the same latent noise at a step: a photo's
+        # result depends on (seed, photo) only, not on the batch it is projected in.
+        rng = np.random.RandomState(cfg.seed)
+        self.noises = [tf.Variable(np.repeat(rng.standard_normal((1, r, r, 1)).astype(np.float32), self.b, axis=0),
+                                   name=f"noise_{i}")
+                       for i, r in enumerate(g.noise_resolution(i) for i in range(g.num_layers))]
+        self.params = [self.w, *self.noises]
+        self.m = [tf.Variable(tf.zeros_like(p)) for p in self.params]
+        self.v = [tf.Variable(tf.zeros_like(p)) for p in self.params]
+        self.step = tf.function(self._step, autograph=False, reduce_retracing=True)
+        self.evaluate = tf.function(lambda: self.losses(self.w), autograph=False)
+
+    def losses(self, w):
+        """({mse, perceptual, noise_reg, loss}: each [B], one value per photo; the image) at latent ``w``."""
+        import tensorflow as tf
+
+        cfg = self.cfg
+        image = self.g.synthesis(latent.to_wplus(w, self.g.n_latent), noise=list(self.noises),
+                                 randomize_noise=False).image
+        x = loss_resolution(image)
+        out = {"mse": tf.reduce_mean(tf.square(x - self.target), axis=[1, 2, 3]),
+               "perceptual": (self.perceptual.distance(self.target_feats, x) if self.perceptual is not None
+                              else tf.zeros([self.b])),
+               "noise_reg": noise_regularizer(self.noises)}
+        out["loss"] = cfg.mse * out["mse"] + cfg.vgg * out["perceptual"] + cfg.noise_regularize * out["noise_reg"]
+        return out, image
+
+    def _step(self, lr, strength, count, seed):
+        import tensorflow as tf
+
+        noise = tf.random.stateless_normal([1, self.rows, self.g.style_dim], seed=seed) * strength
+        with tf.GradientTape() as tape:
+            out, _ = self.losses(self.w + noise)
+            total = tf.reduce_sum(out["loss"])  # a sum over photos: each photo's gradients are its own
+        for p, grad, m, v in zip(self.params, tape.gradient(total, self.params), self.m, self.v):
+            if grad is None:  # a noise input the image does not depend on
+                grad = tf.zeros_like(p)
+            latent.adam_update(p, grad, m, v, lr, count)
+        for n in self.noises:
+            n.assign(normalized_noise(n))
+        return out
+
+
+def _as_lists(out) -> dict:
+    return {k: [float(x) for x in np.asarray(val)] for k, val in out.items()}
+
+
 def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerceptual | None = None,
             log=None, log_every: int = 100) -> Projection:
     """Optimise W+ and the noise maps of ``g`` so that its image matches each photo.
@@ -340,79 +400,27 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
     photos = np.asarray(photos, np.float32)
     if photos.ndim != 4 or photos.shape[1:] != (g.size, g.size, 3):
         raise ValueError(f"photos must be [B, {g.size}, {g.size}, 3] for a {g.size} px generator, got {photos.shape}")
-    b = len(photos)
-    use_vgg = perceptual is not None and cfg.vgg > 0
-    target = loss_resolution(tf.constant(photos))
-    target_feats = [tf.constant(f) for f in perceptual.features(target)] if use_vgg else None
-
-    mean, latent_std = latent_stats(g, cfg.n_mean_latent, cfg.seed)
-    rows = g.n_latent if cfg.w_plus else 1  # one w per layer, or one w broadcast to every layer
-    latent = tf.Variable(np.broadcast_to(mean, (b, rows, g.style_dim)).copy(), name="w_plus" if cfg.w_plus else "w")
-    # Every photo starts from the same noise maps and gets the same latent noise at a step: a photo's
-    # result depends on (seed, photo) only, not on the batch it is projected in.
-    rng = np.random.RandomState(cfg.seed)
-    noises = [tf.Variable(np.repeat(rng.standard_normal((1, r, r, 1)).astype(np.float32), b, axis=0),
-                          name=f"noise_{i}") for i, r in enumerate(g.noise_resolution(i) for i in range(g.num_layers))]
-    params = [latent, *noises]
-    m = [tf.Variable(tf.zeros_like(p)) for p in params]
-    v = [tf.Variable(tf.zeros_like(p)) for p in params]
-
-    def losses(w):
-        wplus = w if rows == g.n_latent else tf.tile(w, [1, g.n_latent, 1])
-        image = g.synthesis(wplus, noise=list(noises), randomize_noise=False).image
-        x = loss_resolution(image)
-        out = {"mse": tf.reduce_mean(tf.square(x - target), axis=[1, 2, 3]),
-               "perceptual": perceptual.distance(target_feats, x) if use_vgg else tf.zeros([b]),
-               "noise_reg": noise_regularizer(noises)}
-        out["loss"] = cfg.mse * out["mse"] + cfg.vgg * out["perceptual"] + cfg.noise_regularize * out["noise_reg"]
-        return out, image
-
-    @tf.function(autograph=False, reduce_retracing=True)
-    def step(lr, strength, count, seed):
-        noise = tf.random.stateless_normal([1, rows, g.style_dim], seed=seed) * strength
-        with tf.GradientTape() as tape:
-            out, _ = losses(latent + noise)
-            total = tf.reduce_sum(out["loss"])  # a sum over photos: each photo's gradients are its own
-        grads = tape.gradient(total, params)
-        b1, b2, eps = ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
-        for p, g_, m_, v_ in zip(params, grads, m, v):
-            if g_ is None:  # a noise input the image does not depend on
-                g_ = tf.zeros_like(p)
-            m_.assign(b1 * m_ + (1 - b1) * g_)
-            v_.assign(b2 * v_ + (1 - b2) * tf.square(g_))
-            m_hat = m_ / (1 - tf.pow(b1, count))
-            v_hat = v_ / (1 - tf.pow(b2, count))
-            p.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + eps))
-        for n in noises:
-            n.assign(normalized_noise(n))
-        return out
-
-    @tf.function(autograph=False)
-    def evaluate():
-        return losses(latent)
-
-    def as_lists(out):
-        return {k: [float(x) for x in np.asarray(val)] for k, val in out.items()}
-
-    initial = as_lists(evaluate()[0])
+    problem = _Projector(g, photos, cfg, perceptual)
+    initial = _as_lists(problem.evaluate()[0])
     history = []
     t0 = time.perf_counter()
     for i in range(cfg.steps):
         t = i / cfg.steps
-        lr = lr_at(t, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
-        strength = latent_noise_strength(t, latent_std, cfg.noise, cfg.noise_ramp)
-        out = step(tf.constant(lr, tf.float32), tf.constant(strength, tf.float32),
-                   tf.constant(i + 1, tf.float32), tf.constant([cfg.seed, i], tf.int32))
+        lr = latent.lr_at(t, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
+        strength = latent_noise_strength(t, problem.latent_std, cfg.noise, cfg.noise_ramp)
+        out = problem.step(tf.constant(lr, tf.float32), tf.constant(strength, tf.float32),
+                           tf.constant(i + 1, tf.float32), tf.constant([cfg.seed, i], tf.int32))
         if (i + 1) % max(1, log_every) == 0 or i == 0 or i + 1 == cfg.steps:
-            rec = {"step": i + 1, "lr": lr, **as_lists(out)}
+            rec = {"step": i + 1, "lr": lr, **_as_lists(out)}
             history.append(rec)
             if log is not None:
-                percept = f", perceptual {np.mean(rec['perceptual']):.5f}" if use_vgg else ""
+                percept = f", perceptual {np.mean(rec['perceptual']):.5f}" if problem.perceptual is not None else ""
                 log(f"step {i + 1}/{cfg.steps} ({time.perf_counter() - t0:.1f} s): lr {lr:.4g}, "
                     f"mse {np.mean(rec['mse']):.5f}{percept}, noise_reg {np.mean(rec['noise_reg']):.3g}")
-    final, image = evaluate()
-    wplus = np.broadcast_to(latent.numpy(), (b, g.n_latent, g.style_dim)).copy()
-    return Projection(wplus, [n.numpy() for n in noises], np.asarray(image), history, initial, as_lists(final))
+    final, image = problem.evaluate()
+    wplus = latent.to_wplus(problem.w.numpy(), g.n_latent)
+    return Projection(wplus, [n.numpy() for n in problem.noises], np.asarray(image), history, initial,
+                      _as_lists(final))
 
 
 # ---------------------------------------------------------------------------
@@ -426,7 +434,7 @@ def toonify(source, target, wplus, noises, layers=(), target_noise: str = "proje
     """
     from tf_cartoon import generate as gen
 
-    layers = gen.check_pair(source, target, layers)
+    layers = latent.check_pair(source, target, layers)
     if target_noise not in ("projected", "stored"):
         raise ValueError(f"--target_noise must be 'projected' or 'stored', got {target_noise!r}")
     wplus = gen.to_wplus(source, wplus)
@@ -503,11 +511,8 @@ def _prepare(args):
     layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else None
     if layers is not None and args.target is None:
         raise ValueError("--swap_layer needs --target (the generator the source's features are swapped into)")
-    for name in ("batch", "log_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.pad < 0:
-        raise ValueError(f"--pad must be >= 0, got {args.pad}")
+    cli.check_at_least(args, 1, "batch", "log_every")
+    cli.check_at_least(args, 0, "pad")
     check_config(cfg, perceptual=args.vgg16_weights)  # weights are loaded below; here only the numbers
     for path in args.photos:
         if not os.path.isfile(path):
@@ -520,18 +525,11 @@ def _prepare(args):
     if args.target is not None:
         target = cli.load_generator(args.target, "--target")
         if layers is None:
-            layers = [l for l in gen.DEFAULT_SWAP_LAYERS if l <= target.n_blocks]
-        layers = cli.check_pair(source, target, layers, "--target")
+            layers = gen.default_swap_layers(target)
+        layers = latent.check_pair(source, target, layers, "--target")
     perceptual = VGGPerceptual(args.vgg16_weights) if args.vgg16_weights is not None else None
     os.makedirs(args.out, exist_ok=True)
     return cfg, photos, source, target, layers or (), perceptual
-
-
-def _spec(spec: str) -> str:
-    """A checkpoint as the settings record it: a path made absolute; builtin:<name> as it is."""
-    from tf_cartoon import assets
-
-    return spec if assets.is_builtin(spec) else os.path.abspath(spec)
 
 
 @cli.command(setup="generate")
@@ -558,8 +556,8 @@ def main(argv=None) -> int:
             panels += [sw.target, *(sw.swapped[l] for l in sorted(sw.swapped))]
         for j, name in enumerate(names[chunk]):
             settings = {**cfg._asdict(), "photo": os.path.abspath(args.photos[start + j]),
-                        "source": _spec(args.source),
-                        "target": _spec(args.target) if args.target else None,
+                        "source": cli.checkpoint_record(args.source),
+                        "target": cli.checkpoint_record(args.target) if args.target else None,
                         "swap_layers": list(layers), "target_noise": args.target_noise,
                         "vgg16_weights": os.path.abspath(args.vgg16_weights) if perceptual else None,
                         "panels": ["photo", "source"] + (["target"] + [f"swap_l{l}" for l in sorted(layers)]

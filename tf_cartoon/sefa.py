@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_png, to_uint8
 
 
@@ -129,12 +129,8 @@ def render_direction(source, direction, seeds, degrees, truncation: float = 0.7,
     degrees = list(degrees)
     w = gen.latents(source, seeds, truncation=1.0)  # the source's untruncated w
     edited = edit_latents(w, direction, degrees).reshape([-1, source.style_dim])
-    src_w = gen.truncate(source, edited, truncation, source_mean, truncation_samples)
-    if target is None:
-        panels = [gen.render(source, src_w, batch).images]
-    else:
-        tgt_w = gen.truncate(target, edited, truncation, target_mean, truncation_samples)
-        panels = gen.swap_grid_rows(gen.swap_from_w(source, target, src_w, tgt_w, swap_layers, batch))
+    panels = gen.render_pair(source, edited, truncation, target, swap_layers, source_mean, target_mean,
+                             truncation_samples, batch)
     n, s = len(w), len(degrees)
     return [p.reshape([n, s, *p.shape[1:]]) for p in panels]
 
@@ -161,8 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--degrees", type=float, default=5.0, help="edit from -degrees to +degrees (default 5)")
     p.add_argument("--steps", type=int, default=7, help="edit strengths per direction (default 7)")
     p.add_argument("--seeds", default="0-3", help="seeds to edit (default 0-3)")
-    p.add_argument("--truncation", type=float, default=0.7, help="truncation psi (default 0.7)")
-    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    cli.add_truncation(p)
     p.add_argument("--swap_layer", default=None, help="also render the layer-swapped target at these layers")
     p.add_argument("--out_dir", default="sefa", help="where --render writes direction_III.png (default sefa)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
@@ -178,19 +173,15 @@ def _prepare(args):
         raise ValueError("--target and --swap_layer only apply with --render")
     if layers and args.target is None:
         raise ValueError("--swap_layer needs --target")
-    for name in ("steps", "batch", "truncation_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.pad < 0:
-        raise ValueError(f"--pad must be >= 0, got {args.pad}")
-    if not (np.isfinite(args.degrees) and np.isfinite(args.truncation)):
-        raise ValueError("--degrees and --truncation must be finite")
+    cli.check_at_least(args, 1, "steps", "batch", "truncation_samples")
+    cli.check_at_least(args, 0, "pad")
+    cli.check_finite(args, "degrees", "truncation")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file, got {args.out}")
     source = cli.load_generator(args.source, cli.flag(args, "source"))
     target = cli.load_generator(args.target, "--target") if args.target is not None else None
     if target is not None:
-        cli.check_pair(source, target, layers, "--target")
+        latent.check_pair(source, target, layers, "--target")
     if args.render:
         bad = [i for i in indices if i >= source.style_dim]
         if bad:
@@ -212,9 +203,8 @@ def main(argv=None) -> int:
     print(f"wrote {args.out}: {fac.eigvec.shape[1]} directions from {len(fac.layers)} modulation weights "
           f"{stacked_weights(source).shape}; top eigenvalues {top}")
     if args.render:
-        psi, n = args.truncation, args.truncation_samples
-        s_mean = gen.mean_latent(source, n) if psi != 1.0 else None
-        t_mean = gen.mean_latent(target, n) if psi != 1.0 and target is not None else None
+        psi = args.truncation
+        s_mean, t_mean = gen.mean_latents(psi, args.truncation_samples, source, target)
         degrees = np.linspace(-args.degrees, args.degrees, args.steps)
         for i in indices:
             panels = render_direction(source, fac.eigvec[:, i], seeds, degrees, psi, target, layers, s_mean, t_mean,

@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import arch, cli, latent
 from tf_cartoon.images import MAX_SEED, to_uint8
 
 DEFAULT_SOURCE = "builtin:source_synthetic"
@@ -91,7 +91,7 @@ class Studio:
         from tf_cartoon import generate as gen
         from tf_cartoon import sefa
 
-        cli.check_pair(source, target)
+        latent.check_pair(source, target)
         self.source, self.target = source, target
         self.source_name, self.target_name = source_name, target_name
         if pairing not in gen.PAIRINGS:
@@ -126,7 +126,7 @@ class Studio:
         return layer
 
     def _label(self, layer: int) -> str:
-        res = cli.swap_resolution(layer)
+        res = arch.swap_resolution(layer)
         return f"swapped (l={layer}, {res} px)"
 
     def draw(self, seed, truncation=0.7, swap_layer=None) -> list[tuple[str, np.ndarray]]:
@@ -182,12 +182,12 @@ class Studio:
 
 
 def swappable_layers(source, target, flag_name: str | None = None) -> tuple[int, ...]:
-    """The layers at which a pair can swap (cli.check_pair's rule, layer by layer); IncompatiblePairError
+    """The layers at which a pair can swap (latent.check_pair's rule, layer by layer); IncompatiblePairError
     (prefixed with ``flag_name``) where there is none."""
     layers = []
     for layer in range(1, target.n_blocks + 1):
         try:
-            layers += cli.check_pair(source, target, [layer])
+            layers += latent.check_pair(source, target, [layer])
         except cli.IncompatiblePairError:
             continue
     if not layers:
@@ -586,7 +586,7 @@ def _prepare(args):
         target = DEFAULT_TARGET
     source_g = cli.load_generator(args.source, cli.flag(args, "source"))
     target_g = cli.load_generator(target, cli.flag(args, "target"))
-    cli.check_pair(source_g, target_g, (), "--target")
+    latent.check_pair(source_g, target_g, (), "--target")
     swappable_layers(source_g, target_g, "--target")
     return source_g, target_g, target
 

@@ -62,7 +62,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 from tf_cartoon.images import make_grid, parse_range, save_png
 
 # The defaults of the reference's StyleCLIP demo (run.py's generate_using_styleclip, which calls
@@ -70,23 +70,11 @@ from tf_cartoon.images import make_grid, parse_range, save_png
 # truncation 0.7, strength 1.5 over 5 sweep columns, the target layer-swapped at layer 1.
 STEPS, LR, L2_LAMBDA, TRUNCATION = 300, 0.1, 0.004, 0.7
 ALPHA, N_ALPHA, SWAP_LAYER = 1.5, 5, 1
-RAMPUP, RAMPDOWN = 0.05, 0.25
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the reference uses
 
 
 # ---------------------------------------------------------------------------
-# Schedule, resize, loss
+# Resize, loss
 # ---------------------------------------------------------------------------
-
-def lr_at(step: int, steps: int, lr: float = LR, rampdown: float = RAMPDOWN, rampup: float = RAMPUP) -> float:
-    """Learning rate of step ``step`` (0-based) of ``steps``: warm-up over ``rampup``, cosine
-    ramp-down over the last ``rampdown`` fraction (the reference's get_lr)."""
-    t = step / steps
-    ramp = min(1.0, (1.0 - t) / rampdown) if rampdown > 0 else 1.0
-    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
-    ramp *= min(1.0, t / rampup) if rampup > 0 else 1.0
-    return lr * ramp
-
 
 def clip_resize_matrix(size: int, clip_size: int) -> np.ndarray:
     """[clip_size, size] float32 A with ``A @ x`` = nearest upsampling by u, then mean over k blocks.
@@ -213,7 +201,7 @@ class Objective:
         """(objective, CLIP loss, squared distance), scalar tensors."""
         import tensorflow as tf
 
-        wt = w if self.mean is None else self.mean + self.psi * (w - self.mean)
+        wt = w if self.mean is None else latent.truncate(w, self.mean, self.psi)
         image = self.g.synthesis(wt, randomize_noise=False).image
         c = tf.reduce_sum(self.clip_loss(image))
         l2 = tf.reduce_sum(tf.square(w - w_init))
@@ -238,23 +226,15 @@ class Objective:
         with tf.GradientTape() as tape:
             tape.watch(self.w)
             loss, c, l2 = self.terms(self.w, self.w_init, l2_lambda)
-        grad = tape.gradient(loss, self.w)
-        b1, b2 = ADAM_BETAS
-        self.m.assign(b1 * self.m + (1.0 - b1) * grad)
-        self.v.assign(b2 * self.v + (1.0 - b2) * tf.square(grad))
-        denom = tf.sqrt(self.v) / tf.sqrt(1.0 - b2 ** t) + ADAM_EPS
-        self.w.assign_sub(rate / (1.0 - b1 ** t) * self.m / denom)
+        latent.adam_update(self.w, tape.gradient(loss, self.w), self.m, self.v, rate, t)
         return loss, c, l2
 
 
 def optimize(objective: Objective, w_init, steps: int = STEPS, lr: float = LR, l2_lambda: float = L2_LAMBDA,
              log_every: int = 0, log=print) -> Result:
-    """Adam on W+ from ``w_init`` ([n_latent, D], untruncated) with the reference's schedule.
-
-    Adam is written out as torch.optim.Adam computes it (the reference's optimiser): m and v with
-    betas (0.9, 0.999), ``w -= lr_i / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + 1e-8)``;
-    Keras' Adam puts epsilon elsewhere. The history row of step i holds the terms at w BEFORE its
-    update, as the reference prints them.
+    """Adam on W+ from ``w_init`` ([n_latent, D], untruncated) with the reference's schedule
+    (tf_cartoon.latent.lr_at, torch's Adam: tf_cartoon.latent.adam_update). The history row of step i
+    holds the terms at w BEFORE its update, as the reference prints them.
     """
     import tensorflow as tf
 
@@ -271,7 +251,7 @@ def optimize(objective: Objective, w_init, steps: int = STEPS, lr: float = LR, l
     lam = tf.constant(l2_lambda, tf.float32)
     history = np.zeros([steps, 4], np.float64)
     for i in range(steps):
-        rate = lr_at(i, steps, lr)
+        rate = latent.lr_at(i / steps, lr)
         loss, c, l2 = objective._step(tf.constant(rate, tf.float32), tf.constant(i + 1, tf.float32), lam)
         history[i] = rate, float(loss), float(c), float(l2)
         if log_every and (i % log_every == 0 or i == steps - 1):
@@ -305,11 +285,7 @@ def render_sweep(source, sweep, truncation: float = TRUNCATION, target=None, swa
     target the target's and one per swap layer; each [M, H, W, 3] in about [-1, 1]."""
     from tf_cartoon import generate as gen
 
-    src_w = gen.truncate(source, sweep, truncation, source_mean)
-    if target is None:
-        return [gen.render(source, src_w, batch).images]
-    tgt_w = gen.truncate(target, sweep, truncation, target_mean)
-    return gen.swap_grid_rows(gen.swap_from_w(source, target, src_w, tgt_w, swap_layers, batch))
+    return gen.render_pair(source, sweep, truncation, target, swap_layers, source_mean, target_mean, batch=batch)
 
 
 # ---------------------------------------------------------------------------
@@ -340,8 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--swap_layer", default=None,
                    help=f"render the layer-swapped target at these layers (e.g. 1,2; needs --target; default "
                         f"{SWAP_LAYER} with --target, as the reference's demo; 'none': no swapped row)")
-    p.add_argument("--truncation", type=float, default=TRUNCATION, help="truncation psi (default 0.7)")
-    p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
+    cli.add_truncation(p, TRUNCATION)
     p.add_argument("--log_every", type=int, default=50, help="print the loss every N steps (0: never)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call when rendering")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
@@ -369,16 +344,11 @@ def _prepare(args):
     layers = swap_layers_of(args.swap_layer, args.target is not None)
     if layers and args.target is None:
         raise ValueError("--swap_layer needs --target")
-    for name in ("steps", "batch", "truncation_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    cli.check_at_least(args, 1, "steps", "batch", "truncation_samples")
     if args.n_alpha < 2:
         raise ValueError(f"--n_alpha must be >= 2, got {args.n_alpha}")
-    if args.log_every < 0 or args.pad < 0:
-        raise ValueError("--log_every and --pad must be >= 0")
-    for name in ("lr", "l2_lambda", "alpha", "truncation"):
-        if not np.isfinite(getattr(args, name)):
-            raise ValueError(f"--{name} must be finite, got {getattr(args, name)}")
+    cli.check_at_least(args, 0, "log_every", "pad")
+    cli.check_finite(args, "lr", "l2_lambda", "alpha", "truncation")
     if args.lr <= 0 or args.l2_lambda < 0:
         raise ValueError(f"--lr must be > 0 and --l2_lambda >= 0, got {args.lr} and {args.l2_lambda}")
     for path, flag in ((args.latent, "--latent"), (args.bpe, "--bpe")):
@@ -389,7 +359,7 @@ def _prepare(args):
     source = cli.load_generator(args.source, "--source")
     target = cli.load_generator(args.target, "--target") if args.target is not None else None
     if target is not None:
-        layers = cli.check_pair(source, target, layers, "--target")
+        layers = latent.check_pair(source, target, layers, "--target")
     w_init = load_latent(source, args.latent) if args.latent else start_latent(source, args.seed)
     clip = clip_lib.load_clip(args.clip, bpe=args.bpe)
     loss = ClipLoss(clip, args.text, source.size)  # tokenizes: too long a text fails here
@@ -404,9 +374,8 @@ def main(argv=None) -> int:
         source, target, layers, w_init, loss = _prepare(args)
     from tf_cartoon import generate as gen
 
-    psi, n = args.truncation, args.truncation_samples
-    s_mean = gen.mean_latent(source, n) if psi != 1.0 else None
-    t_mean = gen.mean_latent(target, n) if psi != 1.0 and target is not None else None
+    psi = args.truncation
+    s_mean, t_mean = gen.mean_latents(psi, args.truncation_samples, source, target)
     objective = Objective(source, loss, psi, s_mean)
     result = optimize(objective, w_init, args.steps, args.lr, args.l2_lambda, args.log_every)
     coefficients = sweep_coefficients(args.alpha, args.n_alpha)

@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, latent
 from tf_cartoon.align import ALIGN_MODES, NoFaceError  # noqa: F401  (NoFaceError: part of this module's API)
 
 DEFAULT_SOURCE = "builtin:source_synthetic"
@@ -81,7 +81,7 @@ def toonify_photo(photo: np.ndarray, source_g, target_g, *, fast: bool = True, s
 
     if align not in ALIGN_MODES:
         raise ValueError(f"align must be one of {', '.join(ALIGN_MODES)}, got {align!r}")
-    layers = cli.check_pair(source_g, target_g, [int(l) for l in swap_layers if 1 <= int(l) <= target_g.n_blocks])
+    layers = latent.check_pair(source_g, target_g, [int(l) for l in swap_layers if 1 <= int(l) <= target_g.n_blocks])
     cfg = project_config(fast, steps)
     aligned = align_mod.align_photo(photo, source_g.size, align)
     x = (aligned.astype(np.float32) / 127.5 - 1.0)[None]
@@ -167,7 +167,7 @@ def _prepare(args):
     if too_high:
         print(f"note: swap layers {too_high} are above the {target.size} px generator's {target.n_blocks} blocks; "
               "dropped", file=sys.stderr)
-    layers = cli.check_pair(source, target, [l for l in layers if l <= target.n_blocks], cli.flag(args, "target"))
+    layers = latent.check_pair(source, target, [l for l in layers if l <= target.n_blocks], cli.flag(args, "target"))
     perceptual = None
     if args.vgg16_weights is not None:
         from tf_cartoon.project import VGGPerceptual

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_cartoon.latent import to_wplus
+
 PPL_EPS = 1e-4
 PPL_N = 5000  # the reference's --n_sample
 PPL_RESIZE = 256
@@ -67,7 +69,7 @@ def path_distances(g, distance, n: int = PPL_N, batch: int = 64, eps: float = PP
         e0 = w0 + (w1 - w0) * t
         e1 = w0 + (w1 - w0) * (t + np.float32(eps))
         latent = np.stack([e0, e1], 1).reshape(w.shape)
-        wplus = np.repeat(latent[:, None, :], g.n_latent, axis=1)
+        wplus = to_wplus(latent, g.n_latent)
         images = g.synthesis(wplus, noise=noise, randomize_noise=False).image
         images = np.asarray(images, np.float32)
         if crop:

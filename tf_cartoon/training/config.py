@@ -8,9 +8,9 @@ train.py defines an absl flag for every field.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
+from tf_cartoon import arch
 from tf_cartoon.cli import UsageError
 
 
@@ -97,7 +97,7 @@ class TrainConfig:
             if not sep or res_i is None:
                 raise ConfigError(f"--channels={self.channels!r}: bad entry {item.strip()!r}; expected "
                                   "resolution:channels pairs like 4:128,8:128,16:64")
-            if not _is_pow2(res_i) or res_i < 4:
+            if not arch.is_power_of_two(res_i) or res_i < 4:
                 raise ConfigError(f"--channels={self.channels!r}: resolution {res_i} is not a power of two >= 4")
             if ch_i <= 0:
                 raise ConfigError(f"--channels={self.channels!r}: resolution {res_i} needs a positive channel count")
@@ -123,10 +123,6 @@ class ConfigError(UsageError):
     """A flag value that cannot work; the message names the flag (the CLI prints it as one error line)."""
 
 
-def _is_pow2(n: int) -> bool:
-    return n > 0 and 2 ** int(round(math.log2(n))) == n
-
-
 def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = None, num_replicas: int = 1):
     """Check every flag; ``size`` / ``n_blocks`` are the network's once known (from the checkpoint)."""
     def need(cond, flag, msg):
@@ -138,10 +134,11 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
     need(cfg.batch % num_replicas == 0, "batch",
          f"the global batch must be divisible by the {num_replicas} replicas")
     per_replica = cfg.batch // max(num_replicas, 1)
-    need(per_replica <= 4 or per_replica % 4 == 0, "batch",
-         f"the per-replica batch {per_replica} must be <= 4 or a multiple of 4 (minibatch-stddev groups of 4)")
-    need(cfg.size == 0 or (_is_pow2(cfg.size) and 8 <= cfg.size <= 1024), "size",
-         "must be a power of two between 8 and 1024 (or 0 = from the checkpoint)")
+    group = arch.STDDEV_GROUP
+    need(per_replica <= group or per_replica % group == 0, "batch", f"the per-replica batch {per_replica} must be "
+         f"<= {group} or a multiple of {group} (minibatch-stddev groups of {group})")
+    need(cfg.size == 0 or arch.is_valid_size(cfg.size), "size",
+         f"must be a power of two between {arch.MIN_SIZE} and {arch.MAX_SIZE} (or 0 = from the checkpoint)")
     if size is not None and cfg.size and cfg.ckpt:
         need(cfg.size == size, "size", f"conflicts with the checkpoint {cfg.ckpt}, which is {size} px "
              "(leave --size out: it comes from the checkpoint)")
@@ -150,7 +147,7 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
         need(not cfg.ckpt, "channels", f"applies to a run from scratch only: the architecture of --ckpt={cfg.ckpt} "
              "comes from the checkpoint")
         net_size = size or cfg.size or 256
-        wanted = [2 ** i for i in range(2, net_size.bit_length())]
+        wanted = arch.resolutions(net_size)
         need(sorted(channels) == wanted, "channels",
              f"a {net_size} px network needs exactly the resolutions {','.join(map(str, wanted))}")
     for flag in ("r1", "path_regularize", "lr", "structure_weight"):
@@ -197,7 +194,7 @@ def validate(cfg: TrainConfig, size: int | None = None, n_blocks: int | None = N
              f"this {size} px discriminator has {n_blocks + 1} convolution stages")
         need(cfg.structure_loss <= n_blocks, "structure_loss",
              f"layers 1..{n_blocks} exist at {size} px")
-        n_latent = 2 * (n_blocks + 2) - 2
+        n_latent = arch.n_latent(size)
         need(cfg.freezeStyle < n_latent, "freezeStyle", f"must be < the {n_latent} W+ rows at {size} px")
         for L in cfg.swap_layer_list(n_blocks):
             if not 1 <= L <= n_blocks:

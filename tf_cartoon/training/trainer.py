@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon import cli, freeze, losses
+from tf_cartoon import arch, cli, freeze, latent, losses
 from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import integrity, store
 from tf_cartoon.io import reference_keys as rk
@@ -123,7 +123,7 @@ class Trainer:
         start = cli.load_checkpoint(cfg.ckpt, "--ckpt") if cfg.ckpt else None
         gen_cfg, dis_cfg = self._architecture(start)
         self.size = gen_cfg["size"]
-        n_blocks = int(math.log2(self.size)) - 2
+        n_blocks = arch.n_blocks(self.size)
         validate(cfg, size=self.size, n_blocks=n_blocks, num_replicas=self.replicas)
         self.per_replica_batch = cfg.batch // self.replicas
         self.swap_layers = cfg.swap_layer_list(n_blocks)
@@ -184,10 +184,7 @@ class Trainer:
                 # with it (freezeStyle / freezeFC).
                 layers = "all" if cfg.export_on_finish else sorted(set(self.swap_layers)
                                                                     | set(self.structure_layers_for(cfg)))
-                cli.check_pair(src, self.g, layers, flag)
-                if src.z_dim != self.g.z_dim:  # both map the same z
-                    raise cli.IncompatiblePairError(f"{flag}: the source maps z of width {src.z_dim}, the trained "
-                                                    f"generator of width {self.g.z_dim}")
+                latent.check_pair(src, self.g, layers, flag, same_z=True)  # both map the same z
                 self.source = store.build_generator(src.get_config(), name="source")
                 _copy(src, self.source)
             elif needs_source:
@@ -329,8 +326,8 @@ class Trainer:
         u = tf.random.stateless_uniform([3], seed=self._key(step, purpose, _MIX))
         mixed = u[0] < self.cfg.mixing
         n_lat = self.g.n_latent
-        index = 1 + tf.cast(tf.floor(u[1] * (n_lat - 1)), tf.int32)
-        src_index = 1 + tf.cast(tf.floor(u[2] * (n_lat - 1)), tf.int32)  # the source mixes at its own index
+        index = latent.random_cutoff(u[1], n_lat)
+        src_index = latent.random_cutoff(u[2], n_lat)  # the source mixes at its own index
         inject = tf.where(mixed, index, n_lat)
         return z1, z2, mixed, inject, tf.where(mixed, src_index, n_lat)
 
