@@ -98,6 +98,12 @@ def flag(args: argparse.Namespace, dest: str) -> str:
     return getattr(args, "_spellings", {}).get(dest) or f"--{dest}"
 
 
+def add_quiet(p: argparse.ArgumentParser) -> argparse.Action:
+    """``--quiet``: no progress lines (tf_cartoon.progress); results, warnings and errors still print."""
+    return p.add_argument("--quiet", "-q", action="store_true",
+                          help="no progress lines on stderr (results, warnings and errors still print)")
+
+
 # ---------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------
