@@ -4,28 +4,13 @@ fallback without it, file modes."""
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tf_cartoon import images
-
-
-def decode_mp4(path, exe):
-    """(frames [T, H, W, 3] uint8, frame rate) decoded by ffmpeg itself: the size and rate from its stream
-    description, the pixels as raw RGB on stdout."""
-    info = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True)
-    stream = next(line for line in info.stderr.splitlines() if "Video:" in line)
-    w, h = map(int, re.search(r", (\d+)x(\d+)\b", stream).groups())  # not the codec tag 0x31637661
-    fps = float(re.search(r"([\d.]+) fps", stream).group(1))
-    assert "h264" in stream and "yuv420p" in stream, stream
-    raw = subprocess.run([exe, "-nostdin", "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt",
-                          "rgb24", "pipe:1"], capture_output=True, check=True).stdout
-    assert len(raw) % (w * h * 3) == 0
-    return np.frombuffer(raw, np.uint8).reshape([-1, h, w, 3]), fps
+from tests.helpers import decode_mp4
 
 
 def moving_frames(n=12, h=48, w=64):
