@@ -27,7 +27,10 @@ the edited latent ``w + d * v_i`` goes to the source and, unchanged, to the
 target, each truncating it toward its own mean latent (so the step in the
 truncated latent is ``psi * d``). One PNG per direction, ``direction_III.png``:
 a row per seed, a column per degree, each cell source | target (| target with
-the source's feature swapped in at each --swap_layer).
+the source's feature swapped in at each --swap_layer). With --video also
+``direction_III.mp4``: the same cells (a row per seed) sweeping from -D to +D and
+back in --video_frames steps each way (GIF without imageio-ffmpeg).
+Progress (rate, ETA per direction) goes to stderr; --quiet drops it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_cartoon import cli
-from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_png, to_uint8
+from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_animation, save_png, to_uint8
+from tf_cartoon.progress import Progress, stage
 
 
 class Factorization(NamedTuple):
@@ -145,6 +149,14 @@ def direction_grid(panels, pad: int = 0) -> np.ndarray:
     return make_grid(list(cells), pad=pad)
 
 
+def sweep_frames(panels, pad: int = 0) -> list[np.ndarray]:
+    """Video frames of :func:`render_direction`'s panels: frame j is degree j's column (a row per seed),
+    the degrees walked forward then back (without repeating the ends), so the clip loops."""
+    steps = panels[0].shape[1]
+    order = list(range(steps)) + list(range(steps - 2, 0, -1))
+    return [direction_grid([p[:, j:j + 1] for p in panels], pad) for j in order]
+
+
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
@@ -167,6 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="sefa", help="where --render writes direction_III.png (default sefa)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    p.add_argument("--video", action="store_true",
+                   help="with --render, also direction_III.mp4 sweeping each direction (needs imageio-ffmpeg, "
+                        "else GIF)")
+    p.add_argument("--video_frames", type=int, default=32, help="video frames from -degrees to +degrees")
+    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_quiet(p)
     return p
 
 
@@ -178,7 +196,11 @@ def _prepare(args):
         raise ValueError("--target and --swap_layer only apply with --render")
     if layers and args.target is None:
         raise ValueError("--swap_layer needs --target")
-    for name in ("steps", "batch", "truncation_samples"):
+    if args.video and not args.render:
+        raise ValueError("--video renders the sweeps: it needs --render")
+    if args.video and args.video_frames < 2:
+        raise ValueError(f"--video_frames must be >= 2, got {args.video_frames}")
+    for name in ("steps", "batch", "truncation_samples", "frame_ms"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.pad < 0:
@@ -213,14 +235,28 @@ def main(argv=None) -> int:
           f"{stacked_weights(source).shape}; top eigenvalues {top}")
     if args.render:
         psi, n = args.truncation, args.truncation_samples
-        s_mean = gen.mean_latent(source, n) if psi != 1.0 else None
-        t_mean = gen.mean_latent(target, n) if psi != 1.0 and target is not None else None
+        with stage(f"mean latent ({n} samples)", quiet=args.quiet or psi == 1.0):
+            s_mean = gen.mean_latent(source, n) if psi != 1.0 else None
+            t_mean = gen.mean_latent(target, n) if psi != 1.0 and target is not None else None
         degrees = np.linspace(-args.degrees, args.degrees, args.steps)
+        progress = Progress("sefa", len(indices), unit="directions", quiet=args.quiet)
+        videos = []
         for i in indices:
             panels = render_direction(source, fac.eigvec[:, i], seeds, degrees, psi, target, layers, s_mean, t_mean,
                                       batch=args.batch)
             save_png(os.path.join(args.out_dir, f"direction_{i:03d}.png"), direction_grid(panels, args.pad))
-        print(f"wrote {len(indices)} direction grids to {args.out_dir} ({len(seeds)} seeds x {args.steps} degrees)")
+            if args.video:
+                panels = render_direction(source, fac.eigvec[:, i], seeds,
+                                          np.linspace(-args.degrees, args.degrees, args.video_frames), psi, target,
+                                          layers, s_mean, t_mean, batch=args.batch)
+                videos.append(save_animation(os.path.join(args.out_dir, f"direction_{i:03d}"),
+                                             sweep_frames(panels, args.pad), args.frame_ms, video=True))
+            progress.advance()
+        progress.finish()
+        kinds = {os.path.splitext(v)[1][1:].upper() for v in videos}
+        print(f"wrote {len(indices)} direction grids to {args.out_dir} ({len(seeds)} seeds x {args.steps} degrees)"
+              + (f" and {len(videos)} {'/'.join(sorted(kinds))} sweeps ({args.video_frames} frames each way)"
+                 if videos else ""))
     return 0
 
 
