@@ -70,6 +70,15 @@ def test_save_animation_writes_mp4_or_gif(ffmpeg, tmp_path):
         assert im.n_frames == 4 and im.info["duration"] == 50
 
 
+def test_bounce_walks_back_without_repeating_the_ends(ffmpeg, tmp_path):
+    frames = moving_frames(n=4)
+    decoded, _ = decode_mp4(images.save_animation(tmp_path / "s", frames, 40, video=True, bounce=True), ffmpeg)
+    assert len(decoded) == 6  # 0 1 2 3 2 1
+    means = decoded.astype(float).mean((1, 2))
+    for k, j in enumerate([0, 1, 2, 3, 2, 1]):
+        assert np.abs(means[k] - frames[j].mean((0, 1))).max() < 2.0
+
+
 def test_save_animation_falls_back_to_gif_without_imageio_ffmpeg(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(images, "ffmpeg_exe", lambda: None)
     path = images.save_animation(tmp_path / "walk.mp4", moving_frames(n=3), 40, video=True)

@@ -211,11 +211,16 @@ def save_mp4(path, frames, duration_ms: int = 40, exe: str | None = None, crf: i
     return path
 
 
-def save_animation(path, frames, duration_ms: int = 40, video: bool = False, stream=None) -> str:
+def save_animation(path, frames, duration_ms: int = 40, video: bool = False, bounce: bool = False,
+                   stream=None) -> str:
     """The one writer of animations: ``path`` without its extension + ``.gif``, or with ``video`` ``.mp4``
     (:func:`save_mp4`). Without imageio-ffmpeg a video request writes the GIF and says so in one line on
-    ``stream`` (stderr). Returns the path written."""
+    ``stream`` (stderr). ``bounce``: the frames forward, then back without repeating either end (a sweep
+    that loops smoothly). Returns the path written."""
     stem = os.path.splitext(os.fspath(path))[0]
+    if bounce:
+        frames = list(frames)
+        frames = frames + frames[-2:0:-1]
     if video:
         exe = ffmpeg_exe()
         if exe is not None:

@@ -150,11 +150,8 @@ def direction_grid(panels, pad: int = 0) -> np.ndarray:
 
 
 def sweep_frames(panels, pad: int = 0) -> list[np.ndarray]:
-    """Video frames of :func:`render_direction`'s panels: frame j is degree j's column (a row per seed),
-    the degrees walked forward then back (without repeating the ends), so the clip loops."""
-    steps = panels[0].shape[1]
-    order = list(range(steps)) + list(range(steps - 2, 0, -1))
-    return [direction_grid([p[:, j:j + 1] for p in panels], pad) for j in order]
+    """Video frames of :func:`render_direction`'s panels: frame j is degree j's column, a row per seed."""
+    return [direction_grid([p[:, j:j + 1] for p in panels], pad) for j in range(panels[0].shape[1])]
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +247,7 @@ def main(argv=None) -> int:
                                           np.linspace(-args.degrees, args.degrees, args.video_frames), psi, target,
                                           layers, s_mean, t_mean, batch=args.batch)
                 videos.append(save_animation(os.path.join(args.out_dir, f"direction_{i:03d}"),
-                                             sweep_frames(panels, args.pad), args.frame_ms, video=True))
+                                             sweep_frames(panels, args.pad), args.frame_ms, video=True, bounce=True))
             progress.advance()
         progress.finish()
         kinds = {os.path.splitext(v)[1][1:].upper() for v in videos}
