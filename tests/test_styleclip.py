@@ -173,6 +173,7 @@ def test_cli_end_to_end_on_reference_checkpoints(tmp_path, capsys):
     np.testing.assert_array_equal(sweep, sc.strength_sweep(w_init, w_opt, 2.0, 3))
 
 
+@pytest.mark.slow
 def test_cli_progress_and_video(ckpts, tmp_path, capsys):
     pytest.importorskip("imageio_ffmpeg")
     from tests.helpers import decode_mp4
