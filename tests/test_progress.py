@@ -57,6 +57,20 @@ def test_terminal_rewrites_one_line():
     assert text.split("\r")[-1].startswith("frames: 3/3 frames")
 
 
+def test_messages_go_above_the_terminal_line():
+    stream = Terminal()
+    p = pg.Progress("steps", 4, stream=stream, unit="steps")
+    p.update(1)
+    p.write("step 1/4: loss 0.3")
+    p.finish(4)
+    # what stays on the screen: each line's text after its last carriage return, without the erase codes
+    shown = [line.split("\r")[-1].replace("\033[K", "") for line in stream.getvalue().split("\n")]
+    assert shown[0] == "step 1/4: loss 0.3" and shown[1].startswith("steps: 4/4 steps") and shown[2] == ""
+    plain = io.StringIO()
+    pg.Progress("steps", 4, stream=plain).write("a message")
+    assert plain.getvalue() == "a message\n"
+
+
 def test_quiet_writes_nothing():
     for stream in (io.StringIO(), Terminal()):
         p = pg.Progress("x", 5, stream=stream, interval=0.0, quiet=True)

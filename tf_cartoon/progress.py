@@ -84,6 +84,16 @@ class Progress:
             print(self.line(), file=self.stream, flush=True)
             self.last = now
 
+    def write(self, message: str) -> None:
+        """A log line while the task runs: on a terminal it goes above the progress line, which is redrawn."""
+        if self.quiet:
+            return
+        if self.tty and not self.finished:
+            self.stream.write("\r\033[K" + message + "\n" + self.line() + "\033[K")
+            self.stream.flush()
+        else:
+            print(message, file=self.stream, flush=True)
+
     def advance(self, n: int = 1, extra: str | None = None) -> None:
         self.update(self.done + int(n), extra)
 
