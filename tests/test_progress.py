@@ -29,9 +29,9 @@ def test_log_lines_with_rate_and_eta_when_not_a_terminal(monkeypatch):
     now[0] = 110.0
     p.finish(10)
     lines = stream.getvalue().splitlines()
-    assert lines == ["rendering: 2/10 images, 1.0/s, ETA 8.0s",
-                     "rendering: 4/10 images, 1.0/s, ETA 6.0s; loss 0.5",
-                     "rendering: 10/10 images, 1.0/s, 10.0s; loss 0.5"]
+    assert lines == ["rendering: 2/10 images (20%), 1.0/s, ETA 8.0s",
+                     "rendering: 4/10 images (40%), 1.0/s, ETA 6.0s; loss 0.5",
+                     "rendering: 10/10 images (100%), 1.0/s, 10.0s; loss 0.5"]
     assert "\r" not in stream.getvalue() and "\033" not in stream.getvalue()
 
 
@@ -44,7 +44,7 @@ def test_log_lines_are_spaced_by_the_interval():
     p.finish(1000)
     p.finish(1000)  # once only
     (line,) = stream.getvalue().splitlines()
-    assert re.fullmatch(r"steps: 1000/1000 steps, [\d.]+/s, [\d.]+s", line), line
+    assert re.fullmatch(r"steps: 1000/1000 steps \(100%\), [\d.]+/s, [\d.]+s", line), line
 
 
 def test_terminal_rewrites_one_line():
@@ -92,12 +92,24 @@ def test_stage_lines():
     stream = io.StringIO()
     with pg.stage("mean latent", stream=stream):
         pass
-    assert re.fullmatch(r"mean latent \.\.\.\nmean latent: [\d.]+s\n", stream.getvalue())
+    assert re.fullmatch(r"mean latent: [\d.]+s\n", stream.getvalue())
     stream = Terminal()
-    with pytest.raises(KeyError):
-        with pg.stage("tracing", stream=stream):
-            raise KeyError("x")
-    assert re.fullmatch(r"tracing \.\.\.\rtracing: failed after [\d.]+s\033\[K\n", stream.getvalue())
+    with pg.stage("tracing", stream=stream):
+        pass
+    assert re.fullmatch(r"tracing \.\.\.\rtracing: [\d.]+s\033\[K\n", stream.getvalue())
+
+
+def test_a_failed_stage_or_task_leaves_no_line():
+    for stream in (io.StringIO(), Terminal()):
+        with pytest.raises(KeyError):
+            with pg.stage("tracing", stream=stream):
+                raise KeyError("x")
+        with pytest.raises(KeyError):
+            with pg.Progress("steps", 3, stream=stream, unit="steps") as p:
+                p.update(1)
+                raise KeyError("x")
+        shown = [line.split("\r")[-1].replace("\033[K", "") for line in stream.getvalue().split("\n")]
+        assert shown == [""], stream.getvalue()
 
 
 def test_durations():

@@ -10,7 +10,8 @@
 
 On a terminal the progress line is rewritten in place; on anything else (a log file, a pipe, CI) a plain
 line is written every ``interval`` seconds (30) and at the end, so logs stay readable. ``quiet`` writes
-nothing. Everything goes to stderr: stdout keeps each tool's results (some print JSON there).
+nothing. A task that fails leaves no half line: the tool's one ``error:`` line follows on its own.
+Everything goes to stderr: stdout keeps each tool's results (some print JSON there).
 Standard library only, so every tool can import it before TensorFlow starts.
 """
 
@@ -42,7 +43,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """A counted task: ``label: done/total unit, rate/s, ETA`` (total None: no ETA).
+    """A counted task: ``label: done/total unit (percent), rate/s, ETA`` (total None: no percent, no ETA).
 
     update(done) sets the count, advance(n) adds to it, finish() writes the last line; ``extra`` text
     (e.g. a loss) is appended to the line."""
@@ -63,7 +64,10 @@ class Progress:
         done = self.done if done is None else done
         elapsed = time.monotonic() - self.start
         rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"{self.label}: {done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}, {rate:.1f}/s"
+        text = f"{self.label}: {done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"
+        if self.total:
+            text += f" ({100 * done // self.total}%)"
+        text += f", {rate:.1f}/s"
         if self.total and rate > 0 and done < self.total:
             text += f", ETA {_duration((self.total - done) / rate)}"
         elif done and (self.total is None or done >= self.total):
@@ -120,28 +124,29 @@ class Progress:
         if kind is None:
             self.finish()
         elif self.tty and not self.quiet:
-            self.stream.write("\n")  # leave the partial line; the error follows on its own line
+            self.stream.write("\r\033[K")  # the error is reported on its own line
             self.stream.flush()
 
 
 @contextlib.contextmanager
 def stage(label: str, quiet: bool = False, stream=None):
-    """A step without a count (loading, tracing, a mean latent): ``label ...`` when it starts and
-    ``label: 12.3s`` when it ends (on a terminal the second replaces the first)."""
+    """A step without a count (a mean latent, tracing, writing): on a terminal ``label ...`` while it runs,
+    replaced by ``label: 12.3s``; elsewhere only that end line. A stage that raises leaves no line (its
+    error is reported on its own, as the one ``error:`` line of a tool)."""
     stream = stream if stream is not None else sys.stderr
     if quiet:
         yield
         return
     tty = is_terminal(stream)
     start = time.monotonic()
-    stream.write(f"{label} ..." + ("" if tty else "\n"))
-    stream.flush()
+    if tty:
+        stream.write(f"{label} ...")
+        stream.flush()
     ok = False
     try:
         yield
         ok = True
     finally:
-        took = _duration(time.monotonic() - start)
-        end = f"{label}: {took}" if ok else f"{label}: failed after {took}"
-        stream.write(("\r" + end + "\033[K\n") if tty else end + "\n")
+        end = f"{label}: {_duration(time.monotonic() - start)}\n" if ok else ""
+        stream.write(("\r" + end.rstrip("\n") + "\033[K" + ("\n" if ok else "")) if tty else end)
         stream.flush()
