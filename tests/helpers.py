@@ -38,6 +38,13 @@ def one_line_error(capsys) -> str:
     return err
 
 
+def tool_lines(err: str) -> list[str]:
+    """A tool's own stderr lines: TensorFlow's log lines (retracing warnings and the like, which depend on
+    what ran before in the process) left out."""
+    return [line for line in err.splitlines()
+            if not re.match(r"(WARNING:tensorflow|WARNING:absl|[IWE]\d{4} )", line)]
+
+
 def decode_mp4(path, exe=None):
     """(frames [T, H, W, 3] uint8, frame rate) decoded by ffmpeg itself: the size and rate from its stream
     description, the pixels as raw RGB on stdout. ``exe``: the ffmpeg binary (default: imageio-ffmpeg's)."""

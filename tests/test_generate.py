@@ -252,16 +252,17 @@ def test_cli_missing_ckpt_subprocess(tmp_path):
 
 def test_cli_progress_video_and_quiet(ckpts, tmp_path, capsys):
     pytest.importorskip("imageio_ffmpeg")
-    from tests.helpers import decode_mp4
+    from tests.helpers import decode_mp4, tool_lines
 
     argv = ["--ckpt", ckpts[1], "--source", ckpts[0], "--swap_layer", "1", "--seeds", "0-2", "--interpolate",
             "--frames", "2", "--video", "--truncation_samples", str(N_MEAN), "--batch", "2"]
     assert gen.main(argv + ["--out", str(tmp_path / "a")]) == 0
     out, err = capsys.readouterr()
     assert out == f"wrote {tmp_path / 'a'}: source/, swap_l1/, 3 seed PNGs, grid.png, interpolation.mp4 (6 frames)\n"
-    lines = err.splitlines()  # not a terminal: the end line of each stage and of each count
+    lines = tool_lines(err)  # not a terminal: the end line of each stage and of each count
     assert len(lines) == 3 and lines[0].startswith(f"mean latent ({N_MEAN} samples): ")
-    assert lines[1].startswith("generate: 3/3 seeds, ") and lines[2].startswith("interpolation: 6/6 frames, ")
+    assert lines[1].startswith("generate: 3/3 seeds (100%), ")
+    assert lines[2].startswith("interpolation: 6/6 frames (100%), ")
     frames, fps = decode_mp4(tmp_path / "a" / "interpolation.mp4")
     assert frames.shape == (6, 16, 3 * 16, 3) and fps == pytest.approx(25.0)
     assert not (tmp_path / "a" / "interpolation.gif").exists()
@@ -271,6 +272,6 @@ def test_cli_progress_video_and_quiet(ckpts, tmp_path, capsys):
 
     assert gen.main(argv + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
     out, err = capsys.readouterr()
-    assert err == "" and out.startswith("wrote ")
+    assert tool_lines(err) == [] and out.startswith("wrote ")
     assert gen.main(["--ckpt", ckpts[1], "--video", "--out", str(tmp_path / "c")]) == 2
     assert "--video writes the interpolation: it needs --interpolate" in one_line_error(capsys)

@@ -318,7 +318,7 @@ def test_cli_end_to_end_on_fixtures(tmp_path, capsys):
 
 def test_cli_progress_video_and_quiet(ckpts, tiny, tmp_path, capsys):
     pytest.importorskip("imageio_ffmpeg")
-    from tests.helpers import decode_mp4
+    from tests.helpers import decode_mp4, tool_lines
 
     face = to_uint8(render(tiny, known_wplus(tiny, 1))[0])
     Image.fromarray(face).save(tmp_path / "face.png")
@@ -327,9 +327,9 @@ def test_cli_progress_video_and_quiet(ckpts, tiny, tmp_path, capsys):
     assert pj.main(argv + ["--out", str(tmp_path / "a")]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(f"wrote {tmp_path / 'a'}: 1 x (<name>.npz, <name>.png, <name>.mp4), grid.png")
-    lines = err.splitlines()
+    lines = tool_lines(err)
     assert lines[0].startswith("projecting 1 photo(s)") and lines[1].startswith("step 1/4 (")
-    assert lines[-2].startswith("project: 4/4 steps, ") and "; mse " in lines[-2]
+    assert lines[-2].startswith("project: 4/4 steps (100%), ") and "; mse " in lines[-2]
     assert lines[-1].startswith("face: mse ")
     frames, _ = decode_mp4(tmp_path / "a" / "face.mp4")
     assert frames.shape == (3, 16, 32, 3)  # steps 0, 2, 4: photo | reconstruction
@@ -343,7 +343,7 @@ def test_cli_progress_video_and_quiet(ckpts, tiny, tmp_path, capsys):
 
     assert pj.main(argv + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
     out, err = capsys.readouterr()
-    assert err == "" and out.startswith("wrote ")
+    assert tool_lines(err) == [] and out.startswith("wrote ")
 
 
 def test_cli_errors_name_the_file(tmp_path, capsys):

@@ -100,7 +100,7 @@ def test_cli_writes_npz_and_renders(ckpts, tmp_path, capsys):
 
 def test_cli_video_sweeps_and_progress(ckpts, tmp_path, capsys):
     pytest.importorskip("imageio_ffmpeg")
-    from tests.helpers import decode_mp4
+    from tests.helpers import decode_mp4, tool_lines
 
     source, target = ckpts
     out_dir = tmp_path / "render"
@@ -110,7 +110,7 @@ def test_cli_video_sweeps_and_progress(ckpts, tmp_path, capsys):
     assert sefa.main(argv) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[-1].endswith("and 1 MP4 sweeps (3 frames each way)")
-    assert "sefa: 1/1 directions, " in err
+    assert "sefa: 1/1 directions (100%), " in err
     assert sorted(os.listdir(out_dir)) == ["direction_001.mp4", "direction_001.png"]
     frames, fps = decode_mp4(out_dir / "direction_001.mp4")
     assert frames.shape == (4, 2 * 16, 2 * 16, 3) and fps == pytest.approx(10.0)  # degrees -4, 0, 4, 0
@@ -120,7 +120,7 @@ def test_cli_video_sweeps_and_progress(ckpts, tmp_path, capsys):
         expected = grid[:, column * 32:(column + 1) * 32].mean((0, 1))
         assert np.abs(frame.astype(float).mean((0, 1)) - expected).max() < 3
     assert sefa.main(argv + ["--quiet", "--out_dir", str(tmp_path / "q")]) == 0
-    assert capsys.readouterr().err == ""
+    assert tool_lines(capsys.readouterr().err) == []
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -185,7 +185,7 @@ def test_cli_progress_and_video(ckpts, tmp_path, capsys):
     assert sc.main(argv) == 0
     out, err = capsys.readouterr()
     assert out.startswith(f"wrote {tmp_path / 'a'}: sweep.png (3 rows x 2 strengths up to alpha 1.5), sweep.mp4, ")
-    assert "\nstyleclip: 3/3 steps, " in err and "; loss " in err
+    assert "\nstyleclip: 3/3 steps (100%), " in err and "; loss " in err
     frames, _ = decode_mp4(tmp_path / "a" / "sweep.mp4")
     assert frames.shape == (4, 3 * 16, 16, 3)  # start, alpha / 2, alpha, alpha / 2; rows source | target | swap_l1
     sweep = np.asarray(Image.open(tmp_path / "a" / "sweep.png")).astype(float)  # columns: start, alpha
