@@ -84,7 +84,7 @@ def test_save_animation_falls_back_to_gif_without_imageio_ffmpeg(tmp_path, monke
     path = images.save_animation(tmp_path / "walk.mp4", moving_frames(n=3), 40, video=True)
     assert path == str(tmp_path / "walk.gif") and os.listdir(tmp_path) == ["walk.gif"]
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "imageio-ffmpeg is not installed" in err and "walk.gif" in err
+    assert err.count("\n") == 1 and "imageio-ffmpeg is not installed" in err and "[video]" in err and "walk.gif" in err
 
 
 def test_mp4_errors(ffmpeg, tmp_path):

@@ -146,12 +146,15 @@ def _frame_array(frames) -> np.ndarray:
 
 def ffmpeg_exe() -> str | None:
     """The ffmpeg binary that ``imageio-ffmpeg`` ships (``IMAGEIO_FFMPEG_EXE`` overrides it), or None
-    when the package is not installed."""
+    when the package is not installed or holds no binary for this platform."""
     try:
         import imageio_ffmpeg
     except ImportError:
         return None
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # its "no ffmpeg exe could be found" (a source install on another platform)
+        return None
 
 
 def even_size(frames: np.ndarray) -> np.ndarray:
@@ -180,7 +183,7 @@ def save_mp4(path, frames, duration_ms: int = 40, exe: str | None = None, crf: i
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
-    t, h, w = frames.shape[:3]
+    h, w = frames.shape[1:3]
     cmd = [exe, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
            "-framerate", f"1000/{duration_ms}", "-i", "pipe:0", "-an", "-c:v", "libx264", "-preset", "medium",
            "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", tmp]
@@ -225,8 +228,9 @@ def save_animation(path, frames, duration_ms: int = 40, video: bool = False, bou
         exe = ffmpeg_exe()
         if exe is not None:
             return save_mp4(stem + ".mp4", frames, duration_ms, exe=exe)
-        print(f"warning: imageio-ffmpeg is not installed (pip install 'tf_cartoon[video]'); writing {stem}.gif "
-              "instead of an MP4", file=stream if stream is not None else sys.stderr, flush=True)
+        print(f"warning: imageio-ffmpeg is not installed or has no ffmpeg for this platform (pip install "
+              f"'tf_cartoon[video]'); writing {stem}.gif instead of an MP4",
+              file=stream if stream is not None else sys.stderr, flush=True)
     return save_gif(stem + ".gif", frames, duration_ms)
 
 
