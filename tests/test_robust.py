@@ -87,6 +87,16 @@ def _dead_pid() -> int:
 
 
 # ---------------------------------------------------------------------------------------------- verification
+def test_candidates_of_a_relative_directory(tmp_path, monkeypatch):
+    """A workdir named relative to the current directory (``--target runs/quickstart``)."""
+    monkeypatch.chdir(tmp_path)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), os.path.join("wd", "ck"), 3)
+    manager.save()
+    manager.save()
+    assert integrity.candidates(os.path.join("wd", "ck")) == [os.path.join("wd", "ck", f"ckpt-{i}") for i in (2, 1)]
+    assert integrity.newest_good(os.path.join("wd", "ck"))[0] == os.path.join("wd", "ck", "ckpt-2")
+
+
 def test_verify_finds_torn_index_and_data_and_lists_newest_first(tmp_path):
     v = {f"v{i}": tf.Variable(np.arange(1000, dtype=np.float32) + i) for i in range(4)}
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(**v), str(tmp_path), max_to_keep=5)

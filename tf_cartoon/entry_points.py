@@ -50,6 +50,18 @@ def prepare_data():
     _run("prepare_data")
 
 
+def align():
+    _run("align")
+
+
+def toonify():
+    _run("toonify")
+
+
+def studio():
+    _run("studio")
+
+
 def bench():
     from absl import app, logging
 

@@ -136,32 +136,16 @@ def _results(jobs, workers: int):
         ex.shutdown(wait=True, cancel_futures=True)
 
 
-@cli.command(setup="none")
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    err = _check_args(args)
-    if err:
-        raise cli.UsageError(err)
-    with cli.user_input():  # missing folder, no image file in it
-        files = scan_images(args.src)
-
-    random.Random(args.seed).shuffle(files)  # mixes subfolders across shards
-    src = os.path.abspath(args.src)
-    jobs = [(i, f, os.path.relpath(os.path.abspath(f), src).replace(os.sep, "/"), args.size, args.format,
-             args.quality) for i, f in enumerate(files)]
-    workers = args.workers or os.cpu_count() or 1
-    n = args.shards
-    os.makedirs(args.out, exist_ok=True)
-    finals = [shard_path(args.out, i, n) for i in range(n)]
-    temps = [f"{p}.tmp-{os.getpid()}" for p in finals]
-
+def _write_shards(args, jobs, workers: int, finals: list[str]) -> tuple[int, int, list[int]]:
+    """Encode ``jobs`` round-robin into the shards ``finals``, each written under a temporary name and moved
+    into place only when every shard is complete (nothing is left behind on failure). Returns (written,
+    skipped, records per shard)."""
     import tensorflow as tf  # noqa: E402 - only the writer needs it
 
     from tf_cartoon.data.tfrecord import make_example
 
-    if not args.quiet:
-        print(f"[prepare_data] {len(files)} image file(s) in {args.src} -> {n} shard(s) in {args.out} "
-              f"(size {args.size}, {args.format}, {workers} worker(s))", file=sys.stderr, flush=True)
+    n = len(finals)
+    temps = [f"{p}.tmp-{os.getpid()}" for p in finals]
     written = skipped = 0
     per_shard = [0] * n
     writers = []
@@ -189,7 +173,7 @@ def main(argv=None) -> int:
             w.close()
         writers = []
         if written == 0:  # data with no usable image: a user error like an empty folder
-            raise cli.UsageError(f"none of the {len(files)} image file(s) in {args.src} could be read; "
+            raise cli.UsageError(f"none of the {len(jobs)} image file(s) in {args.src} could be read; "
                                  "no shard written")
         for t, f in zip(temps, finals):
             os.replace(t, f)
@@ -204,11 +188,40 @@ def main(argv=None) -> int:
             for t in temps:
                 if os.path.exists(t):
                     os.remove(t)
-    if args.overwrite:  # stale shards of an earlier run with another --shards
-        keep = set(os.path.abspath(f) for f in finals)
-        for old in glob.glob(os.path.join(args.out, "*")):
-            if old.lower().endswith((".tfrecord", ".tfrec")) and os.path.abspath(old) not in keep:
-                os.remove(old)
+    return written, skipped, per_shard
+
+
+def _remove_stale(out_dir: str, finals: list[str]) -> None:
+    """Delete the TFRecord files in ``out_dir`` other than ``finals`` (an earlier run's, with another --shards)."""
+    keep = set(os.path.abspath(f) for f in finals)
+    for old in glob.glob(os.path.join(out_dir, "*")):
+        if old.lower().endswith((".tfrecord", ".tfrec")) and os.path.abspath(old) not in keep:
+            os.remove(old)
+
+
+@cli.command(setup="none")
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    err = _check_args(args)
+    if err:
+        raise cli.UsageError(err)
+    with cli.user_input():  # missing folder, no image file in it
+        files = scan_images(args.src)
+
+    random.Random(args.seed).shuffle(files)  # mixes subfolders across shards
+    src = os.path.abspath(args.src)
+    jobs = [(i, f, os.path.relpath(os.path.abspath(f), src).replace(os.sep, "/"), args.size, args.format,
+             args.quality) for i, f in enumerate(files)]
+    workers = args.workers or os.cpu_count() or 1
+    n = args.shards
+    os.makedirs(args.out, exist_ok=True)
+    finals = [shard_path(args.out, i, n) for i in range(n)]
+    if not args.quiet:
+        print(f"[prepare_data] {len(files)} image file(s) in {args.src} -> {n} shard(s) in {args.out} "
+              f"(size {args.size}, {args.format}, {workers} worker(s))", file=sys.stderr, flush=True)
+    written, skipped, per_shard = _write_shards(args, jobs, workers, finals)
+    if args.overwrite:
+        _remove_stale(args.out, finals)
     empty = per_shard.count(0)
     print(f"wrote {written} image(s) to {n} shard(s) in {args.out} (size {args.size}, {args.format}); "
           f"skipped {skipped} unreadable file(s)" + (f"; {empty} shard(s) are empty" if empty else ""))

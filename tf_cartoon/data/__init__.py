@@ -16,6 +16,7 @@ TensorFlow until a dataset is built.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,8 @@ from tf_cartoon.data.folder import (IMAGE_EXTENSIONS, DataStats, load_image, res
 from tf_cartoon.data.synthetic import (SYNTHETIC_EPOCH_IMAGES, SYNTHETIC_PREFIX, available_synthetic,
                                        get_synthetic, register_synthetic)
 from tf_cartoon.data.tfrecord import TFRECORD_EXTENSIONS, resolve_tfrecord_files
-from tf_cartoon.data import faces as _faces  # noqa: F401,E402  (registers synthetic:faces / synthetic:cartoon)
+
+importlib.import_module("tf_cartoon.data.faces")  # for its side effect: it registers synthetic:faces / :cartoon
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -116,48 +118,62 @@ def make_dataset(spec: str, size: int, batch_size: int, *, shuffle: bool = True,
         the same non-determinism caveats as above apply.
       With ``repeat=False`` a ``start_batch`` past the end gives an empty dataset. Must be >= 0.
     """
-    import tensorflow as tf
-
     size, batch_size = int(size), int(batch_size)
     if size < 1 or batch_size < 1:
         raise ValueError(f"size and batch_size must be >= 1, got size={size}, batch_size={batch_size}")
-    if input_context is None:
-        n_pipes, pipe = 1, 0
-    else:
-        n_pipes, pipe = int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
-        if not 0 <= pipe < n_pipes:
-            raise ValueError(f"input_pipeline_id {pipe} not in [0, {n_pipes})")
-    seed = int(seed)
-    start_batch = int(start_batch)
+    n_pipes, pipe = _pipeline_of(input_context)
+    seed, start_batch = int(seed), int(start_batch)
     if start_batch < 0:
         raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-    skip_items = start_batch * batch_size
     pseed = _pipeline_seed(seed, pipe)
-    kind, target = resolve_spec(spec)
+    ds = _batches(spec, size, batch_size, shuffle=shuffle, repeat=repeat, seed=seed, pseed=pseed,
+                  n_pipes=n_pipes, pipe=pipe, num_parallel=num_parallel, start_batch=start_batch)
+    return _finish(ds, size, batch_size, flip=flip, pseed=pseed, start_batch=start_batch,
+                   num_parallel=num_parallel, sharded=input_context is not None)
 
+
+def _pipeline_of(input_context) -> tuple[int, int]:
+    """(number of input pipelines, this pipeline's id) of a ``tf.distribute.InputContext`` (None: (1, 0))."""
+    if input_context is None:
+        return 1, 0
+    n_pipes, pipe = int(input_context.num_input_pipelines), int(input_context.input_pipeline_id)
+    if not 0 <= pipe < n_pipes:
+        raise ValueError(f"input_pipeline_id {pipe} not in [0, {n_pipes})")
+    return n_pipes, pipe
+
+
+def _batches(spec, size, batch_size, *, shuffle, repeat, seed, pseed, n_pipes, pipe, num_parallel, start_batch):
+    """uint8 batches of ``spec``'s source for pipeline ``pipe`` (of ``n_pipes``), resumed at ``start_batch``."""
+    kind, target = resolve_spec(spec)
     if kind == "synthetic":
         from tf_cartoon.data.synthetic import synthetic_dataset
 
-        ds = synthetic_dataset(target, size, batch_size, repeat=repeat, seed=seed, pipeline_id=pipe,
-                               num_parallel=num_parallel, start_batch=start_batch)
+        return synthetic_dataset(target, size, batch_size, repeat=repeat, seed=seed, pipeline_id=pipe,
+                                 num_parallel=num_parallel, start_batch=start_batch)
+    skip_items = start_batch * batch_size
+    if kind == "tfrecord":
+        from tf_cartoon.data.tfrecord import tfrecord_dataset
+
+        ds, n_items = tfrecord_dataset(target, size, shuffle=shuffle, repeat=repeat, seed=seed,
+                                       num_pipelines=n_pipes, pipeline_id=pipe, num_parallel=num_parallel,
+                                       label=spec, skip_records=skip_items)
     else:
-        if kind == "tfrecord":
-            from tf_cartoon.data.tfrecord import tfrecord_dataset
+        from tf_cartoon.data.folder import folder_dataset
 
-            ds, n_items = tfrecord_dataset(target, size, shuffle=shuffle, repeat=repeat, seed=seed,
-                                           num_pipelines=n_pipes, pipeline_id=pipe, num_parallel=num_parallel,
-                                           label=spec, skip_records=skip_items)
-        else:
-            from tf_cartoon.data.folder import folder_dataset
+        ds, n_items = folder_dataset(target, size, shuffle=shuffle, repeat=repeat, seed=pseed,
+                                     num_pipelines=n_pipes, pipeline_id=pipe, num_parallel=num_parallel,
+                                     skip_files=skip_items)
+    if shuffle and kind == "folder":  # (TFRecords shuffle their encoded records instead, in tfrecord.py)
+        # a moderate buffer (the file list is already shuffled): <= 64 MiB and <= one pipeline's epoch
+        buf = int(min(512, n_items, max(8, _ELEMENT_SHUFFLE_BYTES // (size * size * 3))))
+        ds = ds.shuffle(buf, seed=pseed + 17, reshuffle_each_iteration=True)
+    return ds.batch(batch_size, drop_remainder=True)
 
-            ds, n_items = folder_dataset(target, size, shuffle=shuffle, repeat=repeat, seed=pseed,
-                                         num_pipelines=n_pipes, pipeline_id=pipe, num_parallel=num_parallel,
-                                         skip_files=skip_items)
-        if shuffle and kind == "folder":  # (TFRecords shuffle their encoded records instead, in tfrecord.py)
-            # a moderate buffer (the file list is already shuffled): <= 64 MiB and <= one pipeline's epoch
-            buf = int(min(512, n_items, max(8, _ELEMENT_SHUFFLE_BYTES // (size * size * 3))))
-            ds = ds.shuffle(buf, seed=pseed + 17, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size, drop_remainder=True)
+
+def _finish(ds, size, batch_size, *, flip, pseed, start_batch, num_parallel, sharded):
+    """The steps every source shares: the flips (seeded by the absolute batch index), floats in [-1, 1], static
+    shapes, prefetch; a dataset ``sharded`` here is never sharded again by tf.distribute."""
+    import tensorflow as tf
 
     flip_seed = tf.constant(pseed, tf.int64)
 
@@ -170,7 +186,7 @@ def make_dataset(spec: str, size: int, batch_size: int, *, shuffle: bool = True,
 
     ds = ds.enumerate(start=start_batch).map(finish, num_parallel_calls=num_parallel, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    if input_context is not None:  # we sharded ourselves; never let tf.distribute shard again
+    if sharded:
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
         ds = ds.with_options(opts)

@@ -201,51 +201,74 @@ def _bezier(p0, p1, p2, k):
     return (1 - t) ** 2 * p0[:, None] + 2 * t * (1 - t) * p1[:, None] + t * t * p2[:, None]
 
 
-def _hair_shapes(p):
-    """Face-frame hair polygons per style: dict name -> (n, k, 2), computed for every face (cheap, vectorised);
-    ``_STYLE_PARTS`` says which are drawn behind the head (``back_*``) and in front of it (``cap_*``)."""
-    n = _n(p)
-    rx = _col(p["aspect"])
-    part = _col(p["hair_part"])
-    hl = _col(p["hair_len"])
-    ph = (np.asarray(p["tex_seed"], np.float32) % 997.0 / 997.0 * 6.2832)[:, None]
-    z = np.zeros((n, 1), np.float32)
+class _HairFrame:
+    """The per-face columns (n, 1) the hair polygons are built from, and their curve primitives (face frame)."""
 
-    def arc(sx, sy, cy, t0, t1, k, bumps=0.0, freq=11.0):
+    def __init__(self, p):
+        self.rx = _col(p["aspect"])
+        self.part = _col(p["hair_part"])
+        self.hl = _col(p["hair_len"])
+        self.ph = (np.asarray(p["tex_seed"], np.float32) % 997.0 / 997.0 * 6.2832)[:, None]  # the wobbles' phase
+        self.z = np.zeros((_n(p), 1), np.float32)
+
+    def arc(self, sx, sy, cy, t0, t1, k, bumps=0.0, freq=11.0):
+        """k points of the ellipse (sx * rx, sy) around (0, cy) from angle t0 to t1, wobbling by ``bumps``."""
         t = np.linspace(t0, t1, k, dtype=np.float32)[None, :]
-        wob = 1.0 + bumps * np.sin(freq * t + ph)
-        return _stackxy(sx * rx * np.cos(t) * wob, cy + sy * np.sin(t) * wob)
+        wob = 1.0 + bumps * np.sin(freq * t + self.ph)
+        return _stackxy(sx * self.rx * np.cos(t) * wob, cy + sy * np.sin(t) * wob)
 
-    def hairline(temple_x, temple_y, mid_y, k=11):
+    def hairline(self, temple_x, temple_y, mid_y, k=11):
         """Right temple -> left temple through the parting (quadratic Bezier reaching mid_y halfway)."""
-        t_r = _stackxy(temple_x * rx[:, 0], temple_y + z[:, 0])
-        t_l = _stackxy(-temple_x * rx[:, 0], temple_y + z[:, 0])
-        ctrl = _stackxy(part[:, 0] * rx[:, 0], 2.0 * mid_y - temple_y + z[:, 0])
+        rx, z = self.rx[:, 0], self.z[:, 0]
+        t_r = _stackxy(temple_x * rx, temple_y + z)
+        t_l = _stackxy(-temple_x * rx, temple_y + z)
+        ctrl = _stackxy(self.part[:, 0] * rx, 2.0 * mid_y - temple_y + z)
         return _bezier(t_r, ctrl, t_l, k)
 
+    @staticmethod
     def side(x_of_v, v0, v1, k=6):
+        """k points (x_of_v(v), v) for v from v0 to v1."""
         v = np.linspace(0.0, 1.0, k, dtype=np.float32)[None, :] * (v1 - v0) + v0
         return _stackxy(x_of_v(v), v)
 
-    out = {}
-    pi = math.pi
-    # short: a tufted cap with sideburns; bangs: a jagged fringe at the brows; both have some volume behind
-    out["back_short"] = arc(1.1, 1.14, -0.06, pi - 0.3, 2 * pi + 0.3, 23, 0.03)
+
+def _hair_shapes(p):
+    """Face-frame hair polygons per style: dict name -> (n, k, 2), computed for every face (cheap, vectorised);
+    ``_STYLE_PARTS`` says which are drawn behind the head (``back_*``) and in front of it (``cap_*``)."""
+    fr = _HairFrame(p)
+    out = _cropped_hair(fr, p)
+    out.update(_curtain_hair(fr))
+    out.update(_afro_hair(fr))
+    return out
+
+
+def _cropped_hair(fr: _HairFrame, p) -> dict:
+    """short: a tufted cap with sideburns; bangs: a jagged fringe at the brows (both with some volume behind);
+    buzz: a thin cap."""
+    rx, z, pi = fr.rx, fr.z, math.pi
+    out = {"back_short": fr.arc(1.1, 1.14, -0.06, pi - 0.3, 2 * pi + 0.3, 23, 0.03)}
     out["cap_short"] = np.concatenate([
         _stackxy(-0.9 * rx, 0.06 + z), _stackxy(-1.0 * rx, 0.08 + z),
-        arc(1.07, 1.12, -0.04, pi - 0.05, 2 * pi + 0.05, 25, 0.025),
-        _stackxy(1.0 * rx, 0.08 + z), _stackxy(0.9 * rx, 0.06 + z), hairline(0.9, -0.27, -0.6)], 1)
+        fr.arc(1.07, 1.12, -0.04, pi - 0.05, 2 * pi + 0.05, 25, 0.025),
+        _stackxy(1.0 * rx, 0.08 + z), _stackxy(0.9 * rx, 0.06 + z), fr.hairline(0.9, -0.27, -0.6)], 1)
     brow_y = _col(p["eye_y"]) - _col(p["eye_h"]) - _col(p["brow_gap"]) - 0.06
     m = 13
     xs = np.linspace(0.97, -0.97, m, dtype=np.float32)[None, :]
     fy = brow_y - 0.18 * xs ** 2 - np.where(np.arange(m) % 2 == 1, 0.09, 0.0).astype(np.float32)[None, :]
     out["cap_bangs"] = np.concatenate([
-        _stackxy(-1.03 * rx, 0.02 + z), arc(1.09, 1.14, -0.06, pi - 0.05, 2 * pi + 0.05, 25, 0.02),
+        _stackxy(-1.03 * rx, 0.02 + z), fr.arc(1.09, 1.14, -0.06, pi - 0.05, 2 * pi + 0.05, 25, 0.02),
         _stackxy(1.03 * rx, 0.02 + z), _stackxy(xs * rx, fy)], 1)
-    out["cap_buzz"] = np.concatenate([arc(1.02, 1.03, 0.0, pi + 0.3, 2 * pi - 0.3, 21), hairline(0.92, -0.36, -0.62)],
-                                     1)
-    # long / bob: one curtain over the top and down both sides (face framed by its inner edge), more behind
-    top = arc(1.12, 1.16, -0.06, pi, 2 * pi, 21, 0.012, 7.0)
+    out["cap_buzz"] = np.concatenate([fr.arc(1.02, 1.03, 0.0, pi + 0.3, 2 * pi - 0.3, 21),
+                                      fr.hairline(0.92, -0.36, -0.62)], 1)
+    return out
+
+
+def _curtain_hair(fr: _HairFrame) -> dict:
+    """long / bob: one curtain over the top and down both sides (the face framed by its inner edge), more
+    behind."""
+    rx, hl, pi, side = fr.rx, fr.hl, math.pi, fr.side
+    out = {}
+    top = fr.arc(1.12, 1.16, -0.06, pi, 2 * pi, 21, 0.012, 7.0)
     for name, bot, inner in (
             ("long", 1.3 + 0.6 * hl, lambda v: rx * (0.86 + 0.03 * np.clip(v, 0, 1))),
             ("bob", 0.74 + 0.2 * hl, lambda v: rx * (0.87 - 0.22 * np.clip((v - 0.3) / 0.6, 0, 1)))):
@@ -257,21 +280,26 @@ def _hair_shapes(p):
         left_in = side(lambda v: -inner(v), -0.3, bot - 0.04)
         out[f"cap_{name}"] = np.concatenate([
             left_out, top, right_out, _stackxy(0.5 * (outer(bot) + inner(bot)), bot + 0.03), right_in[:, :-1],
-            hairline(0.86, -0.33, -0.64), left_in[:, 1:], _stackxy(-0.5 * (outer(bot) + inner(bot)), bot + 0.03)],
+            fr.hairline(0.86, -0.33, -0.64), left_in[:, 1:], _stackxy(-0.5 * (outer(bot) + inner(bot)), bot + 0.03)],
             1)
         out[f"back_{name}"] = np.concatenate([
-            _stackxy(-1.18 * rx, bot - 0.04), arc(1.15, 1.18, -0.06, pi, 2 * pi, 15), _stackxy(1.18 * rx, bot - 0.04),
-            _stackxy(0.0 * rx, bot + 0.02)], 1)
-    # afro: a big bumpy cloud behind, a bumpy hairline in front
+            _stackxy(-1.18 * rx, bot - 0.04), fr.arc(1.15, 1.18, -0.06, pi, 2 * pi, 15),
+            _stackxy(1.18 * rx, bot - 0.04), _stackxy(0.0 * rx, bot + 0.02)], 1)
+    return out
+
+
+def _afro_hair(fr: _HairFrame) -> dict:
+    """afro: a big bumpy cloud behind, a bumpy hairline in front."""
+    rx, pi = fr.rx, math.pi
     c, s = _unit_circle(48)
-    r = 1.0 + 0.045 * np.sin(11 * np.arctan2(s, c)[None] + ph)
-    R = 1.28 + 0.18 * hl
-    out["back_afro"] = _stackxy(R * 1.12 * rx / 0.8 * r * c, -0.22 + R * r * s)
+    r = 1.0 + 0.045 * np.sin(11 * np.arctan2(s, c)[None] + fr.ph)
+    R = 1.28 + 0.18 * fr.hl
+    back = _stackxy(R * 1.12 * rx / 0.8 * r * c, -0.22 + R * r * s)
     xs = np.linspace(0.97, -0.97, 15, dtype=np.float32)[None, :] * rx
     ys = -0.52 + 0.3 * (xs / rx) ** 2 - 0.06 * np.abs(np.sin(np.linspace(0, 7 * pi, 15)))[None, :]
-    out["cap_afro"] = np.concatenate([_stackxy(-1.1 * rx, z), arc(1.1, 1.21, -0.05, pi, 2 * pi, 21, 0.03, 9.0),
-                                      _stackxy(1.1 * rx, z), _stackxy(xs, ys)], 1)
-    return out
+    cap = np.concatenate([_stackxy(-1.1 * rx, fr.z), fr.arc(1.1, 1.21, -0.05, pi, 2 * pi, 21, 0.03, 9.0),
+                          _stackxy(1.1 * rx, fr.z), _stackxy(xs, ys)], 1)
+    return {"back_afro": back, "cap_afro": cap}
 
 
 _STYLE_PARTS = {  # drawn behind the head, in front of it
@@ -604,6 +632,24 @@ def _iris_box(c, r):
     return [c[0] - r, c[1] - r, c[0] + r, c[1] + r]
 
 
+# the body's polygons in drawing order, with their palette entries
+_BODY = (("torso", "shirt"), ("neck", "neck"), ("ear_l", "ear"), ("ear_r", "ear"), ("head", "skin"))
+
+
+def _draw_person(shape, face, i, s, c) -> None:
+    """The drawing order both renderers share for image ``i``: the hair behind the head, the body, the face's
+    features (``face()``), the hair in front; ``shape(name, fill)`` draws one named polygon. ``s``: the
+    renderer's shapes (``_photo_shapes`` / ``_cartoon_shapes``), ``c``: its palette."""
+    back, front = _STYLE_PARTS[s["style"][i]]
+    for name in back:
+        shape(name, c["hair"][i])
+    for name, key in _BODY:
+        shape(name, c[key][i])
+    face()
+    for name in front:
+        shape(name, c["hair"][i])
+
+
 # --------------------------------------------------------------------------------------------- faces
 def _bump(u, v, cx, cy, sx, sy):
     """A smooth compact bump (1 - r^2)^2 of radii (sx, sy) at (cx, cy) (cheaper than a gaussian)."""
@@ -647,25 +693,9 @@ def _shade_res(size: int) -> int:
     return min(size, _SHADE_RES * 3 // 4)
 
 
-def _post_faces(p, fg, size):
-    """Light, texture and composite one chunk: fg (m, s, s, 4) uint8 (premultiplied RGB + coverage) ->
-    (uint8 (m, s, s, 3), alpha (m, s, s)).
-
-    The smooth fields (height-field shading, specular, the shadowed background, the strand coordinate) are
-    computed on a grid of at most ``_SHADE_RES`` pixels and upsampled bilinearly in one go; colours,
-    strands and grain stay at full resolution."""
-    m = fg.shape[0]
-    alpha = fg[..., 3].astype(np.float32) * (1.0 / 255.0)
-    key = np.zeros((m, 4), np.uint8)
-    key[:, :3] = p["_hair_key"]
-    key[:, 3] = 255
-    hair_mask = fg.view(np.uint32)[..., 0] == key.view(np.uint32)[:, :, None]  # opaque pixels of the hair colour
-    r = _shade_res(size)
-    u, v = _face_uv(p, r)
-    rx = _c3(p["aspect"])
-    L = np.asarray(p["light"], np.float32)
-    lx, ly, lz = L[:, 0, None, None], L[:, 1, None, None], L[:, 2, None, None]
-    # ---- height field (units of ry): a dome for the head + bumps / dents for the features
+def _height_field(p, u, v, rx):
+    """The photo's relief (units of ry) on the grid (u, v): a dome for the head plus bumps and dents for the
+    features. Returns (height, q), q the dome's squared radius (q < 1 inside the head)."""
     q = (u / (rx * 1.1)) ** 2 + ((v + 0.04) * (1.0 / 1.12)) ** 2
     h = np.sqrt(np.maximum(1.0 - q, 0.0))
     f = _features(p)
@@ -683,84 +713,236 @@ def _post_faces(p, fg, size):
     mx, my = _c3(f["mouth_x"][:, 0]), _c3(f["mouth_y"][:, 0])
     h += 0.04 * _bump(u, v, mx, my + 0.02, 0.34, 0.12)  # lips
     h += 0.05 * _bump(u, v, mx * 0.8, 0.82, 0.34, 0.17)  # chin
-    head_w = np.clip((1.02 - q) * 8.0, 0.0, 1.0)
-    body, shadow = _soft_fields(alpha, 0.035, 0.05, -L[:, :2] * r * 0.06, r)
-    hf = 0.9 * h * head_w + 0.35 * body
-    step = r * _c3(p["ry"]) * 0.5  # pixels per ry / 2 (central differences)
+    return h, q
+
+
+def _slopes(hf, step):
+    """Central-difference slopes (gx, gy) of the height field hf (m, r, r) in units of ``step`` (pixels per
+    ry / 2), and 1 / |(-gx, -gy, 1)| (the normal's normalisation)."""
     gx = np.zeros_like(hf)
     gy = np.zeros_like(hf)
     gx[:, :, 1:-1] = hf[:, :, 2:] - hf[:, :, :-2]
     gy[:, 1:-1, :] = hf[:, 2:, :] - hf[:, :-2, :]
     gx *= step
     gy *= step
-    inv = 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
-    fields = np.empty((m, 6, r, r), np.float32)  # shade, specular, strand coordinate, background RGB
-    diffuse = np.clip((lz - gx * lx - gy * ly) * inv, 0.0, 1.0)
-    shade = 0.42 + 0.72 * diffuse
-    # the chin's shadow on the neck
+    return gx, gy, 1.0 / np.sqrt(gx * gx + gy * gy + 1.0)
+
+
+def _chin_shadow(u, v, rx, head_w, ly):
+    """Strength in [0, 1] of the chin's shadow on the neck (longer when the light comes from above)."""
     below = np.clip((v - 0.9) * 6.0, 0.0, 1.0) * (1.0 - head_w)
     cv = (v - 1.05 - 0.15 * np.maximum(-ly, 0)) * (1.0 / 0.3)
     cu = u / (rx * 0.85)
-    chin = np.maximum(1.0 - cv * cv, 0.0) * np.maximum(1.0 - cu * cu, 0.0) * below
-    fields[:, 0] = shade * (1.0 - 0.4 * chin)
-    # specular (Blinn-Phong): (n.h)^24
+    return np.maximum(1.0 - cv * cv, 0.0) * np.maximum(1.0 - cu * cu, 0.0) * below
+
+
+def _specular(L, gx, gy, inv):
+    """Blinn-Phong highlight (n.h)^24 * 255 of the slopes lit from the unit vectors L (m, 3)."""
     hv = L + np.array([0, 0, 1], np.float32)
     hv /= np.linalg.norm(hv, axis=1, keepdims=True)
     ndh = np.clip((hv[:, 2, None, None] - gx * hv[:, 0, None, None] - gy * hv[:, 1, None, None]) * inv, 0, 1)
     ndh *= ndh
     ndh *= ndh
     ndh *= ndh
-    fields[:, 1] = ndh * ndh * ndh * 255.0
+    return ndh * ndh * ndh * 255.0
+
+
+def _smooth_fields(p, alpha, size):
+    """The photo's smooth fields (m, 6, size, size), computed at ``_shade_res(size)`` and upsampled bilinearly
+    in one go: shade (diffuse light with the chin's shadow), specular, the hair strands' coordinate, and the
+    background RGB with the person's drop shadow."""
+    m = alpha.shape[0]
+    r = _shade_res(size)
+    u, v = _face_uv(p, r)
+    rx = _c3(p["aspect"])
+    L = np.asarray(p["light"], np.float32)
+    lx, ly, lz = L[:, 0, None, None], L[:, 1, None, None], L[:, 2, None, None]
+    h, q = _height_field(p, u, v, rx)
+    head_w = np.clip((1.02 - q) * 8.0, 0.0, 1.0)
+    body, shadow = _soft_fields(alpha, 0.035, 0.05, -L[:, :2] * r * 0.06, r)
+    gx, gy, inv = _slopes(0.9 * h * head_w + 0.35 * body, r * _c3(p["ry"]) * 0.5)
+    fields = np.empty((m, 6, r, r), np.float32)
+    diffuse = np.clip((lz - gx * lx - gy * ly) * inv, 0.0, 1.0)
+    fields[:, 0] = (0.42 + 0.72 * diffuse) * (1.0 - 0.4 * _chin_shadow(u, v, rx, head_w, ly))
+    fields[:, 1] = _specular(L, gx, gy, inv)
     fields[:, 2] = (u - _c3(p["hair_part"]) * 0.3) / (v + 1.9)  # strands radiate from above the crown
-    fields[:, 3:] = (_background(p, r) * (1.0 - 0.35 * shadow)[..., None]).transpose(0, 3, 1, 2)  # + drop shadow
+    fields[:, 3:] = (_background(p, r) * (1.0 - 0.35 * shadow)[..., None]).transpose(0, 3, 1, 2)
     if r != size:  # (channels first: the upsampling's inner loops run along x)
         fields = _upsample(fields.reshape(m * 6, r, r), size).reshape(m, 6, size, size)
+    return fields
+
+
+def _hair_mask(p, fg):
+    """(m, s, s) bool: the opaque pixels of the hair's key colour (``_photo_palette``)."""
+    key = np.zeros((fg.shape[0], 4), np.uint8)
+    key[:, :3] = p["_hair_key"]
+    key[:, 3] = 255
+    return fg.view(np.uint32)[..., 0] == key.view(np.uint32)[:, :, None]
+
+
+def _hair_texture(p, coord, size):
+    """(m, s, s) in [-1, 1]: streaks (a 1-D noise lookup along the strand coordinate ``coord``), curls for
+    the afro."""
+    off = (np.asarray(p["tex_seed"], np.int64) % 4096).astype(np.int32)[:, None, None]
+    idx = (coord * (30.0 + 0.9 * size)).astype(np.int32)
+    idx += off
+    idx &= 4095
+    strands = _strand_table()[idx]
+    afro = np.flatnonzero(np.asarray(p["hair_style"]) == _AFRO)
+    if afro.size:
+        curls = _curl_bank(size)
+        seeds = np.asarray(p["tex_seed"], np.int64)
+        for i in afro:
+            oy, ox = int(seeds[i] // 7 % size), int(seeds[i] // 11 % size)
+            strands[i] = curls[oy:oy + size, ox:ox + size]
+    return strands
+
+
+def _blur121(out, axis):
+    """In place: half a [1 2 1] blur (0.75 x + 0.125 (left + right), edges clamped) along ``axis`` (1 or 2)."""
+    pre = (slice(None),) * axis
+    nb = np.empty_like(out)
+    nb[pre + (slice(1, -1),)] = out[pre + (slice(None, -2),)]
+    nb[pre + (slice(1, -1),)] += out[pre + (slice(2, None),)]
+    nb[pre + (0,)] = out[pre + (1,)]
+    nb[pre + (-1,)] = out[pre + (-2,)]
+    nb[pre + (0,)] += out[pre + (0,)]
+    nb[pre + (-1,)] += out[pre + (-1,)]
+    out *= 0.75
+    nb *= 0.125
+    out += nb
+
+
+def _add_grain(out, p, size):
+    """In place: each image's window of the shared film grain, placed by its ``tex_seed``."""
+    bank = _grain_bank(size)
+    seeds = np.asarray(p["tex_seed"], np.int64)
+    for i in range(out.shape[0]):
+        oy, ox = int(seeds[i] % size), int((seeds[i] // size) % size)
+        out[i] += bank[oy:oy + size, ox:ox + size, None]
+
+
+def _post_faces(p, fg, size):
+    """Light, texture and composite one chunk: fg (m, s, s, 4) uint8 (premultiplied RGB + coverage) ->
+    (uint8 (m, s, s, 3), alpha (m, s, s)).
+
+    The smooth fields (``_smooth_fields``) come from a coarse grid; colours, strands and grain stay at full
+    resolution."""
+    alpha = fg[..., 3].astype(np.float32) * (1.0 / 255.0)
+    hair_mask = _hair_mask(p, fg)
+    fields = _smooth_fields(p, alpha, size)
     shade = fields[:, 0]
-    if hair_mask.any():  # hair strands: a 1-D noise lookup along the strand coordinate
-        off = (np.asarray(p["tex_seed"], np.int64) % 4096).astype(np.int32)[:, None, None]
-        idx = (fields[:, 2] * (30.0 + 0.9 * size)).astype(np.int32)
-        idx += off
-        idx &= 4095
-        strands = _strand_table()[idx]
-        afro = np.flatnonzero(np.asarray(p["hair_style"]) == _AFRO)
-        if afro.size:  # curls instead of streaks
-            curls = _curl_bank(size)
-            seeds = np.asarray(p["tex_seed"], np.int64)
-            for i in afro:
-                oy, ox = int(seeds[i] // 7 % size), int(seeds[i] // 11 % size)
-                strands[i] = curls[oy:oy + size, ox:ox + size]
-        shade = shade * (1.0 + hair_mask * (0.3 * strands - 0.06))
+    if hair_mask.any():
+        shade = shade * (1.0 + hair_mask * (0.3 * _hair_texture(p, fields[:, 2], size) - 0.06))
     spec = fields[:, 1] * alpha * (0.10 + 0.15 * hair_mask)  # a stronger sheen on the hair
     out = fg[..., :3] * shade[..., None]
     out += spec[..., None]
     out += fields[:, 3:].transpose(0, 2, 3, 1) * (1.0 - alpha)[..., None]
-    if size >= 48:  # a mild [1 2 1] blur (photo-ish softness), half strength
-        nb = np.empty_like(out)
-        nb[:, 1:-1] = out[:, :-2]
-        nb[:, 1:-1] += out[:, 2:]
-        nb[:, 0] = out[:, 1]
-        nb[:, -1] = out[:, -2]
-        nb[:, 0] += out[:, 0]
-        nb[:, -1] += out[:, -1]
-        out *= 0.75
-        nb *= 0.125
-        out += nb
-        nb[:, :, 1:-1] = out[:, :, :-2]
-        nb[:, :, 1:-1] += out[:, :, 2:]
-        nb[:, :, 0] = out[:, :, 1]
-        nb[:, :, -1] = out[:, :, -2]
-        nb[:, :, 0] += out[:, :, 0]
-        nb[:, :, -1] += out[:, :, -1]
-        out *= 0.75
-        nb *= 0.125
-        out += nb
-    bank = _grain_bank(size)
-    seeds = np.asarray(p["tex_seed"], np.int64)
-    for i in range(m):
-        oy, ox = int(seeds[i] % size), int((seeds[i] // size) % size)
-        out[i] += bank[oy:oy + size, ox:ox + size, None]
+    if size >= 48:  # photo-ish softness
+        _blur121(out, 1)
+        _blur121(out, 2)
+    _add_grain(out, p, size)
     np.clip(out, 0, 255, out=out)
     return out.astype(np.uint8), alpha
+
+
+def _photo_palette(p) -> dict:
+    """The photo's fill colours, RGBA tuples per image. The hair colour doubles as a colour key for the strand
+    texture (``_hair_mask``): its blue is odd, every other colour's even."""
+    style = np.asarray(p["hair_style"])
+    skin = np.asarray(p["skin"], np.float32)
+    hair = np.asarray(p["hair"], np.float32)
+    hair_draw = np.where((style == _BUZZ)[:, None], 0.55 * hair + 0.45 * skin, hair)
+    hair_key = np.clip(np.rint(hair_draw), 0, 255).astype(np.uint8)
+    hair_key[:, 2] |= 1
+
+    def even(a):
+        a = np.clip(np.rint(a), 0, 254).astype(np.uint8)
+        a[:, 2] &= 0xFE
+        return [tuple(c) + (255,) for c in a.tolist()]
+
+    return {"hair_key": hair_key, "hair": [tuple(c) + (255,) for c in hair_key.tolist()], "skin": even(skin),
+            "ear": even(skin * 0.93), "lid": even(skin * 0.9), "neck": even(skin * 0.9), "shirt": even(p["shirt"]),
+            "brow": even(hair * 0.75 + 10), "lash": even(np.minimum(hair, 70) * 0.5 + 10), "iris": even(p["iris"]),
+            "lip": even(p["lip"]), "gap": even(np.asarray(p["lip"]) * 0.25), "nostril": even(skin * 0.5)}
+
+
+def _photo_mouth(p, f, C) -> dict:
+    """The photo's mouth as per-image flat polygons: lips ``up`` / ``lo``, the ``open`` gap, ``teeth``, and the
+    closed mouth's ``line``."""
+    up, lo = _mouth(p, f)
+    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
+    k = up.shape[1]
+    bow = (1 - np.linspace(-1, 1, k, dtype=np.float32) ** 2)[None, :, None]
+    lip_th = 0.045
+    upper_lip = np.concatenate([_to_px(p, up + np.array([0, -lip_th], np.float32) * bow, C), up_px[:, ::-1]], 1)
+    lower_lip = np.concatenate([lo_px, _to_px(p, lo + np.array([0, 1.3 * lip_th], np.float32) * bow ** 0.7,
+                                              C)[:, ::-1]], 1)
+    mouth_open = np.concatenate([up_px, lo_px[:, ::-1]], 1)
+    teeth = np.concatenate([up_px, _to_px(p, up + np.array([0, 0.045], np.float32) * bow ** 0.5, C)[:, ::-1]], 1)
+    return {k2: _flat(v) for k2, v in (("up", upper_lip), ("lo", lower_lip), ("open", mouth_open),
+                                       ("teeth", teeth), ("line", up_px))}
+
+
+def _photo_shapes(p, C) -> dict:
+    """Everything the photo's flat stage draws, per image (canvas ``C`` px): the named polygons (``flat``), the
+    mouth, the nostrils, the irises (centre, radius), the light's direction and the line width."""
+    g = _geometry(p, C)
+    f = g["_f"]
+    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
+    return {"flat": _LazyFlat(g), "style": np.asarray(p["hair_style"]).tolist(),
+            "mouth_type": np.asarray(p["mouth_type"]).tolist(), "mouth": _photo_mouth(p, f, C),
+            "nostrils": [_flat(_to_px(p, _ellipse(nx + sgn * nw * 0.55, ntip + 0.01, nw * 0.32, nw * 0.18, 8), C))
+                         for sgn in (-1, 1)],
+            "iris": [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)],
+            "light": np.asarray(p["light"], np.float32)[:, :2].tolist(),
+            "line_w": np.maximum(1, np.rint(0.022 * C * np.asarray(p["ry"], np.float32))).astype(int).tolist()}
+
+
+def _draw_photo_eyes(d, i, s, c) -> None:
+    """Both eyes of photo ``i``: sclera, iris, pupil, the catch light (towards the light), lids, lashes, brow."""
+    poly, flat = d.polygon, s["flat"]
+    lx, ly = s["light"][i]
+    for side in (0, 1):
+        poly(flat[f"eye{side}"][i], fill=(238, 232, 226, 255))
+        cen, r = s["iris"][side][0][i], s["iris"][side][1][i]
+        d.ellipse(_iris_box(cen, r), fill=c["iris"][i])
+        d.ellipse(_iris_box(cen, r * 0.42), fill=(12, 8, 8, 255))
+        hc = (cen[0] + lx * r * 0.45 - r * 0.1, cen[1] + ly * r * 0.45 - r * 0.15)
+        d.ellipse(_iris_box(hc, max(r * 0.24, 0.7)), fill=(252, 252, 252, 255))
+        poly(flat[f"lid{side}"][i], fill=c["lid"][i])
+        poly(flat[f"lowlid{side}"][i], fill=c["skin"][i])
+        d.line(flat[f"lash{side}"][i], fill=c["lash"][i], width=s["line_w"][i], joint="curve")
+        poly(flat[f"brow{side}"][i], fill=c["brow"][i])
+
+
+def _draw_photo_mouth(d, i, s, c) -> None:
+    """Nostrils and mouth of photo ``i`` (an open mouth shows its gap and teeth, a closed one a line)."""
+    poly, mouth = d.polygon, s["mouth"]
+    poly(s["nostrils"][0][i], fill=c["nostril"][i])
+    poly(s["nostrils"][1][i], fill=c["nostril"][i])
+    is_open = s["mouth_type"][i] == _OPEN
+    if is_open:
+        poly(mouth["open"][i], fill=c["gap"][i])
+        poly(mouth["teeth"][i], fill=(236, 232, 222, 255))
+    poly(mouth["up"][i], fill=c["lip"][i])
+    poly(mouth["lo"][i], fill=c["lip"][i])
+    if not is_open:
+        d.line(mouth["line"][i], fill=c["gap"][i], width=s["line_w"][i], joint="curve")
+
+
+def _draw_photo(d, i, s, c) -> None:
+    """Photo ``i``'s flat stage, back to front."""
+    flat = s["flat"]
+
+    def shape(name, fill):
+        d.polygon(flat[name][i], fill=fill)
+
+    def face():
+        _draw_photo_eyes(d, i, s, c)
+        _draw_photo_mouth(d, i, s, c)
+
+    _draw_person(shape, face, i, s, c)
 
 
 def render_faces(params: dict[str, np.ndarray], size: int, *, return_alpha: bool = False):
@@ -780,95 +962,16 @@ def render_faces(params: dict[str, np.ndarray], size: int, *, return_alpha: bool
         return (empty, np.zeros((0, size, size), np.float32)) if return_alpha else empty
     ss = _supersample(size)
     C = size * ss
-    g = _geometry(p, C)
-    style = np.asarray(p["hair_style"])
-    mt = np.asarray(p["mouth_type"])
-    skin = np.asarray(p["skin"], np.float32)
-    hair = np.asarray(p["hair"], np.float32)
-    # the hair colour doubles as a colour key for the strand texture: odd blue, every other colour even
-    hair_draw = np.where((style == _BUZZ)[:, None], 0.55 * hair + 0.45 * skin, hair)
-    hair_key = np.clip(np.rint(hair_draw), 0, 255).astype(np.uint8)
-    hair_key[:, 2] |= 1
-
-    def even(a):
-        a = np.clip(np.rint(a), 0, 254).astype(np.uint8)
-        a[:, 2] &= 0xFE
-        return [tuple(c) + (255,) for c in a.tolist()]
-
-    skin_c = even(skin)
-    hair_c = [tuple(c) + (255,) for c in hair_key.tolist()]
-    ear_c = even(skin * 0.93)
-    lid_c = even(skin * 0.9)
-    neck_c = even(skin * 0.9)
-    shirt_c = even(p["shirt"])
-    brow_c = even(hair * 0.75 + 10)
-    lash_c = even(np.minimum(hair, 70) * 0.5 + 10)
-    iris_c = even(p["iris"])
-    lip_c = even(p["lip"])
-    gap_c = even(np.asarray(p["lip"]) * 0.25)
-    nostril_c = even(skin * 0.5)
-    sclera = (238, 232, 226, 255)
-    flat = _LazyFlat(g)
-    f = g["_f"]
-    up, lo = _mouth(p, f)
-    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
-    k = up.shape[1]
-    bow = (1 - np.linspace(-1, 1, k, dtype=np.float32) ** 2)[None, :, None]
-    lip_th = 0.045
-    upper_lip = np.concatenate([_to_px(p, up + np.array([0, -lip_th], np.float32) * bow, C), up_px[:, ::-1]], 1)
-    lower_lip = np.concatenate([lo_px, _to_px(p, lo + np.array([0, 1.3 * lip_th], np.float32) * bow ** 0.7,
-                                              C)[:, ::-1]], 1)
-    mouth_open = np.concatenate([up_px, lo_px[:, ::-1]], 1)
-    teeth = np.concatenate([up_px, _to_px(p, up + np.array([0, 0.045], np.float32) * bow ** 0.5, C)[:, ::-1]], 1)
-    mouth_l = {k2: _flat(v) for k2, v in (("up", upper_lip), ("lo", lower_lip), ("open", mouth_open),
-                                          ("teeth", teeth), ("line", up_px))}
-    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
-    nos = [_flat(_to_px(p, _ellipse(nx + sgn * nw * 0.55, ntip + 0.01, nw * 0.32, nw * 0.18, 8), C))
-           for sgn in (-1, 1)]
-    light = np.asarray(p["light"], np.float32)
-    iris_cr = [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)]
-    lw = np.maximum(1, np.rint(0.022 * C * np.asarray(p["ry"], np.float32))).astype(int).tolist()
+    colours = _photo_palette(p)
+    shapes = _photo_shapes(p, C)
     fg = np.empty((n, size, size, 4), np.uint8)
     for i in range(n):
         im = Image.new("CMYK", (C, C), (0, 0, 0, 0))  # 4 plain 8-bit bands: R, G, B, coverage
-        d = ImageDraw.Draw(im)
-        poly = d.polygon
-        back, front = _STYLE_PARTS[int(style[i])]
-        for name in back:
-            poly(flat[name][i], fill=hair_c[i])
-        poly(flat["torso"][i], fill=shirt_c[i])
-        poly(flat["neck"][i], fill=neck_c[i])
-        poly(flat["ear_l"][i], fill=ear_c[i])
-        poly(flat["ear_r"][i], fill=ear_c[i])
-        poly(flat["head"][i], fill=skin_c[i])
-        lx, ly = float(light[i, 0]), float(light[i, 1])
-        for side in (0, 1):
-            poly(flat[f"eye{side}"][i], fill=sclera)
-            c, r = iris_cr[side][0][i], iris_cr[side][1][i]
-            d.ellipse(_iris_box(c, r), fill=iris_c[i])
-            d.ellipse(_iris_box(c, r * 0.42), fill=(12, 8, 8, 255))
-            hc = (c[0] + lx * r * 0.45 - r * 0.1, c[1] + ly * r * 0.45 - r * 0.15)
-            d.ellipse(_iris_box(hc, max(r * 0.24, 0.7)), fill=(252, 252, 252, 255))
-            poly(flat[f"lid{side}"][i], fill=lid_c[i])
-            poly(flat[f"lowlid{side}"][i], fill=skin_c[i])
-            d.line(flat[f"lash{side}"][i], fill=lash_c[i], width=lw[i], joint="curve")
-            poly(flat[f"brow{side}"][i], fill=brow_c[i])
-        poly(nos[0][i], fill=nostril_c[i])
-        poly(nos[1][i], fill=nostril_c[i])
-        mti = int(mt[i])
-        if mti == _OPEN:
-            poly(mouth_l["open"][i], fill=gap_c[i])
-            poly(mouth_l["teeth"][i], fill=(236, 232, 222, 255))
-        poly(mouth_l["up"][i], fill=lip_c[i])
-        poly(mouth_l["lo"][i], fill=lip_c[i])
-        if mti != _OPEN:
-            d.line(mouth_l["line"][i], fill=gap_c[i], width=lw[i], joint="curve")
-        for name in front:
-            poly(flat[name][i], fill=hair_c[i])
+        _draw_photo(ImageDraw.Draw(im), i, shapes, colours)
         fg[i] = im.reduce(ss)  # a box filter; transparent pixels are 0, so RGB comes out premultiplied
     out = np.empty((n, size, size, 3), np.uint8)
     alpha = np.empty((n, size, size), np.float32) if return_alpha else None
-    p = dict(p, _hair_key=hair_key)
+    p = dict(p, _hair_key=colours["hair_key"])
     chunk = max(1, _CHUNK_PIXELS // (size * size))  # keep the float temporaries cache-sized
     for a in range(0, n, chunk):
         sl = slice(a, min(n, a + chunk))
@@ -895,6 +998,116 @@ def _checked_size(size) -> int:
     return size
 
 
+def _cartoon_palette(p) -> dict:
+    """The cartoon's fill colours, RGB tuples per image: brighter skin and hair (a buzz cut half skin), pastel
+    backgrounds, vivid irises, a pink blush."""
+    style = np.asarray(p["hair_style"])
+    skin = np.asarray(p["skin"], np.float32)
+    hair = np.asarray(p["hair"], np.float32)
+    skin_t = np.clip(skin * 1.04 + 6, 0, 255)
+    hair_t = np.where((style == _BUZZ)[:, None], 0.5 * hair + 0.5 * skin_t, hair * 1.05)
+    skin_c = _rgb(skin_t)
+    return {"bg": _rgb(_pastel(p["bg0"])), "skin": skin_c, "neck": skin_c, "ear": skin_c, "hair": _rgb(hair_t),
+            "shirt": _rgb(np.clip(p["shirt"] * 1.1 + 10, 0, 255)),
+            "iris": _rgb(np.clip(np.asarray(p["iris"]) * 1.25 + 10, 0, 255)),
+            "iris_ring": _rgb(np.asarray(p["iris"]) * 0.55),
+            "blush": _rgb(0.75 * skin_t + 0.25 * np.array([255, 90, 110], np.float32))}
+
+
+def _cartoon_mouth(p, f, C, ow) -> dict:
+    """The cartoon's mouth as per-image flat polygons: the closed mouth's ``line``, the ``open`` mouth and its
+    ``open_outline`` (``ow`` px wider), ``teeth`` and ``tongue``. Smiles are exaggerated: wider, corners
+    higher."""
+    up, lo = _mouth(p, f, smile_gain=2.0, open_gain=1.5)
+    sm = np.asarray(p["mouth_type"]) == _SMILE
+    up = up.copy()
+    up[..., 0] = np.where(sm[:, None], f["mouth_x"] + (up[..., 0] - f["mouth_x"]) * 1.2, up[..., 0])
+    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
+    open_poly = np.concatenate([up_px, lo_px[:, ::-1]], 1)
+    kk = up.shape[1]
+    teeth = np.concatenate([up_px, _to_px(p, up + np.array([0, 1], np.float32) * 0.04
+                                          * (1 - np.linspace(-1, 1, kk) ** 2)[None, :, None] ** 0.5, C)[:, ::-1]], 1)
+    tongue = _to_px(p, _ellipse(f["mouth_x"], lo[:, kk // 2:kk // 2 + 1, 1] - 0.05, f["mouth_w"] * 0.5, 0.045, 12),
+                    C)
+    return {"line": _flat(up_px), "open": _flat(open_poly), "open_outline": _flat(_dilate(open_poly, ow)),
+            "teeth": _flat(teeth), "tongue": _flat(tongue)}
+
+
+def _cartoon_shapes(p, C, ss) -> dict:
+    """Everything the cartoon draws, per image (canvas ``C`` px, supersampled ``ss`` times): the named polygons
+    (``flat``) and their outlines (dilated copies drawn under them), the mouth, the nose hook, the blushes, the
+    irises (centre, radius) and the line widths."""
+    g = _geometry(p, C, eye_w=1.35, eye_h=1.85, cartoon=True)  # bigger, rounder eyes
+    ow = max(ss * 0.75, C / 44.0)  # outline width (canvas px)
+    outlined = ["torso", "neck", "ear_l", "ear_r", "head"] + [k for k in g if k.startswith(("cap_", "back_"))]
+    f = g["_f"]
+    # nose: a small hook on the side away from the yaw
+    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
+    sgn = np.where(np.asarray(p["yaw"]) >= 0, -1.0, 1.0)[:, None].astype(np.float32)
+    nose = _to_px(p, _stackxy(np.concatenate([nx + sgn * nw * 0.1, nx + sgn * nw * 0.7, nx - sgn * nw * 0.1], 1),
+                              np.concatenate([ntip - 0.08, ntip - 0.01, ntip + 0.02], 1)), C)
+    blush = [_to_px(p, _ellipse(f["eye_x"][:, s_:s_ + 1] + (0.05 if s_ else -0.05), f["eye_y"][:, s_:s_ + 1]
+                                + 0.24, 0.09, 0.045, 12), C) for s_ in (0, 1)]
+    return {"flat": _LazyFlat(g, ["torso", "neck", "ear_l", "ear_r", "head", "brow0", "brow1", "eye0", "eye1",
+                                  "lash0", "lash1"]),
+            "outline": {k: (_LazyRows if k.startswith(("cap_", "back_")) else _flat)(_dilate(g[k], ow))
+                        for k in outlined},
+            "eye_outline": [_flat(_dilate(g[f"eye{s_}"], ow * 0.45)) for s_ in (0, 1)],
+            "iris": [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)],
+            "mouth": _cartoon_mouth(p, f, C, ow), "nose": _flat(nose), "blush": [_flat(b) for b in blush],
+            "style": np.asarray(p["hair_style"]).tolist(), "mouth_type": np.asarray(p["mouth_type"]).tolist(),
+            "ss": ss, "line_w": int(round(ow)), "lash_w": max(1, int(round(ow * 1.5))),
+            "nose_w": max(1, int(round(ow * 0.8)))}
+
+
+def _draw_cartoon_eyes(d, i, s, c) -> None:
+    """Both eyes of cartoon ``i``: outline, white, iris ring, iris, pupil, two catch lights, lashes, brow."""
+    flat, ss = s["flat"], s["ss"]
+    for side in (0, 1):
+        d.polygon(s["eye_outline"][side][i], fill=_OUTLINE)
+        d.polygon(flat[f"eye{side}"][i], fill=(255, 255, 255))
+        cen, r = s["iris"][side][0][i], s["iris"][side][1][i]
+        d.ellipse(_iris_box(cen, r), fill=c["iris_ring"][i])
+        d.ellipse(_iris_box(cen, r * 0.8), fill=c["iris"][i])
+        d.ellipse(_iris_box(cen, r * 0.45), fill=(20, 14, 18))
+        d.ellipse(_iris_box((cen[0] - r * 0.32, cen[1] - r * 0.34), max(r * 0.3, ss * 0.6)), fill=(255, 255, 255))
+        d.ellipse(_iris_box((cen[0] + r * 0.35, cen[1] + r * 0.3), max(r * 0.12, ss * 0.3)), fill=(255, 255, 255))
+        d.line(flat[f"lash{side}"][i], fill=_OUTLINE, width=s["lash_w"], joint="curve")
+        d.polygon(flat[f"brow{side}"][i], fill=_OUTLINE)
+
+
+def _draw_cartoon_mouth(d, i, s) -> None:
+    """Nose hook and mouth of cartoon ``i`` (an open mouth outlined, with tongue and teeth; a closed one a
+    line, thicker for a smile)."""
+    mouth = s["mouth"]
+    d.line(s["nose"][i], fill=_OUTLINE, width=s["nose_w"], joint="curve")
+    m = s["mouth_type"][i]
+    if m == _OPEN:
+        d.polygon(mouth["open_outline"][i], fill=_OUTLINE)
+        d.polygon(mouth["open"][i], fill=(120, 30, 42))
+        d.polygon(mouth["tongue"][i], fill=(232, 104, 112))
+        d.polygon(mouth["teeth"][i], fill=(255, 255, 255))
+    else:
+        d.line(mouth["line"][i], fill=_OUTLINE, width=s["line_w"] + (s["ss"] if m == _SMILE else 0), joint="curve")
+
+
+def _draw_cartoon(d, i, s, c) -> None:
+    """Cartoon ``i``, back to front, each body and hair shape over its outline."""
+    flat, outline = s["flat"], s["outline"]
+
+    def shape(name, fill):
+        d.polygon(outline[name][i], fill=_OUTLINE)
+        d.polygon(flat[name][i], fill=fill)
+
+    def face():
+        d.polygon(s["blush"][0][i], fill=c["blush"][i])
+        d.polygon(s["blush"][1][i], fill=c["blush"][i])
+        _draw_cartoon_eyes(d, i, s, c)
+        _draw_cartoon_mouth(d, i, s)
+
+    _draw_person(shape, face, i, s, c)
+
+
 def render_cartoon(params: dict[str, np.ndarray], size: int) -> np.ndarray:
     """The same faces as ``render_faces`` drawn as cartoons: flat colours, dark outlines, bigger eyes with a
     white highlight, exaggerated smiles, plain pastel backgrounds. uint8 [n, size, size, 3]."""
@@ -905,96 +1118,12 @@ def render_cartoon(params: dict[str, np.ndarray], size: int) -> np.ndarray:
         return np.zeros((0, size, size, 3), np.uint8)
     ss = _supersample(size)
     C = size * ss
-    g = _geometry(p, C, eye_w=1.35, eye_h=1.85, cartoon=True)  # bigger, rounder eyes
-    ow = max(ss * 0.75, C / 44.0)  # outline width (canvas px)
-    style = np.asarray(p["hair_style"])
-    mt = np.asarray(p["mouth_type"])
-    skin = np.asarray(p["skin"], np.float32)
-    hair = np.asarray(p["hair"], np.float32)
-    skin_t = np.clip(skin * 1.04 + 6, 0, 255)
-    hair_t = np.where((style == _BUZZ)[:, None], 0.5 * hair + 0.5 * skin_t, hair * 1.05)
-    bg_c = _rgb(_pastel(p["bg0"]))
-    skin_c, hair_c, shirt_c = _rgb(skin_t), _rgb(hair_t), _rgb(np.clip(p["shirt"] * 1.1 + 10, 0, 255))
-    ear_c = skin_c
-    iris_c = _rgb(np.clip(np.asarray(p["iris"]) * 1.25 + 10, 0, 255))
-    blush_c = _rgb(0.75 * skin_t + 0.25 * np.array([255, 90, 110], np.float32))
-    mouth_c = (120, 30, 42)
-    tongue_c = (232, 104, 112)
-    flat = _LazyFlat(g, ["torso", "neck", "ear_l", "ear_r", "head", "brow0", "brow1", "eye0", "eye1", "lash0",
-                         "lash1"])
-    dil = {k: (_LazyRows(_dilate(g[k], ow)) if k.startswith(("cap_", "back_")) else _flat(_dilate(g[k], ow)))
-           for k in ["torso", "neck", "ear_l", "ear_r", "head"] + [k for k in g if k.startswith(("cap_", "back_"))]}
-    f = g["_f"]
-    up, lo = _mouth(p, f, smile_gain=2.0, open_gain=1.5)
-    sm = mt == _SMILE
-    # exaggerated smile: wider, corners higher
-    up = up.copy()
-    up[..., 0] = np.where(sm[:, None], f["mouth_x"] + (up[..., 0] - f["mouth_x"]) * 1.2, up[..., 0])
-    up_px, lo_px = _to_px(p, up, C), _to_px(p, lo, C)
-    line_l = _flat(up_px)
-    open_poly = np.concatenate([up_px, lo_px[:, ::-1]], 1)
-    open_l, open_dil = _flat(open_poly), _flat(_dilate(open_poly, ow))
-    kk = up.shape[1]
-    teeth = _flat(np.concatenate([up_px, _to_px(p, up + np.array([0, 1], np.float32) * 0.04
-                                                 * (1 - np.linspace(-1, 1, kk) ** 2)[None, :, None] ** 0.5,
-                                                 C)[:, ::-1]], 1))
-    tongue = _flat(_to_px(p, _ellipse(f["mouth_x"], lo[:, kk // 2:kk // 2 + 1, 1] - 0.05, f["mouth_w"] * 0.5,
-                                      0.045, 12), C))
-    # nose: a small hook on the side away from the yaw
-    nx, ntip, nw = f["nose_x"], f["nose_tip"], f["nose_w"]
-    sgn = np.where(np.asarray(p["yaw"]) >= 0, -1.0, 1.0)[:, None].astype(np.float32)
-    nose = _flat(_to_px(p, _stackxy(np.concatenate([nx + sgn * nw * 0.1, nx + sgn * nw * 0.7, nx - sgn * nw * 0.1],
-                                                   1),
-                                    np.concatenate([ntip - 0.08, ntip - 0.01, ntip + 0.02], 1)), C))
-    blush = [_to_px(p, _ellipse(f["eye_x"][:, s_:s_ + 1] + (0.05 if s_ else -0.05), f["eye_y"][:, s_:s_ + 1]
-                                + 0.24, 0.09, 0.045, 12), C) for s_ in (0, 1)]
-    blush = [_flat(b) for b in blush]
-    ow_i = int(round(ow))
-    lash_w = max(1, int(round(ow * 1.5)))
-    eye_dil = [_flat(_dilate(g[f"eye{s_}"], ow * 0.45)) for s_ in (0, 1)]
-    iris_cr = [(g[f"iris_c{s_}"].tolist(), g[f"iris_r{s_}"].tolist()) for s_ in (0, 1)]
-    iris_ring_c = _rgb(np.asarray(p["iris"]) * 0.55)
+    colours = _cartoon_palette(p)
+    shapes = _cartoon_shapes(p, C, ss)
     out = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
-        im = Image.new("RGB", (C, C), bg_c[i])
-        d = ImageDraw.Draw(im)
-        back, front = _STYLE_PARTS[int(style[i])]
-
-        def shape(name, fill):
-            d.polygon(dil[name][i], fill=_OUTLINE)
-            d.polygon(flat[name][i], fill=fill)
-
-        for name in back:
-            shape(name, hair_c[i])
-        shape("torso", shirt_c[i])
-        shape("neck", skin_c[i])
-        shape("ear_l", ear_c[i])
-        shape("ear_r", ear_c[i])
-        shape("head", skin_c[i])
-        d.polygon(blush[0][i], fill=blush_c[i])
-        d.polygon(blush[1][i], fill=blush_c[i])
-        for side in (0, 1):
-            d.polygon(eye_dil[side][i], fill=_OUTLINE)
-            d.polygon(flat[f"eye{side}"][i], fill=(255, 255, 255))
-            c, r = iris_cr[side][0][i], iris_cr[side][1][i]
-            d.ellipse(_iris_box(c, r), fill=iris_ring_c[i])
-            d.ellipse(_iris_box(c, r * 0.8), fill=iris_c[i])
-            d.ellipse(_iris_box(c, r * 0.45), fill=(20, 14, 18))
-            d.ellipse(_iris_box((c[0] - r * 0.32, c[1] - r * 0.34), max(r * 0.3, ss * 0.6)), fill=(255, 255, 255))
-            d.ellipse(_iris_box((c[0] + r * 0.35, c[1] + r * 0.3), max(r * 0.12, ss * 0.3)), fill=(255, 255, 255))
-            d.line(flat[f"lash{side}"][i], fill=_OUTLINE, width=lash_w, joint="curve")
-            d.polygon(flat[f"brow{side}"][i], fill=_OUTLINE)
-        d.line(nose[i], fill=_OUTLINE, width=max(1, int(round(ow * 0.8))), joint="curve")
-        m = int(mt[i])
-        if m == _OPEN:
-            d.polygon(open_dil[i], fill=_OUTLINE)
-            d.polygon(open_l[i], fill=mouth_c)
-            d.polygon(tongue[i], fill=tongue_c)
-            d.polygon(teeth[i], fill=(255, 255, 255))
-        else:
-            d.line(line_l[i], fill=_OUTLINE, width=ow_i + (ss if m == _SMILE else 0), joint="curve")
-        for name in front:
-            shape(name, hair_c[i])
+        im = Image.new("RGB", (C, C), colours["bg"][i])
+        _draw_cartoon(ImageDraw.Draw(im), i, shapes, colours)
         out[i] = np.asarray(im.reduce(ss))
     return out
 

@@ -165,7 +165,9 @@ def candidates(directory: str) -> list[str]:
         found = [m for n in os.listdir(directory) if (m := re.fullmatch(r"(.+)-(\d+)\.index", n))]
         found.sort(key=lambda m: int(m.group(2)))
         paths = [os.path.join(directory, f"{m.group(1)}-{m.group(2)}") for m in found]
-    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in reversed(paths)]
+    # Both branches give paths under ``directory`` already (get_checkpoint_state joins a relative entry to it):
+    # joining again would double a relative directory (runs/x/checkpoints/runs/x/checkpoints/ckpt-1).
+    return list(reversed(paths))
 
 
 def newest_good(directory: str, warn: bool = True) -> tuple[str | None, list[tuple[str, str]]]:

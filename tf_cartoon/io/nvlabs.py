@@ -194,13 +194,12 @@ def _fc_lr_mul(fc: _Module) -> float:
     return float(fc.attr("bias_gain", 1.0))
 
 
-def _ada_generator(g: _Module):
-    _check_stylegan2(g, "Generator")
-    mapping, synthesis = g.need_child("mapping", "the mapping network"), g.need_child("synthesis", "synthesis")
+def _ada_mapping(mapping: _Module, sd: dict) -> tuple[float, int]:
+    """The mapping's fully connected layers into ``sd`` (``style.<i>.weight`` / ``.bias``); returns their
+    learning-rate multiplier (the reference's mapping has one) and the w width."""
     n_mlp = int(mapping.attr("num_layers", 0) or 0)
     if n_mlp < 1:
         raise mapping.refuse(f"num_layers={n_mlp}")
-    sd: dict[str, np.ndarray] = {}
     lr_mul = None
     for i in range(n_mlp):
         fc = mapping.need_child(f"fc{i}", "a mapping layer")
@@ -212,12 +211,16 @@ def _ada_generator(g: _Module):
         lr_mul = lr
         sd[f"style.{i + 1}.weight"] = fc.tensor("weight")
         sd[f"style.{i + 1}.bias"] = fc.tensor("bias")
-    w_dim, z_dim = int(sd[f"style.{n_mlp}.weight"].shape[0]), int(sd["style.1.weight"].shape[1])
+    w_dim = int(sd[f"style.{n_mlp}.weight"].shape[0])
     hidden = {int(sd[f"style.{i + 1}.weight"].shape[0]) for i in range(n_mlp - 1)}
     if hidden - {w_dim}:
         raise mapping.refuse(f"hidden layer width {sorted(hidden)} differs from w_dim {w_dim}: the reference's "
                              "mapping keeps one width")
+    return lr_mul, w_dim
 
+
+def _ada_blocks(synthesis: _Module) -> list[_Module]:
+    """The synthesis blocks b4 .. b<img_resolution>, each a skip block."""
     size = int(synthesis.attr("img_resolution", 0) or 0)
     if size < 8 or size & (size - 1):
         raise synthesis.refuse(f"img_resolution={size}: expected a power of two >= 8")
@@ -227,66 +230,87 @@ def _ada_generator(g: _Module):
         if block.attr("architecture", "skip") != "skip":
             raise block.refuse(f"architecture {block.attr('architecture')!r}: only the skip generator (config-e /"
                                " config-f) maps onto the reference's architecture")
-    taps = _blur_taps(blocks[0].tensor("resample_filter"), blocks[0].where, g.path)
-    conv_clamp = None
-    noise = []
+    return blocks
 
-    def styled(layer: _Module, key: str, up: int):
-        nonlocal conv_clamp
+
+class _AdaSynthesisLayers:
+    """Writes NVlabs' SynthesisLayer / ToRGBLayer tensors into ``sd`` under the reference's keys, collecting
+    the noise maps in layer order and the one ``conv_clamp`` every layer must share."""
+
+    def __init__(self, sd: dict, taps: list[int]):
+        self.sd, self.taps = sd, taps
+        self.conv_clamp = None
+        self.noise: list[np.ndarray] = []
+
+    def _modulation(self, affine: _Module, key: str) -> None:
+        self.sd[f"{key}.conv.modulation.weight"] = affine.tensor("weight")
+        self.sd[f"{key}.conv.modulation.bias"] = affine.tensor("bias")
+
+    def styled(self, layer: _Module, key: str, up: int) -> None:
+        """A 3x3 modulated conv (``up`` 2: up-sampling) with its noise input and bias."""
         if int(layer.attr("up", 1) or 1) != up or layer.attr("activation", "lrelu") != "lrelu":
             raise layer.refuse(f"up={layer.attr('up')}, activation={layer.attr('activation')!r}: expected "
                                f"up={up}, lrelu")
         weight = layer.tensor("weight")
         if weight.shape[2:] != (3, 3):
             raise layer.refuse(f"kernel {weight.shape[2:]}: expected 3x3")
-        conv_clamp = _same_clamp(layer, conv_clamp)
+        self.conv_clamp = _same_clamp(layer, self.conv_clamp)
         affine = layer.need_child("affine", "the style affine layer")
+        sd = self.sd
         sd[f"{key}.conv.weight"] = weight[None]
         if up == 2:
-            sd[f"{key}.conv.blur.kernel"] = make_kernel(taps, gain=4)
-        sd[f"{key}.conv.modulation.weight"] = affine.tensor("weight")
-        sd[f"{key}.conv.modulation.bias"] = affine.tensor("bias")
+            sd[f"{key}.conv.blur.kernel"] = make_kernel(self.taps, gain=4)
+        self._modulation(affine, key)
         res = int(layer.attr("resolution"))
         if layer.attr("use_noise", True):
             sd[f"{key}.noise.weight"] = layer.tensor("noise_strength").reshape(1)
-            noise.append(layer.tensor("noise_const").reshape(1, 1, res, res))
+            self.noise.append(layer.tensor("noise_const").reshape(1, 1, res, res))
         else:  # no noise input: a zero strength and zero maps compute the same
             sd[f"{key}.noise.weight"] = np.zeros([1], np.float32)
-            noise.append(np.zeros([1, 1, res, res], np.float32))
+            self.noise.append(np.zeros([1, 1, res, res], np.float32))
         sd[f"{key}.activate.bias"] = layer.tensor("bias")
 
-    def to_rgb(layer: _Module, key: str, upsample: bool):
-        nonlocal conv_clamp
+    def to_rgb(self, layer: _Module, key: str, upsample: bool) -> None:
+        """A 1x1 modulated conv to RGB (``upsample``: the skip path's up-sampled image is added)."""
         weight = layer.tensor("weight")
         if weight.shape[:2] != (3, weight.shape[1]) or weight.shape[2:] != (1, 1):
             raise layer.refuse(f"ToRGB weight {weight.shape}: expected [3, C, 1, 1]")
-        conv_clamp = _same_clamp(layer, conv_clamp)
+        self.conv_clamp = _same_clamp(layer, self.conv_clamp)
         affine = layer.need_child("affine", "the style affine layer")
-        sd[f"{key}.bias"] = layer.tensor("bias").reshape(1, 3, 1, 1)
+        self.sd[f"{key}.bias"] = layer.tensor("bias").reshape(1, 3, 1, 1)
         if upsample:
-            sd[f"{key}.upsample.kernel"] = make_kernel(taps, gain=4)
-        sd[f"{key}.conv.weight"] = weight[None]
-        sd[f"{key}.conv.modulation.weight"] = affine.tensor("weight")
-        sd[f"{key}.conv.modulation.bias"] = affine.tensor("bias")
+            self.sd[f"{key}.upsample.kernel"] = make_kernel(self.taps, gain=4)
+        self.sd[f"{key}.conv.weight"] = weight[None]
+        self._modulation(affine, key)
 
+
+def _ada_generator(g: _Module):
+    _check_stylegan2(g, "Generator")
+    mapping, synthesis = g.need_child("mapping", "the mapping network"), g.need_child("synthesis", "synthesis")
+    sd: dict[str, np.ndarray] = {}
+    lr_mul, w_dim = _ada_mapping(mapping, sd)
+    blocks = _ada_blocks(synthesis)
+    taps = _blur_taps(blocks[0].tensor("resample_filter"), blocks[0].where, g.path)
+    layers = _AdaSynthesisLayers(sd, taps)
     first = blocks[0]
     sd["input.input"] = first.tensor("const")[None]
-    styled(first.need_child("conv1", "the first conv"), "conv1", 1)
-    to_rgb(first.need_child("torgb", "the first ToRGB"), "to_rgb1", False)
+    layers.styled(first.need_child("conv1", "the first conv"), "conv1", 1)
+    layers.to_rgb(first.need_child("torgb", "the first ToRGB"), "to_rgb1", False)
     for b, block in enumerate(blocks[1:]):
         if not np.allclose(block.tensor("resample_filter"), make_kernel(taps), atol=1e-6):
             raise block.refuse("its resample filter differs from the 4x4 block's")
-        styled(block.need_child("conv0", "the up-sampling conv"), f"convs.{2 * b}", 2)
-        styled(block.need_child("conv1", "the second conv"), f"convs.{2 * b + 1}", 1)
-        to_rgb(block.need_child("torgb", "the ToRGB layer"), f"to_rgbs.{b}", True)
-    for i, n in enumerate(noise):
+        layers.styled(block.need_child("conv0", "the up-sampling conv"), f"convs.{2 * b}", 2)
+        layers.styled(block.need_child("conv1", "the second conv"), f"convs.{2 * b + 1}", 1)
+        layers.to_rgb(block.need_child("torgb", "the ToRGB layer"), f"to_rgbs.{b}", True)
+    for i, n in enumerate(layers.noise):
         sd[f"noises.noise_{i}"] = n
     w_avg = mapping.tensors().get("w_avg")
     if w_avg is not None:
         w_avg = np.asarray(w_avg, np.float32).reshape(-1)
         if w_avg.shape != (w_dim,):
             raise mapping.refuse(f"w_avg has shape {w_avg.shape}, expected [{w_dim}]")
-    extras = {"z_dim": z_dim, "conv_clamp": conv_clamp, "lr_mlp": lr_mul, "blur_kernel": taps}
+    extras = {"z_dim": int(sd["style.1.weight"].shape[1]), "conv_clamp": layers.conv_clamp, "lr_mlp": lr_mul,
+              "blur_kernel": taps}
     return sd, extras, w_avg
 
 
@@ -353,14 +377,17 @@ def _ada_discriminator(d: _Module):
             raise layer.refuse(f"learning-rate multiplier {_fc_lr_mul(layer)}: the reference's head uses 1")
     if sd["final_linear.1.weight"].shape[0] != 1:
         raise out.refuse(f"{sd['final_linear.1.weight'].shape[0]} outputs (a conditional head?); expected 1")
-    group = mbstd.attr("group_size", 4)
-    extras = {"stddev_group": _GROUP_ALL if group is None else int(group),
-              "stddev_features": int(mbstd.attr("num_channels", 1)), "conv_clamp": clamp, "blur_kernel": taps}
-    return sd, extras
+    return sd, _d_extras(mbstd.attr("group_size", 4), mbstd.attr("num_channels", 1), clamp, taps)
 
 
 # "the whole minibatch" (NVlabs' group_size=None): min(N, this) is N for any batch.
 _GROUP_ALL = 2 ** 31 - 1
+
+
+def _d_extras(group, features, clamp, taps) -> dict:
+    """A discriminator's architecture extras from its minibatch-stddev group size and features."""
+    return {"stddev_group": _GROUP_ALL if group is None else int(group), "stddev_features": int(features),
+            "conv_clamp": clamp, "blur_kernel": taps}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -394,8 +421,6 @@ def _from_tf(nets, path: str) -> Converted:
                 out["latent_avg"] = avg
     out["args"] = {"nvlabs_format": "stylegan2-tensorflow"}
     return out
-
-
 
 
 def _tf_kwargs(net) -> dict:
@@ -543,8 +568,5 @@ def _tf_discriminator(net, path: str):
     sd["final_linear.0.bias"] = need("4x4/Dense0/bias")
     sd["final_linear.1.weight"] = np.ascontiguousarray(need("Output/weight").T)
     sd["final_linear.1.bias"] = need("Output/bias")
-    group = kw.get("mbstd_group_size", 4)
-    extras = {"stddev_group": _GROUP_ALL if group is None else int(group),
-              "stddev_features": int(kw.get("mbstd_num_features", 1)), "conv_clamp": None, "blur_kernel": taps}
-    return sd, extras
+    return sd, _d_extras(kw.get("mbstd_group_size", 4), kw.get("mbstd_num_features", 1), None, taps)
 

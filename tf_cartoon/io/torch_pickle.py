@@ -819,87 +819,98 @@ class _PickleWriter:
             self.save(item, where)
         self.out += b"t"
 
+    def _float(self, value: float) -> None:
+        self.out += b"G" + struct.pack(">d", value)
+
     # -- objects ---------------------------------------------------------
     def save(self, obj: Any, where: str = "obj") -> None:
-        if obj is None:
-            self.out += b"N"
-        elif obj is True:
-            self.out += b"\x88"
-        elif obj is False:
-            self.out += b"\x89"
-        elif type(obj) is int:
-            self._int(obj)
-        elif type(obj) is float:
-            self.out += b"G" + struct.pack(">d", obj)
-        elif type(obj) is str:
-            self._str(obj)
+        """Append ``obj``'s opcodes: scalars by value, every other object once (a second reference reads the
+        memo); ``where`` names the object in errors."""
+        kind = type(obj)
+        if obj is None or kind is bool:
+            self.out += b"N" if obj is None else (b"\x88" if obj else b"\x89")
+        elif kind in self._SCALARS:
+            self._SCALARS[kind](self, obj)
         elif isinstance(obj, np.generic) and not isinstance(obj, (np.object_, np.void)):
             self.save(obj.item(), where)
         elif id(obj) in self.memo:
             self._get(self.memo[id(obj)])
-        elif type(obj) in (bytes, bytearray):
-            # Protocol 2 has no bytes opcode: torch (and CPython) use
-            # _codecs.encode(latin-1 text, 'latin1'), which weights_only allows.
-            self._global("_codecs", "encode")
-            self.out += b"("
-            self._str(bytes(obj).decode("latin-1"))
-            self._str("latin1")
-            self.out += b"tR"
-            self._memoize(obj)
-        elif type(obj) is tuple:
-            if id(obj) in self.in_progress:
-                raise TypeError(f"cannot save recursive tuple at {where}")
-            self.in_progress.add(id(obj))
-            self._tuple_of([*obj], where)
-            self.in_progress.discard(id(obj))
-            self._memoize(obj)
-        elif type(obj) is list:
-            self.out += b"]"
-            self._memoize(obj)
-            if obj:
-                self.out += b"("
-                for i, item in enumerate(obj):
-                    self.save(item, f"{where}[{i}]")
-                self.out += b"e"
-        elif type(obj) in (dict, collections.OrderedDict):
-            if type(obj) is dict:
-                self.out += b"}"
-            else:
-                self._global("collections", "OrderedDict")
-                self.out += b")R"
-            self._memoize(obj)
-            self._items(obj, where)
-            extra = vars(obj) if type(obj) is collections.OrderedDict else None
-            if extra:  # e.g. a state_dict's _metadata attribute
-                self.out += b"}"
-                self._items(extra, f"{where}.__dict__")
-                self.out += b"b"
-        elif type(obj) is argparse.Namespace:
-            self._global("argparse", "Namespace")
-            self.out += b")\x81"
-            self._memoize(obj)
-            self.out += b"}"
-            self._items(vars(obj), where)
-            self.out += b"b"
-        elif type(obj) in (set, frozenset):
-            self._global("__builtin__", type(obj).__name__)
-            self.out += b"("
-            self.out += b"]"
-            if obj:
-                self.out += b"("
-                for item in obj:
-                    self.save(item, f"{where}{{item}}")
-                self.out += b"e"
-            self.out += b"tR"
-            self._memoize(obj)
+        elif kind in self._OBJECTS:
+            self._OBJECTS[kind](self, obj, where)
         elif isinstance(obj, np.ndarray):
             self._tensor(obj, where)
         else:
             raise TypeError(
-                f"cannot save object of type {type(obj).__module__}.{type(obj).__qualname__} "
+                f"cannot save object of type {kind.__module__}.{kind.__qualname__} "
                 f"at {where}: only dict/OrderedDict/list/tuple/set, str/int/float/bool/None/"
                 "bytes, numpy arrays and argparse.Namespace are supported"
             )
+
+    def _bytes(self, obj, where: str) -> None:
+        # Protocol 2 has no bytes opcode: torch (and CPython) use
+        # _codecs.encode(latin-1 text, 'latin1'), which weights_only allows.
+        self._global("_codecs", "encode")
+        self.out += b"("
+        self._str(bytes(obj).decode("latin-1"))
+        self._str("latin1")
+        self.out += b"tR"
+        self._memoize(obj)
+
+    def _tuple(self, obj: tuple, where: str) -> None:
+        if id(obj) in self.in_progress:
+            raise TypeError(f"cannot save recursive tuple at {where}")
+        self.in_progress.add(id(obj))
+        self._tuple_of([*obj], where)
+        self.in_progress.discard(id(obj))
+        self._memoize(obj)
+
+    def _list(self, obj: list, where: str) -> None:
+        self.out += b"]"
+        self._memoize(obj)
+        if obj:
+            self.out += b"("
+            for i, item in enumerate(obj):
+                self.save(item, f"{where}[{i}]")
+            self.out += b"e"
+
+    def _dict(self, obj: dict, where: str) -> None:
+        if type(obj) is dict:
+            self.out += b"}"
+        else:
+            self._global("collections", "OrderedDict")
+            self.out += b")R"
+        self._memoize(obj)
+        self._items(obj, where)
+        extra = vars(obj) if type(obj) is collections.OrderedDict else None
+        if extra:  # e.g. a state_dict's _metadata attribute
+            self.out += b"}"
+            self._items(extra, f"{where}.__dict__")
+            self.out += b"b"
+
+    def _namespace(self, obj: argparse.Namespace, where: str) -> None:
+        self._global("argparse", "Namespace")
+        self.out += b")\x81"
+        self._memoize(obj)
+        self.out += b"}"
+        self._items(vars(obj), where)
+        self.out += b"b"
+
+    def _set(self, obj, where: str) -> None:
+        self._global("__builtin__", type(obj).__name__)
+        self.out += b"("
+        self.out += b"]"
+        if obj:
+            self.out += b"("
+            for item in obj:
+                self.save(item, f"{where}{{item}}")
+            self.out += b"e"
+        self.out += b"tR"
+        self._memoize(obj)
+
+    # the writer of each exact type: a subclass is refused rather than written as its base
+    _SCALARS = {int: _int, float: _float, str: _str}
+    _OBJECTS = {bytes: _bytes, bytearray: _bytes, tuple: _tuple, list: _list, dict: _dict,
+                collections.OrderedDict: _dict, argparse.Namespace: _namespace, set: _set, frozenset: _set}
 
     def _items(self, mapping: dict, where: str) -> None:
         if not mapping:

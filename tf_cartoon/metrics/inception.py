@@ -36,41 +36,52 @@ class InceptionWeightsError(ValueError):
     """The --inception file is not pytorch-fid's FID Inception state dict."""
 
 
-def _build(layers, keras):
-    """The functional graph; returns (inputs, pooled features, {torch prefix: (conv layer, bn layer)})."""
-    convs = {}
+class _Graph:
+    """Builds the functional graph block by block (names as pytorch-fid's modules); ``convs`` maps each torch
+    prefix to its (conv layer, BatchNorm layer)."""
 
-    def conv(x, name, filters, kernel, stride=1, padding="valid"):
+    def __init__(self, layers):
+        self.layers = layers
+        self.convs = {}
+
+    def conv(self, x, name, filters, kernel, stride=1, padding="valid"):
+        """pytorch-fid's BasicConv2d: conv without bias, BatchNorm, ReLU."""
+        layers = self.layers
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         c = layers.Conv2D(filters, (kh, kw), strides=stride, padding=padding, use_bias=False,
                           name=name.replace(".", "__") + "__conv")
         bn = layers.BatchNormalization(epsilon=BN_EPS, name=name.replace(".", "__") + "__bn")
-        convs[name] = (c, bn)
+        self.convs[name] = (c, bn)
         return layers.ReLU()(bn(c(x)))
 
-    def same(x, name, filters, kernel):  # stride 1, torch padding (k - 1) / 2 on each side
-        return conv(x, name, filters, kernel, padding="same")
+    def same(self, x, name, filters, kernel):  # stride 1, torch padding (k - 1) / 2 on each side
+        return self.conv(x, name, filters, kernel, padding="same")
 
-    def avg_pool_no_pad(x):
-        return layers.AveragePooling2D(3, strides=1, padding="same")(x)
+    def avg_pool_no_pad(self, x):
+        return self.layers.AveragePooling2D(3, strides=1, padding="same")(x)
 
-    def block_a(x, name, pool_features):
+    def block_a(self, x, name, pool_features):
+        """FIDInceptionA (Mixed_5b-d)."""
+        same = self.same
         b1 = same(x, f"{name}.branch1x1", 64, 1)
         b5 = same(same(x, f"{name}.branch5x5_1", 48, 1), f"{name}.branch5x5_2", 64, 5)
         b3 = same(x, f"{name}.branch3x3dbl_1", 64, 1)
         b3 = same(same(b3, f"{name}.branch3x3dbl_2", 96, 3), f"{name}.branch3x3dbl_3", 96, 3)
-        bp = same(avg_pool_no_pad(x), f"{name}.branch_pool", pool_features, 1)
-        return layers.Concatenate()([b1, b5, b3, bp])
+        bp = same(self.avg_pool_no_pad(x), f"{name}.branch_pool", pool_features, 1)
+        return self.layers.Concatenate()([b1, b5, b3, bp])
 
-    def block_b(x, name):
-        b3 = conv(x, f"{name}.branch3x3", 384, 3, stride=2)
-        bd = same(x, f"{name}.branch3x3dbl_1", 64, 1)
-        bd = same(bd, f"{name}.branch3x3dbl_2", 96, 3)
-        bd = conv(bd, f"{name}.branch3x3dbl_3", 96, 3, stride=2)
-        bp = layers.MaxPooling2D(3, strides=2)(x)
-        return layers.Concatenate()([b3, bd, bp])
+    def block_b(self, x, name):
+        """InceptionB (Mixed_6a): stride-2 reduction."""
+        b3 = self.conv(x, f"{name}.branch3x3", 384, 3, stride=2)
+        bd = self.same(x, f"{name}.branch3x3dbl_1", 64, 1)
+        bd = self.same(bd, f"{name}.branch3x3dbl_2", 96, 3)
+        bd = self.conv(bd, f"{name}.branch3x3dbl_3", 96, 3, stride=2)
+        bp = self.layers.MaxPooling2D(3, strides=2)(x)
+        return self.layers.Concatenate()([b3, bd, bp])
 
-    def block_c(x, name, c7):
+    def block_c(self, x, name, c7):
+        """FIDInceptionC (Mixed_6b-e): factorised 7x7 branches of width ``c7``."""
+        same = self.same
         b1 = same(x, f"{name}.branch1x1", 192, 1)
         b7 = same(x, f"{name}.branch7x7_1", c7, 1)
         b7 = same(b7, f"{name}.branch7x7_2", c7, (1, 7))
@@ -80,19 +91,23 @@ def _build(layers, keras):
         bd = same(bd, f"{name}.branch7x7dbl_3", c7, (1, 7))
         bd = same(bd, f"{name}.branch7x7dbl_4", c7, (7, 1))
         bd = same(bd, f"{name}.branch7x7dbl_5", 192, (1, 7))
-        bp = same(avg_pool_no_pad(x), f"{name}.branch_pool", 192, 1)
-        return layers.Concatenate()([b1, b7, bd, bp])
+        bp = same(self.avg_pool_no_pad(x), f"{name}.branch_pool", 192, 1)
+        return self.layers.Concatenate()([b1, b7, bd, bp])
 
-    def block_d(x, name):
-        b3 = conv(same(x, f"{name}.branch3x3_1", 192, 1), f"{name}.branch3x3_2", 320, 3, stride=2)
+    def block_d(self, x, name):
+        """InceptionD (Mixed_7a): stride-2 reduction."""
+        same = self.same
+        b3 = self.conv(same(x, f"{name}.branch3x3_1", 192, 1), f"{name}.branch3x3_2", 320, 3, stride=2)
         b7 = same(x, f"{name}.branch7x7x3_1", 192, 1)
         b7 = same(b7, f"{name}.branch7x7x3_2", 192, (1, 7))
         b7 = same(b7, f"{name}.branch7x7x3_3", 192, (7, 1))
-        b7 = conv(b7, f"{name}.branch7x7x3_4", 192, 3, stride=2)
-        bp = layers.MaxPooling2D(3, strides=2)(x)
-        return layers.Concatenate()([b3, b7, bp])
+        b7 = self.conv(b7, f"{name}.branch7x7x3_4", 192, 3, stride=2)
+        bp = self.layers.MaxPooling2D(3, strides=2)(x)
+        return self.layers.Concatenate()([b3, b7, bp])
 
-    def block_e(x, name, max_pool):
+    def block_e(self, x, name, max_pool):
+        """FIDInceptionE_1 (Mixed_7b, average branch pool) / E_2 (Mixed_7c, ``max_pool``)."""
+        same, layers = self.same, self.layers
         b1 = same(x, f"{name}.branch1x1", 320, 1)
         b3 = same(x, f"{name}.branch3x3_1", 384, 1)
         b3 = layers.Concatenate()([same(b3, f"{name}.branch3x3_2a", 384, (1, 3)),
@@ -101,29 +116,37 @@ def _build(layers, keras):
         bd = same(bd, f"{name}.branch3x3dbl_2", 384, 3)
         bd = layers.Concatenate()([same(bd, f"{name}.branch3x3dbl_3a", 384, (1, 3)),
                                    same(bd, f"{name}.branch3x3dbl_3b", 384, (3, 1))])
-        pooled = (layers.MaxPooling2D(3, strides=1, padding="same")(x) if max_pool else avg_pool_no_pad(x))
+        pooled = (layers.MaxPooling2D(3, strides=1, padding="same")(x) if max_pool else self.avg_pool_no_pad(x))
         bp = same(pooled, f"{name}.branch_pool", 192, 1)
         return layers.Concatenate()([b1, b3, bd, bp])
 
+    def stem(self, x):
+        """Conv2d_1a .. Conv2d_4a with the two max pools."""
+        x = self.conv(x, "Conv2d_1a_3x3", 32, 3, stride=2)
+        x = self.conv(x, "Conv2d_2a_3x3", 32, 3)
+        x = self.same(x, "Conv2d_2b_3x3", 64, 3)
+        x = self.layers.MaxPooling2D(3, strides=2)(x)
+        x = self.conv(x, "Conv2d_3b_1x1", 80, 1)
+        x = self.conv(x, "Conv2d_4a_3x3", 192, 3)
+        return self.layers.MaxPooling2D(3, strides=2)(x)
+
+
+def _build(layers, keras):
+    """The functional graph; returns (inputs, pooled features, {torch prefix: (conv layer, bn layer)})."""
+    graph = _Graph(layers)
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3))
-    x = conv(inputs, "Conv2d_1a_3x3", 32, 3, stride=2)
-    x = conv(x, "Conv2d_2a_3x3", 32, 3)
-    x = same(x, "Conv2d_2b_3x3", 64, 3)
-    x = layers.MaxPooling2D(3, strides=2)(x)
-    x = conv(x, "Conv2d_3b_1x1", 80, 1)
-    x = conv(x, "Conv2d_4a_3x3", 192, 3)
-    x = layers.MaxPooling2D(3, strides=2)(x)
-    x = block_a(x, "Mixed_5b", 32)
-    x = block_a(x, "Mixed_5c", 64)
-    x = block_a(x, "Mixed_5d", 64)
-    x = block_b(x, "Mixed_6a")
+    x = graph.stem(inputs)
+    x = graph.block_a(x, "Mixed_5b", 32)
+    x = graph.block_a(x, "Mixed_5c", 64)
+    x = graph.block_a(x, "Mixed_5d", 64)
+    x = graph.block_b(x, "Mixed_6a")
     for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-        x = block_c(x, name, c7)
-    x = block_d(x, "Mixed_7a")
-    x = block_e(x, "Mixed_7b", max_pool=False)
-    x = block_e(x, "Mixed_7c", max_pool=True)
+        x = graph.block_c(x, name, c7)
+    x = graph.block_d(x, "Mixed_7a")
+    x = graph.block_e(x, "Mixed_7b", max_pool=False)
+    x = graph.block_e(x, "Mixed_7c", max_pool=True)
     features = layers.GlobalAveragePooling2D()(x)
-    return inputs, features, convs
+    return inputs, features, graph.convs
 
 
 class FIDInception:
