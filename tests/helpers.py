@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 
 import numpy as np
 
@@ -34,3 +36,28 @@ def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err, err
     return err
+
+
+def tool_lines(err: str) -> list[str]:
+    """A tool's own stderr lines: TensorFlow's log lines (retracing warnings and the like, which depend on
+    what ran before in the process) left out."""
+    return [line for line in err.splitlines()
+            if not re.match(r"(WARNING:tensorflow|WARNING:absl|[IWE]\d{4} )", line)]
+
+
+def decode_mp4(path, exe=None):
+    """(frames [T, H, W, 3] uint8, frame rate) decoded by ffmpeg itself: the size and rate from its stream
+    description, the pixels as raw RGB on stdout. ``exe``: the ffmpeg binary (default: imageio-ffmpeg's)."""
+    if exe is None:
+        from tf_cartoon.images import ffmpeg_exe
+
+        exe = ffmpeg_exe()
+    info = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, text=True)
+    stream = next(line for line in info.stderr.splitlines() if "Video:" in line)
+    w, h = map(int, re.search(r", (\d+)x(\d+)\b", stream).groups())  # not the codec tag 0x31637661
+    fps = float(re.search(r"([\d.]+) fps", stream).group(1))
+    assert "h264" in stream and "yuv420p" in stream, stream
+    raw = subprocess.run([exe, "-nostdin", "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt",
+                          "rgb24", "pipe:1"], capture_output=True, check=True).stdout
+    assert len(raw) % (w * h * 3) == 0
+    return np.frombuffer(raw, np.uint8).reshape([-1, h, w, 3]), fps

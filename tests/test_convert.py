@@ -14,7 +14,7 @@ import tf_cartoon
 from tf_cartoon import convert
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io import store, torch_pickle
-from tests.helpers import FIXTURES, REFERENCE_PT
+from tests.helpers import FIXTURES, REFERENCE_PT, tool_lines
 from tests.reference_cases import case_names, reference_dir
 
 CASES = case_names()
@@ -53,9 +53,10 @@ def test_round_trip_pt_dir_pt_is_exact(name, tmp_path, capsys):
     orig = torch_pickle.load(src)
     code, out = _run([src, tmp_path / "conv"], capsys)
     assert code == 0, out.err
-    assert "size" in out.out
-    code, out = _run(["--to-torch", tmp_path / "conv", tmp_path / "back.pt"], capsys)
-    assert code == 0, out.err
+    assert "size" in out.out and out.out.count("\n") == 1
+    assert [line.split(":")[0] for line in tool_lines(out.err)] == [f"reading {src}", f"writing {tmp_path / 'conv'}"]
+    code, out = _run(["--to-torch", "--quiet", tmp_path / "conv", tmp_path / "back.pt"], capsys)
+    assert code == 0 and tool_lines(out.err) == [], out.err
     back = torch_pickle.load(tmp_path / "back.pt")
     nets = [net for net in ("g", "g_ema", "d") if net in orig]
     assert nets, f"{name}: the checkpoint holds no network"

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import tf_cartoon
 from tf_cartoon import export as ex
-from tests.helpers import REFERENCE_TARGET_PT, ROOT, served_uint8, subprocess_env
+from tests.helpers import REFERENCE_TARGET_PT, ROOT, served_uint8, subprocess_env, tool_lines
 from tests.tiny_models import TINY, make_tiny_checkpoint
 
 # Slow tier: the module's fixture exports SavedModels and runs saved_model_cli in subprocesses.
@@ -246,7 +246,10 @@ def test_second_export_is_version_2_from_a_reference_checkpoint(setup):
     base = setup["base"]
     code, out, err = _finish(setup["procs"]["export2"])
     assert code == 0, err[-2000:]
-    assert out.strip().startswith(f"wrote {os.path.join(base, '2')}:"), out
+    assert out.strip().startswith(f"wrote {os.path.join(base, '2')}:") and out.count("\n") == 1, out
+    stages = tool_lines(err)
+    assert any(line.startswith("mean latents (512 samples) and tracing the signatures: ") for line in stages), err
+    assert any(line.startswith("writing the SavedModel: ") for line in stages), err
     assert sorted(os.listdir(base)) == ["1", "2"]  # no temporary folder left behind
     assert ex.next_version(base) == 3
     with open(os.path.join(base, "2", "assets.extra", "tf_cartoon_export.json")) as f:

@@ -248,3 +248,30 @@ def test_cli_missing_ckpt_subprocess(tmp_path):
     assert errors == [f"error: --ckpt: checkpoint not found: {tmp_path / 'missing.pt'}"], proc.stderr
     assert proc.stderr.rstrip().endswith(errors[0]) and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_progress_video_and_quiet(ckpts, tmp_path, capsys):
+    pytest.importorskip("imageio_ffmpeg")
+    from tests.helpers import decode_mp4, tool_lines
+
+    argv = ["--ckpt", ckpts[1], "--source", ckpts[0], "--swap_layer", "1", "--seeds", "0-2", "--interpolate",
+            "--frames", "2", "--video", "--truncation_samples", str(N_MEAN), "--batch", "2"]
+    assert gen.main(argv + ["--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"wrote {tmp_path / 'a'}: source/, swap_l1/, 3 seed PNGs, grid.png, interpolation.mp4 (6 frames)\n"
+    lines = tool_lines(err)  # not a terminal: the end line of each stage and of each count
+    assert len(lines) == 3 and lines[0].startswith(f"mean latent ({N_MEAN} samples): ")
+    assert lines[1].startswith("generate: 3/3 seeds (100%), ")
+    assert lines[2].startswith("interpolation: 6/6 frames (100%), ")
+    frames, fps = decode_mp4(tmp_path / "a" / "interpolation.mp4")
+    assert frames.shape == (6, 16, 3 * 16, 3) and fps == pytest.approx(25.0)
+    assert not (tmp_path / "a" / "interpolation.gif").exists()
+    grid = np.asarray(Image.open(tmp_path / "a" / "grid.png"))  # rows source | target | swap_l1; frame 0 = seed 0
+    first = np.concatenate([grid[:16, :16], grid[16:32, :16], grid[32:48, :16]], axis=1)
+    assert np.abs(frames[0].astype(float).mean((0, 1)) - first.mean((0, 1))).max() < 3
+
+    assert gen.main(argv + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert tool_lines(err) == [] and out.startswith("wrote ")
+    assert gen.main(["--ckpt", ckpts[1], "--video", "--out", str(tmp_path / "c")]) == 2
+    assert "--video writes the interpolation: it needs --interpolate" in one_line_error(capsys)

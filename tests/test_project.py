@@ -305,6 +305,36 @@ def test_cli_end_to_end_on_fixtures(tmp_path, capsys):
     assert grid.shape == (64, 160, 3)
 
 
+def test_cli_progress_video_and_quiet(ckpts, tiny, tmp_path, capsys):
+    pytest.importorskip("imageio_ffmpeg")
+    from tests.helpers import decode_mp4, tool_lines
+
+    face = to_uint8(render(tiny, known_wplus(tiny, 1))[0])
+    Image.fromarray(face).save(tmp_path / "face.png")
+    argv = [str(tmp_path / "face.png"), "--source", ckpts[0], "--step", "4", "--n_mean_latent", "64", "--log_every",
+            "2", "--video", "--video_frames", "3"]
+    assert pj.main(argv + ["--out", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"wrote {tmp_path / 'a'}: 1 x (<name>.npz, <name>.png, <name>.mp4), grid.png")
+    lines = tool_lines(err)
+    assert lines[0].startswith("projecting 1 photo(s)") and lines[1].startswith("step 1/4 (")
+    assert lines[-2].startswith("project: 4/4 steps (100%), ") and "; mse " in lines[-2]
+    assert lines[-1].startswith("face: mse ")
+    frames, _ = decode_mp4(tmp_path / "a" / "face.mp4")
+    assert frames.shape == (3, 16, 32, 3)  # steps 0, 2, 4: photo | reconstruction
+    with np.load(tmp_path / "a" / "face.npz") as f:
+        photo, final = f["photo"].astype(float), f["reconstruction"].astype(float)
+    for frame in frames:
+        assert np.abs(frame[:, :16].mean((0, 1)) - photo.mean((0, 1))).max() < 3
+    assert np.abs(frames[-1][:, 16:].mean((0, 1)) - final.mean((0, 1))).max() < 3
+    start = to_uint8(render(tiny, np.repeat(pj.latent_stats(tiny, 64, 0)[0][None, None], tiny.n_latent, 1)))[0]
+    assert np.abs(frames[0][:, 16:].mean((0, 1)) - start.mean((0, 1))).max() < 3  # the start: the mean latent
+
+    assert pj.main(argv + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert tool_lines(err) == [] and out.startswith("wrote ")
+
+
 def test_cli_errors_name_the_file(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     rc = pj.main([str(tmp_path / "broken.png"), "--source", SOURCE_PT, "--out", str(tmp_path / "o"), "--step", "1"])

@@ -407,7 +407,8 @@ def test_export_onto_a_full_disk_is_a_one_line_error_leaving_no_version(tiny, tm
         base = mount / "export"
         base.mkdir()
         _fill(str(mount))
-        code = ex.main(["--ckpt", tiny, "--out", str(base), "--truncation_samples", "8"])
+        # --quiet: no stage lines (the tracing stage succeeds before the write fails); stderr is the error alone
+        code = ex.main(["--ckpt", tiny, "--out", str(base), "--truncation_samples", "8", "--quiet"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert "No space left on device" in err and str(base) in err, err

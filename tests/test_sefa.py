@@ -98,7 +98,34 @@ def test_cli_writes_npz_and_renders(ckpts, tmp_path, capsys):
     assert Image.open(out_dir / "direction_002.png").size == (3 * 2 * 16, 2 * 16)  # 3 degrees x (src|tgt), 2 seeds
 
 
+def test_cli_video_sweeps_and_progress(ckpts, tmp_path, capsys):
+    pytest.importorskip("imageio_ffmpeg")
+    from tests.helpers import decode_mp4, tool_lines
+
+    source, target = ckpts
+    out_dir = tmp_path / "render"
+    argv = ["--ckpt", source, "--out", str(tmp_path / "f.npz"), "--render", "--target", target, "--index", "1",
+            "--degrees", "4", "--steps", "3", "--seeds", "0-1", "--truncation_samples", str(N_MEAN),
+            "--out_dir", str(out_dir), "--video", "--video_frames", "3", "--frame_ms", "100"]
+    assert sefa.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].endswith("and 1 MP4 sweeps (3 frames each way)")
+    assert "sefa: 1/1 directions (100%), " in err
+    assert sorted(os.listdir(out_dir)) == ["direction_001.mp4", "direction_001.png"]
+    frames, fps = decode_mp4(out_dir / "direction_001.mp4")
+    assert frames.shape == (4, 2 * 16, 2 * 16, 3) and fps == pytest.approx(10.0)  # degrees -4, 0, 4, 0
+    # --video_frames 3 walks the --steps 3 degrees: frame j is the grid's column j (2 seeds x source | target)
+    grid = np.asarray(Image.open(out_dir / "direction_001.png")).astype(float)
+    for frame, column in zip(frames, (0, 1, 2, 1)):
+        expected = grid[:, column * 32:(column + 1) * 32].mean((0, 1))
+        assert np.abs(frame.astype(float).mean((0, 1)) - expected).max() < 3
+    assert sefa.main(argv + ["--quiet", "--out_dir", str(tmp_path / "q")]) == 0
+    assert tool_lines(capsys.readouterr().err) == []
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--video"], "needs --render"),
+    (["--render", "--video", "--video_frames", "1"], "--video_frames must be >= 2"),
     (["--render", "--index", "8"], "0..7"),
     (["--render", "--seeds", "1-0"], "backwards"),
     (["--render", "--swap_layer", "1"], "needs --target"),

@@ -165,6 +165,26 @@ def test_cli_end_to_end_on_reference_checkpoints(tmp_path, capsys):
     np.testing.assert_array_equal(sweep, sc.strength_sweep(w_init, w_opt, 2.0, 3))
 
 
+@pytest.mark.slow
+def test_cli_progress_and_video(ckpts, tmp_path, capsys):
+    pytest.importorskip("imageio_ffmpeg")
+    from tests.helpers import decode_mp4
+
+    clip_dir = tc.write_hf_folder(tmp_path / "clip", tc.tiny_hf_state(seed=1))
+    argv = ["--source", ckpts[0], "--target", ckpts[1], "--text", "a smiling face", "--clip", clip_dir, "--steps", "3",
+            "--n_alpha", "2", "--truncation_samples", str(N_MEAN), "--log_every", "0", "--video", "--video_frames",
+            "3", "--out", str(tmp_path / "a")]
+    assert sc.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"wrote {tmp_path / 'a'}: sweep.png (3 rows x 2 strengths up to alpha 1.5), sweep.mp4, ")
+    assert "\nstyleclip: 3/3 steps (100%), " in err and "; loss " in err
+    frames, _ = decode_mp4(tmp_path / "a" / "sweep.mp4")
+    assert frames.shape == (4, 3 * 16, 16, 3)  # start, alpha / 2, alpha, alpha / 2; rows source | target | swap_l1
+    sweep = np.asarray(Image.open(tmp_path / "a" / "sweep.png")).astype(float)  # columns: start, alpha
+    for frame, column in ((frames[0], 0), (frames[2], 1)):
+        assert np.abs(frame.astype(float).mean((0, 1)) - sweep[:, 16 * column:16 * (column + 1)].mean((0, 1))).max() < 3
+
+
 def test_cli_without_clip_weights_says_how_to_get_them(tmp_path, capsys):
     argv = ["--source", "unused.pt", "--text", "a smiling face", "--out", str(tmp_path / "o")]
     assert sc.main(argv) == 2

@@ -140,3 +140,19 @@ def test_cli_align_without_weights_one_line(tmp_path, face, monkeypatch, capsys)
     rc = toonify.main([str(photo), "--target", BUILTIN, "--out", str(tmp_path / "out"), "--align", "mtcnn"])
     assert rc == 2
     assert "pip install --no-deps facenet-pytorch" in one_line_error(capsys)
+
+
+@pytest.mark.slow  # two projections, each traced anew
+def test_cli_progress_and_quiet(tmp_path, face, capsys):
+    from tests.helpers import tool_lines
+
+    photo = tmp_path / "face.png"
+    Image.fromarray(face).save(photo)
+    argv = [str(photo), "--target", BUILTIN, "--steps", "2", "--swap_layers", "2", "--align", "none"]
+    assert toonify.main(argv + ["--out", str(tmp_path / "a")]) == 0
+    lines = tool_lines(capsys.readouterr().err)
+    assert any(line.startswith("toonify face: 2/2 steps (100%), ") and "; mse " in line for line in lines), lines
+    assert toonify.main(argv + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"wrote {tmp_path / 'b'}: 1 of 1 photo(s)")
+    assert [line for line in tool_lines(err) if "projecting" in line or "steps" in line] == []

@@ -124,6 +124,12 @@ def check_at_least(args: argparse.Namespace, minimum, *dests: str) -> None:
             raise ValueError(f"{flag(args, dest)} must be >= {minimum}, got {value}")
 
 
+def add_quiet(p: argparse.ArgumentParser) -> argparse.Action:
+    """``--quiet``: no progress lines (tf_cartoon.progress); results, warnings and errors still print."""
+    return p.add_argument("--quiet", "-q", action="store_true",
+                          help="no progress lines on stderr (results, warnings and errors still print)")
+
+
 # ---------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------

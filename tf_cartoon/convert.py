@@ -8,7 +8,7 @@
     --models g_ema,d keeps only those networks (how tf_cartoon/assets/source_synthetic was written).
 
 Reading needs no torch and runs nothing from the file: tf_cartoon.io's readers unpickle through an
-allow-list and refuse anything else. The written .pt loads with
+allow-list and refuse anything else. Reading and writing report their times on stderr (--quiet: not). The written .pt loads with
 ``torch.load(OUT.pt, weights_only=True)`` and the reference's load_state_dict.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from tf_cartoon import cli
+from tf_cartoon.progress import stage
 
 
 @cli.command(setup="none")
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="g_ema,g,d",
                    help="networks to keep, comma-separated among g_ema, g, d (default: all present); e.g. "
                         "g_ema,d for a fine-tuning source (the trainer starts g from g_ema when g is absent)")
+    cli.add_quiet(p)
     args = p.parse_args(argv)
 
     from tf_cartoon.io import store
@@ -42,14 +44,18 @@ def main(argv=None) -> int:
     if args.to_torch:
         if os.path.exists(args.dst) and not args.overwrite:
             raise FileExistsError(f"{args.dst} exists (pass --overwrite)")
-        ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
-        store.write_reference(ckpt, args.dst)
+        with stage(f"reading {args.src}", quiet=args.quiet):
+            ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
+        with stage(f"writing {args.dst}", quiet=args.quiet):
+            store.write_reference(ckpt, args.dst)
     else:
         if os.path.isdir(args.src) and not os.path.isfile(os.path.join(args.src, store.WORKDIR_CONFIG)):
             raise cli.UsageError(f"{args.src} is a directory but not a training workdir; to write a .pt from "
                                  "a converted directory use --to-torch")
-        ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
-        store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
+        with stage(f"reading {args.src}", quiet=args.quiet):
+            ckpt = cli.load_checkpoint(args.src, "SRC", models=models)
+        with stage(f"writing {args.dst}", quiet=args.quiet):
+            store.write_converted(ckpt, args.dst, overwrite=args.overwrite)
     gen = ckpt.config.get("generator") or {}
     print(f"wrote {args.dst}: models {', '.join(sorted(ckpt.models()))}; size {gen.get('size')}, "
           f"style_dim {gen.get('style_dim')}, n_mlp {gen.get('n_mlp')}, channels {gen.get('channels')}")

@@ -55,11 +55,11 @@ import json
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
 from tf_cartoon import cli, latent
+from tf_cartoon.progress import Progress
 
 METRICS = ("fid", "kid", "ppl", "structure", "domain", "judge_fd")
 FEATURE_METRICS = ("fid", "kid")
@@ -263,46 +263,6 @@ def quantise(images: np.ndarray) -> np.ndarray:
     """[-1, 1] float -> the nearest of the 256 uint8 levels, back in [-1, 1] (clipped)."""
     u8 = np.clip(np.rint((images + 1.0) * 127.5), 0, 255)
     return (u8 / 127.5 - 1.0).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------
-
-class Progress:
-    """A progress line with rate and ETA: rewritten in place on a terminal, a log line every 30 s otherwise."""
-
-    def __init__(self, label: str, total: int | None, stream=None, interval: float = 30.0, unit: str = "images"):
-        self.label, self.total, self.unit = label, total, unit
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = self.last = time.monotonic()
-        self.interval = interval
-
-    def _line(self, done: int) -> str:
-        elapsed = time.monotonic() - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"{self.label}: {done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}, {rate:.1f}/s"
-        if self.total and rate > 0:
-            left = max(self.total - done, 0) / rate
-            text += f", ETA {int(left // 60)}m{int(left % 60):02d}s"
-        return text
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + self._line(done) + "\033[K")
-            self.stream.flush()
-        elif now - self.last >= self.interval:
-            print(self._line(done), file=self.stream, flush=True)
-            self.last = now
-
-    def finish(self, done: int) -> None:
-        if self.tty:
-            self.stream.write("\r" + self._line(done) + "\033[K\n")
-        else:
-            print(self._line(done), file=self.stream)
-        self.stream.flush()
 
 
 # ---------------------------------------------------------------------------

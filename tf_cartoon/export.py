@@ -12,7 +12,8 @@ the version defaults to 1 + the largest integer folder already there (or 1). It
 is written into a hidden temporary folder under ``<out>`` and renamed into place,
 so a server watching ``<out>`` never sees half a model; an existing version is
 never overwritten. ``<out>/<version>/assets.extra/tf_cartoon_export.json``
-describes the export (signatures, sizes, checkpoints, conventions).
+describes the export (signatures, sizes, checkpoints, conventions). The stages
+(mean latents and tracing, writing) report their times on stderr; ``--quiet`` drops them.
 
 Signatures (batch size free; every one is deterministic):
 
@@ -60,6 +61,7 @@ import tempfile
 
 from tf_cartoon import cli, latent
 from tf_cartoon.cli import UsageError
+from tf_cartoon.progress import stage
 
 FORMAT = "tf_cartoon_export/1"
 METADATA_FILE = "tf_cartoon_export.json"
@@ -352,8 +354,9 @@ def build_archive(serving: CartoonServing):
 
 def export(ckpt: str, out: str, source: str | None = None, version: int | None = None,
            truncation_samples: int = 4096, seed: int = 0, target_flag: str = "--target",
-           pairing: str = "shared_w") -> str:
+           pairing: str = "shared_w", quiet: bool = True) -> str:
     """Write ``<out>/<version>/`` (SavedModel + assets.extra/tf_cartoon_export.json); returns its path.
+    ``quiet=False``: the stages (mean latents and tracing, writing) with their times on stderr.
 
     ``ckpt`` / ``source``: checkpoint specs (paths or builtin:<name>). Raises FileExistsError (version
     exists), ExportError (bad arguments) or cli.UsageError (a missing, unreadable or incompatible
@@ -377,14 +380,16 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         src = cli.load_generator(source, "--source") if source is not None else None
         if src is not None:
             latent.check_pair(src, target, "all", "--source", same_z=pairing == "own_z")
-        serving = CartoonServing(target, src, truncation_samples, seed, pairing)
-        archive = build_archive(serving)
+        with stage(f"mean latents ({truncation_samples} samples) and tracing the signatures", quiet=quiet):
+            serving = CartoonServing(target, src, truncation_samples, seed, pairing)
+            archive = build_archive(serving)
         os.makedirs(out, exist_ok=True)
         # Hidden, non-integer name: TF Serving ignores it while it is being written.
         tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=out)
         try:
             try:
-                archive.write_out(tmp, verbose=False)
+                with stage("writing the SavedModel", quiet=quiet):
+                    archive.write_out(tmp, verbose=False)
             except tf_errors().OpError as e:  # e.g. ResourceExhaustedError "No space left on device"
                 from tf_cartoon.io.errors import StorageError
                 from tf_cartoon.io.integrity import one_line
@@ -461,11 +466,12 @@ def main(argv=None) -> int:
     p.add_argument("--pairing", choices=("shared_w", "own_z"), default="shared_w",
                    help="the swap signature's target latent: shared_w (default, as the reference's demos): z "
                         "through the source's mapping; own_z: through the target's own")
+    cli.add_quiet(p)
     args = p.parse_args(argv)
 
     path = export(args.target, args.out, source=args.source, version=args.version,
                   truncation_samples=args.truncation_samples, seed=args.seed, target_flag=cli.flag(args, "target"),
-                  pairing=args.pairing)
+                  pairing=args.pairing, quiet=args.quiet)
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE)) as f:
         meta = json.load(f)
     print(f"wrote {path}: signatures {', '.join(meta['signatures'])}; {meta['size']} px, style_dim "

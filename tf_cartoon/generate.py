@@ -23,7 +23,8 @@ truncates the same z itself. No weights are merged.
 Outputs under --out DIR: ``seedNNNN.png`` (target), ``grid.png`` (rows: target,
 or source | target | swap_l{l}... with --source; one column per seed),
 ``source/`` and ``swap_l{l}/`` per-seed images with --source, ``mixing.png``
-with --mixing, ``interpolation.gif`` with --interpolate.
+with --mixing, ``interpolation.gif`` with --interpolate (``interpolation.mp4``
+with --video as well). Progress (rate, ETA) goes to stderr; --quiet drops it.
 
 The library functions (:func:`sample`, :func:`swap_images`, :func:`style_mixing`,
 :func:`interpolation_frames`, ...) return float images in about [-1, 1] (NHWC)
@@ -40,7 +41,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_cartoon import cli, latent
-from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_gif, save_png, to_uint8
+from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_animation, save_png, to_uint8
+from tf_cartoon.progress import Progress, stage
 
 MEAN_LATENT_SEED = 0  # seed of the z batch behind every generator's mean latent
 DEFAULT_SWAP_LAYERS = (1, 2)  # what the paper's demos use (clipped to n_blocks)
@@ -277,10 +279,11 @@ def mixing_figure(m: Mixing, pad: int = 0) -> np.ndarray:
 
 def interpolation_frames(target, seeds, frames: int = 30, truncation: float = 0.7, source=None, layers=(),
                          source_mean=None, target_mean=None, truncation_samples: int = 4096,
-                         batch: int = 8, pairing: str = "shared_w") -> list[np.ndarray]:
+                         batch: int = 8, pairing: str = "shared_w", progress=None) -> list[np.ndarray]:
     """HWC uint8 frames walking linearly in W from seed to seed and back to the first
     (``frames`` per pair, ``frames * len(seeds)`` in all). With a source, each frame is
-    source | target | swap_l{l}... side by side (the seeds' latents paired as ``pairing`` says)."""
+    source | target | swap_l{l}... side by side (the seeds' latents paired as ``pairing`` says).
+    progress: optional ``fn(frames done)`` after each batch."""
     layers = latent.check_pair(source, target, layers) if source is not None else ()
     if source is None:
         tgt_path, src_path = lerp_path(latents(target, seeds, truncation, target_mean, truncation_samples),
@@ -297,6 +300,8 @@ def interpolation_frames(target, seeds, frames: int = 30, truncation: float = 0.
             cells = swap_grid_rows(swap_from_w(source, target, src_path[i:i + batch], tgt_path[i:i + batch],
                                                layers, batch))
         out.extend(to_uint8(np.concatenate(cells, axis=2)))
+        if progress is not None:
+            progress(len(out))
     return out
 
 
@@ -322,10 +327,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mix_cols", default="4-7", help="column seeds of the mixing grid")
     p.add_argument("--mix_layers", default="0-3", help="W+ slots taken from the column seeds")
     p.add_argument("--interpolate", action="store_true", help="also write interpolation.gif through --seeds")
+    p.add_argument("--video", action="store_true",
+                   help="the interpolation as interpolation.mp4 (H.264; needs imageio-ffmpeg, else GIF)")
     p.add_argument("--frames", type=int, default=30, help="interpolation frames per pair of seeds")
-    p.add_argument("--frame_ms", type=int, default=40, help="GIF frame duration in milliseconds")
+    p.add_argument("--frame_ms", type=int, default=40, help="frame duration in milliseconds (GIF and MP4)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    cli.add_quiet(p)
     return p
 
 
@@ -341,6 +349,8 @@ def _prepare(args):
         raise ValueError("--swap_layer needs --source (the generator whose features are swapped in)")
     if args.interpolate and len(seeds) < 2:
         raise ValueError("--interpolate needs at least two seeds")
+    if args.video and not args.interpolate:
+        raise ValueError("--video writes the interpolation: it needs --interpolate")
     target = cli.load_generator(args.target, cli.flag(args, "target"))
     source = None
     if args.source is not None:
@@ -360,16 +370,28 @@ def main(argv=None) -> int:
     with cli.user_input():
         seeds, (mix_rows, mix_cols, mix_layers), layers, source, target = _prepare(args)
 
-    out, psi = args.out, args.truncation
-    t_mean, s_mean = mean_latents(psi, args.truncation_samples, target, source)
+    out, psi, quiet = args.out, args.truncation, args.quiet
+    with stage(f"mean latent ({args.truncation_samples} samples)", quiet=quiet or psi == 1.0):
+        t_mean, s_mean = mean_latents(psi, args.truncation_samples, target, source)
     written = []
-    if source is None:
-        images = sample(target, seeds, psi, t_mean, batch=args.batch)
-        rows = [images]
-    else:
-        result = swap_images(source, target, seeds, layers, psi, s_mean, t_mean, batch=args.batch,
-                             pairing=args.pairing)
-        images, rows = result.target, swap_grid_rows(result)
+    # A batch of seeds at a time, so that the progress line moves; each seed's images depend on its seed only.
+    progress = Progress("generate", len(seeds), unit="seeds", quiet=quiet)
+    parts = []  # SwapImages per batch of seeds (source and swapped empty without --source)
+    for i in range(0, len(seeds), args.batch):
+        chunk = seeds[i:i + args.batch]
+        if source is None:
+            images = sample(target, chunk, psi, t_mean, batch=args.batch)
+            parts.append(SwapImages(images[:0], images, {}))
+        else:
+            parts.append(swap_images(source, target, chunk, layers, psi, s_mean, t_mean, batch=args.batch,
+                                     pairing=args.pairing))
+        progress.advance(len(chunk))
+    progress.finish()
+    result = SwapImages(*(np.concatenate([getattr(r, k) for r in parts]) for k in ("source", "target")),
+                        {l: np.concatenate([r.swapped[l] for r in parts]) for l in parts[0].swapped})
+    images, rows = result.target, [result.target]
+    if source is not None:
+        rows = swap_grid_rows(result)
         for s, image in zip(seeds, result.source):
             save_png(os.path.join(out, "source", f"seed{s:04d}.png"), image)
         for l, batch_images in sorted(result.swapped.items()):
@@ -381,14 +403,17 @@ def main(argv=None) -> int:
     save_png(os.path.join(out, "grid.png"), make_grid(rows, pad=args.pad))
     written += [f"{len(seeds)} seed PNGs", "grid.png"]
     if args.mixing:
-        m = style_mixing(target, mix_rows, mix_cols, mix_layers, psi, t_mean, batch=args.batch)
+        with stage("style mixing", quiet=quiet):
+            m = style_mixing(target, mix_rows, mix_cols, mix_layers, psi, t_mean, batch=args.batch)
         save_png(os.path.join(out, "mixing.png"), mixing_figure(m, pad=args.pad))
         written.append("mixing.png")
     if args.interpolate:
+        progress = Progress("interpolation", len(seeds) * args.frames, unit="frames", quiet=quiet)
         frames = interpolation_frames(target, seeds, args.frames, psi, source, layers or (), s_mean, t_mean,
-                                      batch=args.batch, pairing=args.pairing)
-        save_gif(os.path.join(out, "interpolation.gif"), frames, args.frame_ms)
-        written.append(f"interpolation.gif ({len(frames)} frames)")
+                                      batch=args.batch, pairing=args.pairing, progress=progress.update)
+        progress.finish()
+        path = save_animation(os.path.join(out, "interpolation"), frames, args.frame_ms, video=args.video)
+        written.append(f"{os.path.basename(path)} ({len(frames)} frames)")
     print(f"wrote {out}: {', '.join(written)}")
     return 0
 

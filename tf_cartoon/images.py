@@ -1,6 +1,9 @@
-"""Image helpers shared by the command-line tools: uint8 conversion, grids, PNG / GIF, seed lists.
+"""Image helpers shared by the command-line tools: uint8 conversion, grids, PNG, animations, seed lists.
 
-Numpy and Pillow only (no TensorFlow), so importing this module is cheap.
+Numpy and Pillow only (no TensorFlow), so importing this module is cheap. Animations (interpolations,
+SeFa and StyleCLIP sweeps, a projection's progress) all go through :func:`save_animation`: GIF, or with
+``video=True`` an H.264 MP4 through the ffmpeg binary the ``imageio-ffmpeg`` package ships (optional extra
+``[video]``; without it the GIF is written and one line says so).
 
     rows = [source_images, target_images]            # each [N, H, W, 3], float in [-1, 1]
     save_png("grid.png", make_grid(rows, pad=2))     # one batch per row
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -64,6 +69,14 @@ def make_grid(rows, pad: int = 0, pad_value: int = 0) -> np.ndarray:
     return grid
 
 
+def _default_mode(path) -> None:
+    """Give a temporary file (mkstemp: 0600) the mode a plain ``open(path, "w")`` would have (0666 less
+    the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_save(path, save) -> str:
     """Write ``path`` through ``save(file)`` into a temporary file beside it, renamed into place: a reader
     never sees half a file, and a failed write leaves the old one. Returns the path."""
@@ -74,6 +87,7 @@ def atomic_save(path, save) -> str:
     try:
         with os.fdopen(fd, "wb") as f:
             save(f)
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -117,6 +131,107 @@ def save_gif(path, frames, duration_ms: int = 40) -> str:
         raise ValueError(f"duration_ms must be positive, got {duration_ms}")
     return atomic_save(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                         duration=duration_ms, loop=0))
+
+
+def _frame_array(frames) -> np.ndarray:
+    """Frames (a list or a [T, H, W, 3] array, uint8 or float in [-1, 1]) -> [T, H, W, 3] uint8."""
+    frames = [_hwc(f) for f in frames]
+    if not frames:
+        raise ValueError("an animation needs at least one frame")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1 or frames[0].ndim != 3 or frames[0].shape[-1] != 3:
+        raise ValueError(f"animation frames must all be [H, W, 3] of one size, got shapes {sorted(shapes)}")
+    return np.stack(frames)
+
+
+def ffmpeg_exe() -> str | None:
+    """The ffmpeg binary that ``imageio-ffmpeg`` ships (``IMAGEIO_FFMPEG_EXE`` overrides it), or None
+    when the package is not installed or holds no binary for this platform."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # its "no ffmpeg exe could be found" (a source install on another platform)
+        return None
+
+
+def even_size(frames: np.ndarray) -> np.ndarray:
+    """[T, H, W, 3] padded by one repeated edge row / column where H or W is odd (yuv420p's 2x2 chroma
+    blocks need even sizes)."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def save_mp4(path, frames, duration_ms: int = 40, exe: str | None = None, crf: int = 18) -> str:
+    """Write frames as an H.264 MP4 (yuv420p, which every player decodes; odd sizes padded to even by
+    :func:`even_size`), atomically. ``exe``: an ffmpeg binary (default: :func:`ffmpeg_exe`).
+
+    The frames go to ffmpeg's stdin as raw RGB; ``crf`` is x264's quality (18: visually lossless)."""
+    frames = even_size(_frame_array(frames))
+    duration_ms = int(duration_ms)
+    if duration_ms <= 0:
+        raise ValueError(f"duration_ms must be positive, got {duration_ms}")
+    exe = exe or ffmpeg_exe()
+    if exe is None:
+        raise RuntimeError("writing MP4 needs the imageio-ffmpeg package (pip install 'tf_cartoon[video]')")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    h, w = frames.shape[1:3]
+    cmd = [exe, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+           "-framerate", f"1000/{duration_ms}", "-i", "pipe:0", "-an", "-c:v", "libx264", "-preset", "medium",
+           "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", tmp]
+    try:
+        with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg's messages cannot block it
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                for frame in frames:  # one frame at a time: no second copy of the whole clip in memory
+                    proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg stopped early; its status and message below say why
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+                status = proc.wait()
+            if status != 0:
+                err.seek(0)
+                message = " ".join(err.read().decode(errors="replace").split())[-400:]
+                raise OSError(f"cannot write {path}: ffmpeg exited with status {status}: {message}")
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def save_animation(path, frames, duration_ms: int = 40, video: bool = False, bounce: bool = False,
+                   stream=None) -> str:
+    """The one writer of animations: ``path`` without its extension + ``.gif``, or with ``video`` ``.mp4``
+    (:func:`save_mp4`). Without imageio-ffmpeg a video request writes the GIF and says so in one line on
+    ``stream`` (stderr). ``bounce``: the frames forward, then back without repeating either end (a sweep
+    that loops smoothly). Returns the path written."""
+    stem = os.path.splitext(os.fspath(path))[0]
+    if bounce:
+        frames = list(frames)
+        frames = frames + frames[-2:0:-1]
+    if video:
+        exe = ffmpeg_exe()
+        if exe is not None:
+            return save_mp4(stem + ".mp4", frames, duration_ms, exe=exe)
+        print(f"warning: imageio-ffmpeg is not installed or has no ffmpeg for this platform (pip install "
+              f"'tf_cartoon[video]'); writing {stem}.gif instead of an MP4",
+              file=stream if stream is not None else sys.stderr, flush=True)
+    return save_gif(stem + ".gif", frames, duration_ms)
 
 
 _ITEM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?$")

@@ -7,7 +7,8 @@ the preprocessing of the folder pipeline (tf_cartoon.data.load_image: RGB with a
 short side LANCZOS-resized to --size, centre crop), is encoded (PNG, lossless, by default; or JPEG quality
 --quality, 4:4:4) and written to OUT_DIR/data-00000-of-0000N.tfrecord ... in a seeded shuffled order,
 round-robin over the shards. Decoding/encoding runs in a pool of --workers processes. Unreadable files are
-skipped and reported once each. Each shard is written under a temporary name and renamed when complete.
+skipped and reported once each; progress (images, rate, ETA) goes to stderr, --quiet drops it. Each shard
+is written under a temporary name and renamed when complete.
 Train with:  make_dataset("OUT_DIR", size, batch)  or  make_dataset("OUT_DIR/*.tfrecord", ...).
 
 Exit status: 0 done; 1 nothing could be read / write failure; 2 bad arguments or a missing / empty SRC_DIR.
@@ -27,6 +28,7 @@ import numpy as np
 
 from tf_cartoon import arch, cli
 from tf_cartoon.data.folder import load_image, scan_images
+from tf_cartoon.progress import Progress
 
 SHARD_NAME = "data-{index:05d}-of-{count:05d}.tfrecord"
 
@@ -67,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the file order (default 0)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the .tfrecord files already in OUT_DIR (otherwise their presence is an error)")
+    cli.add_quiet(p)
     return p
 
 
@@ -90,23 +93,6 @@ def _check_args(a) -> str | None:
         if old:
             return f"{a.out} already holds {len(old)} TFRecord file(s) (pass --overwrite to replace them)"
     return None
-
-
-class _Progress:
-    def __init__(self, total: int, stream):
-        self.total, self.stream = total, stream
-        self.step = max(1, total // 20)  # every 5%
-        self.next = self.step
-
-        self.last = 0
-
-    def update(self, done: int, written: int, skipped: int, final: bool = False):
-        if done >= self.next or (final and self.last != done):
-            while self.next <= done:
-                self.next += self.step
-            self.last = done
-            print(f"[prepare_data] {done}/{self.total} ({100 * done // max(1, self.total)}%) "
-                  f"written {written}, skipped {skipped}", file=self.stream, flush=True)
 
 
 def _process_many(jobs):
@@ -166,19 +152,23 @@ def _write_shards(args, jobs, workers: int, finals: list[str]) -> tuple[int, int
     ok = False
     try:
         writers = [tf.io.TFRecordWriter(t) for t in temps]
-        progress = _Progress(len(jobs), sys.stderr)
+        progress = Progress("[prepare_data]", len(jobs), unit="images", quiet=args.quiet)
         for done, (_, rel, data, reason) in enumerate(_results(jobs, workers), 1):
             if data is None:
                 skipped += 1
-                print(f"[prepare_data] skipping unreadable image {os.path.join(args.src, rel)} ({reason})",
-                      file=sys.stderr, flush=True)
+                # always shown (a warning, not progress), above a terminal's progress line
+                message = f"[prepare_data] skipping unreadable image {os.path.join(args.src, rel)} ({reason})"
+                if progress.quiet:
+                    print(message, file=sys.stderr, flush=True)
+                else:
+                    progress.write(message)
             else:
                 k = written % n
                 writers[k].write(make_example(data, args.size, rel))
                 per_shard[k] += 1
                 written += 1
-            progress.update(done, written, skipped)
-        progress.update(len(jobs), written, skipped, final=True)
+            progress.update(done, extra=f"written {written}, skipped {skipped}")
+        progress.finish()
         for w in writers:
             w.close()
         writers = []
@@ -226,8 +216,9 @@ def main(argv=None) -> int:
     n = args.shards
     os.makedirs(args.out, exist_ok=True)
     finals = [shard_path(args.out, i, n) for i in range(n)]
-    print(f"[prepare_data] {len(files)} image file(s) in {args.src} -> {n} shard(s) in {args.out} "
-          f"(size {args.size}, {args.format}, {workers} worker(s))", file=sys.stderr, flush=True)
+    if not args.quiet:
+        print(f"[prepare_data] {len(files)} image file(s) in {args.src} -> {n} shard(s) in {args.out} "
+              f"(size {args.size}, {args.format}, {workers} worker(s))", file=sys.stderr, flush=True)
     written, skipped, per_shard = _write_shards(args, jobs, workers, finals)
     if args.overwrite:
         _remove_stale(args.out, finals)

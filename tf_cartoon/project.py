@@ -50,6 +50,9 @@ Outputs under --out DIR, per photo ``<name>`` (the file's stem; repeated stems g
               :func:`load_projection`.
   <name>.png  photo | source reconstruction [| target | swap_l{l} ...] side by side
   grid.png    those rows stacked, one per photo
+  <name>.mp4  with --video: photo | source reconstruction as the optimisation goes (--video_frames
+              frames, the first at the start latent, the last the final result; GIF without imageio-ffmpeg)
+Progress (steps, rate, ETA, MSE) goes to stderr; --quiet drops it and the log lines.
 The target renders the projected W+ with the projected noise maps
 (``--target_noise stored``: its own stored buffers); the swapped images put the
 source's feature at layer l into the target (tf_cartoon.generate's layer swapping).
@@ -68,7 +71,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_cartoon import cli, latent
-from tf_cartoon.images import atomic_save, make_grid, parse_range, save_png, to_uint8
+from tf_cartoon.images import atomic_save, make_grid, parse_range, save_animation, save_png, to_uint8
+from tf_cartoon.progress import Progress
 
 LOSS_MAX_SIZE = 256  # images larger than this are average-pooled to it before the losses (as the reference)
 VGG_LAYERS = ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3")  # relu_k_l
@@ -387,12 +391,15 @@ def _as_lists(out) -> dict:
 
 
 def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerceptual | None = None,
-            log=None, log_every: int = 100) -> Projection:
+            log=None, log_every: int = 100, progress=None, snapshot=None, snapshots: int = 0) -> Projection:
     """Optimise W+ and the noise maps of ``g`` so that its image matches each photo.
 
     photos: [B, size, size, 3] float in [-1, 1] (NHWC, the generator's size).
     perceptual: a :class:`VGGPerceptual` (or None: MSE only).
     log: optional ``fn(str)`` for progress lines every ``log_every`` steps.
+    progress: optional ``fn(steps done, text)`` after every step.
+    snapshot: optional ``fn(step, images [B, H, W, 3])``: the current images (latent without its step noise)
+      at ``snapshots`` steps spread evenly from 0 (the start) to the last.
     """
     import tensorflow as tf
 
@@ -401,9 +408,12 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
     if photos.ndim != 4 or photos.shape[1:] != (g.size, g.size, 3):
         raise ValueError(f"photos must be [B, {g.size}, {g.size}, 3] for a {g.size} px generator, got {photos.shape}")
     problem = _Projector(g, photos, cfg, perceptual)
+    shots = set(np.linspace(0, cfg.steps, int(snapshots)).round().astype(int)) if snapshot is not None else set()
     initial = _as_lists(problem.evaluate()[0])
     history = []
     t0 = time.perf_counter()
+    if 0 in shots:
+        snapshot(0, np.asarray(problem.evaluate()[1]))
     for i in range(cfg.steps):
         t = i / cfg.steps
         lr = latent.lr_at(t, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
@@ -417,6 +427,10 @@ def project(g, photos, cfg: ProjectConfig = ProjectConfig(), perceptual: VGGPerc
                 percept = f", perceptual {np.mean(rec['perceptual']):.5f}" if problem.perceptual is not None else ""
                 log(f"step {i + 1}/{cfg.steps} ({time.perf_counter() - t0:.1f} s): lr {lr:.4g}, "
                     f"mse {np.mean(rec['mse']):.5f}{percept}, noise_reg {np.mean(rec['noise_reg']):.3g}")
+        if progress is not None:
+            progress(i + 1, f"mse {float(np.mean(out['mse'])):.5f}")
+        if i + 1 in shots:
+            snapshot(i + 1, np.asarray(problem.evaluate()[1]))
     final, image = problem.evaluate()
     wplus = latent.to_wplus(problem.w.numpy(), g.n_latent)
     return Projection(wplus, [n.numpy() for n in problem.noises], np.asarray(image), history, initial,
@@ -499,8 +513,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="photos optimised together (results do not depend on it)")
     p.add_argument("--target_noise", choices=("projected", "stored"), default="projected",
                    help="noise maps the target renders with")
-    p.add_argument("--log_every", type=int, default=100, help="progress line every N steps")
+    p.add_argument("--log_every", type=int, default=100, help="log line with the losses every N steps")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    p.add_argument("--video", action="store_true",
+                   help="also <name>.mp4: photo | reconstruction as the optimisation goes (needs imageio-ffmpeg, "
+                        "else GIF)")
+    p.add_argument("--video_frames", type=int, default=100, help="video frames over the optimisation (default 100)")
+    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_quiet(p)
     return p
 
 
@@ -511,8 +531,10 @@ def _prepare(args):
     layers = parse_range(args.swap_layer, "swap layers") if args.swap_layer is not None else None
     if layers is not None and args.target is None:
         raise ValueError("--swap_layer needs --target (the generator the source's features are swapped into)")
-    cli.check_at_least(args, 1, "batch", "log_every")
+    cli.check_at_least(args, 1, "batch", "log_every", "frame_ms")
     cli.check_at_least(args, 0, "pad")
+    if args.video and args.video_frames < 2:
+        raise ValueError(f"--video_frames must be >= 2, got {args.video_frames}")
     check_config(cfg, perceptual=args.vgg16_weights)  # weights are loaded below; here only the numbers
     for path in args.photos:
         if not os.path.isfile(path):
@@ -538,18 +560,34 @@ def main(argv=None) -> int:
     with cli.user_input():
         cfg, photos, source, target, layers, perceptual = _prepare(args)
 
+    progress = None  # the running Progress: log lines go above its terminal line
+
     def log(msg):
-        print(msg, file=sys.stderr, flush=True)
+        if progress is not None:
+            progress.write(msg)
+        elif not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
 
     log(f"projecting {len(photos)} photo(s) into {args.source} ({source.size} px, W+ {source.n_latent} x "
         f"{source.style_dim}), {cfg.steps} steps; {describe_loss(cfg, perceptual)}")
     names = photo_names(args.photos)
-    rows = []
+    rows, videos = [], []
     for start in range(0, len(photos), args.batch):
         chunk = slice(start, start + args.batch)
+        label = "project"
         if len(photos) > args.batch:
-            log(f"photos {start + 1}..{min(start + args.batch, len(photos))} of {len(photos)}")
-        res = project(source, photos[chunk], cfg, perceptual, log=log, log_every=args.log_every)
+            label = f"project photos {start + 1}..{min(start + args.batch, len(photos))} of {len(photos)}"
+        frames = []  # per snapshot: [B, H, 2 W, 3] uint8, photo | reconstruction
+
+        def snapshot(step, images, chunk=chunk, frames=frames):
+            frames.append(np.concatenate([to_uint8(photos[chunk]), to_uint8(images)], axis=2))
+
+        progress = Progress(label, cfg.steps, unit="steps", quiet=args.quiet)
+        res = project(source, photos[chunk], cfg, perceptual, log=log, log_every=args.log_every,
+                      progress=progress.update, snapshot=snapshot if args.video else None,
+                      snapshots=args.video_frames)
+        progress.finish()
+        progress = None
         panels = [photos[chunk], res.image]
         if target is not None:
             sw = toonify(source, target, res.wplus, res.noises, layers, args.target_noise)
@@ -568,6 +606,9 @@ def main(argv=None) -> int:
                             photos[start + j], res.image[j], settings)
             row = np.concatenate([to_uint8(p[j]) for p in panels], axis=1)
             save_png(os.path.join(args.out, f"{name}.png"), row)
+            if args.video:
+                videos.append(save_animation(os.path.join(args.out, name), [f[j] for f in frames], args.frame_ms,
+                                             video=True))
             rows.append(row)
             log(f"{name}: mse {res.initial['mse'][j]:.5f} -> {res.final['mse'][j]:.5f}")
     save_png(os.path.join(args.out, "grid.png"), make_grid([r[None] for r in rows], pad=args.pad))
@@ -575,7 +616,9 @@ def main(argv=None) -> int:
                                if target is not None else "")
     if target is not None and not layers:
         cols = "photo | source | target"
-    print(f"wrote {args.out}: {len(rows)} x (<name>.npz, <name>.png), grid.png ({cols})")
+    kind = os.path.splitext(videos[0])[1] if videos else ""
+    print(f"wrote {args.out}: {len(rows)} x (<name>.npz, <name>.png{', <name>' + kind if videos else ''}), "
+          f"grid.png ({cols})")
     return 0
 
 

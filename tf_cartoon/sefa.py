@@ -27,7 +27,10 @@ the edited latent ``w + d * v_i`` goes to the source and, unchanged, to the
 target, each truncating it toward its own mean latent (so the step in the
 truncated latent is ``psi * d``). One PNG per direction, ``direction_III.png``:
 a row per seed, a column per degree, each cell source | target (| target with
-the source's feature swapped in at each --swap_layer).
+the source's feature swapped in at each --swap_layer). With --video also
+``direction_III.mp4``: the same cells (a row per seed) sweeping from -D to +D and
+back in --video_frames steps each way (GIF without imageio-ffmpeg).
+Progress (rate, ETA per direction) goes to stderr; --quiet drops it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_cartoon import cli, latent
-from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_png, to_uint8
+from tf_cartoon.images import make_grid, parse_range, parse_seeds, save_animation, save_png, to_uint8
+from tf_cartoon.progress import Progress, stage
 
 
 class Factorization(NamedTuple):
@@ -141,6 +145,11 @@ def direction_grid(panels, pad: int = 0) -> np.ndarray:
     return make_grid(list(cells), pad=pad)
 
 
+def sweep_frames(panels, pad: int = 0) -> list[np.ndarray]:
+    """Video frames of :func:`render_direction`'s panels: frame j is degree j's column, a row per seed."""
+    return [direction_grid([p[:, j:j + 1] for p in panels], pad) for j in range(panels[0].shape[1])]
+
+
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
@@ -162,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="sefa", help="where --render writes direction_III.png (default sefa)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    p.add_argument("--video", action="store_true",
+                   help="with --render, also direction_III.mp4 sweeping each direction (needs imageio-ffmpeg, "
+                        "else GIF)")
+    p.add_argument("--video_frames", type=int, default=32, help="video frames from -degrees to +degrees")
+    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_quiet(p)
     return p
 
 
@@ -173,7 +188,11 @@ def _prepare(args):
         raise ValueError("--target and --swap_layer only apply with --render")
     if layers and args.target is None:
         raise ValueError("--swap_layer needs --target")
-    cli.check_at_least(args, 1, "steps", "batch", "truncation_samples")
+    if args.video and not args.render:
+        raise ValueError("--video renders the sweeps: it needs --render")
+    if args.video and args.video_frames < 2:
+        raise ValueError(f"--video_frames must be >= 2, got {args.video_frames}")
+    cli.check_at_least(args, 1, "steps", "batch", "truncation_samples", "frame_ms")
     cli.check_at_least(args, 0, "pad")
     cli.check_finite(args, "degrees", "truncation")
     if not args.out.endswith(".npz"):
@@ -204,13 +223,27 @@ def main(argv=None) -> int:
           f"{stacked_weights(source).shape}; top eigenvalues {top}")
     if args.render:
         psi = args.truncation
-        s_mean, t_mean = gen.mean_latents(psi, args.truncation_samples, source, target)
+        with stage(f"mean latent ({args.truncation_samples} samples)", quiet=args.quiet or psi == 1.0):
+            s_mean, t_mean = gen.mean_latents(psi, args.truncation_samples, source, target)
         degrees = np.linspace(-args.degrees, args.degrees, args.steps)
+        progress = Progress("sefa", len(indices), unit="directions", quiet=args.quiet)
+        videos = []
         for i in indices:
             panels = render_direction(source, fac.eigvec[:, i], seeds, degrees, psi, target, layers, s_mean, t_mean,
                                       batch=args.batch)
             save_png(os.path.join(args.out_dir, f"direction_{i:03d}.png"), direction_grid(panels, args.pad))
-        print(f"wrote {len(indices)} direction grids to {args.out_dir} ({len(seeds)} seeds x {args.steps} degrees)")
+            if args.video:
+                panels = render_direction(source, fac.eigvec[:, i], seeds,
+                                          np.linspace(-args.degrees, args.degrees, args.video_frames), psi, target,
+                                          layers, s_mean, t_mean, batch=args.batch)
+                videos.append(save_animation(os.path.join(args.out_dir, f"direction_{i:03d}"),
+                                             sweep_frames(panels, args.pad), args.frame_ms, video=True, bounce=True))
+            progress.advance()
+        progress.finish()
+        kinds = {os.path.splitext(v)[1][1:].upper() for v in videos}
+        print(f"wrote {len(indices)} direction grids to {args.out_dir} ({len(seeds)} seeds x {args.steps} degrees)"
+              + (f" and {len(videos)} {'/'.join(sorted(kinds))} sweeps ({args.video_frames} frames each way)"
+                 if videos else ""))
     return 0
 
 

@@ -38,7 +38,9 @@ Outputs under --out DIR: ``sweep.png`` (rows source | target | swap_l{l}..., one
 strength) and ``latents.npz``: ``w_init``, ``w_opt`` [n_latent, style_dim] (untruncated),
 ``coefficients`` [M] (alpha j / (M-1)), ``sweep`` [M, n_latent, style_dim], ``history`` [steps, 4]
 (lr, objective, CLIP loss, squared distance, each before that step's update), ``text``, ``seed``,
-``truncation``, ``l2_lambda``.
+``truncation``, ``l2_lambda``. With ``--video`` also ``sweep.mp4``: the rows of sweep.png as one column
+walking from the start to strength alpha and back in ``--video_frames`` steps each way (GIF without
+imageio-ffmpeg). The optimisation's progress (steps, rate, ETA, loss) goes to stderr; ``--quiet`` drops it.
 
 Where we differ from the reference, on purpose:
 
@@ -63,7 +65,8 @@ from typing import NamedTuple
 import numpy as np
 
 from tf_cartoon import cli, latent
-from tf_cartoon.images import make_grid, parse_range, save_png
+from tf_cartoon.images import make_grid, parse_range, save_animation, save_png
+from tf_cartoon.progress import Progress, stage
 
 # The defaults of the reference's StyleCLIP demo (run.py's generate_using_styleclip, which calls
 # run_optimization.py): 300 steps, lr 0.1, l2_lambda 0.004 (run_optimization.py's own default is 0.008),
@@ -231,10 +234,11 @@ class Objective:
 
 
 def optimize(objective: Objective, w_init, steps: int = STEPS, lr: float = LR, l2_lambda: float = L2_LAMBDA,
-             log_every: int = 0, log=print) -> Result:
+             log_every: int = 0, log=print, progress=None) -> Result:
     """Adam on W+ from ``w_init`` ([n_latent, D], untruncated) with the reference's schedule
     (tf_cartoon.latent.lr_at, torch's Adam: tf_cartoon.latent.adam_update). The history row of step i
-    holds the terms at w BEFORE its update, as the reference prints them.
+    holds the terms at w BEFORE its update, as the reference prints them. ``progress``: optional
+    ``fn(steps done, text)`` after each step.
     """
     import tensorflow as tf
 
@@ -254,6 +258,8 @@ def optimize(objective: Objective, w_init, steps: int = STEPS, lr: float = LR, l
         rate = latent.lr_at(i / steps, lr)
         loss, c, l2 = objective._step(tf.constant(rate, tf.float32), tf.constant(i + 1, tf.float32), lam)
         history[i] = rate, float(loss), float(c), float(l2)
+        if progress is not None:
+            progress(i + 1, f"loss {history[i, 1]:.4f} (clip {history[i, 2]:.4f})")
         if log_every and (i % log_every == 0 or i == steps - 1):
             log(f"step {i + 1}/{steps}: loss {history[i, 1]:.4f} (clip {history[i, 2]:.4f}, "
                 f"|w - w_init|^2 {history[i, 3]:.4f}), lr {rate:.4g}")
@@ -320,6 +326,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log_every", type=int, default=50, help="print the loss every N steps (0: never)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call when rendering")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    p.add_argument("--video", action="store_true",
+                   help="also sweep.mp4: the sweep from the start to alpha and back (needs imageio-ffmpeg, else GIF)")
+    p.add_argument("--video_frames", type=int, default=32, help="video frames from the start to alpha")
+    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_quiet(p)
     return p
 
 
@@ -344,7 +355,9 @@ def _prepare(args):
     layers = swap_layers_of(args.swap_layer, args.target is not None)
     if layers and args.target is None:
         raise ValueError("--swap_layer needs --target")
-    cli.check_at_least(args, 1, "steps", "batch", "truncation_samples")
+    cli.check_at_least(args, 1, "steps", "batch", "truncation_samples", "frame_ms")
+    if args.video and args.video_frames < 2:
+        raise ValueError(f"--video_frames must be >= 2, got {args.video_frames}")
     if args.n_alpha < 2:
         raise ValueError(f"--n_alpha must be >= 2, got {args.n_alpha}")
     cli.check_at_least(args, 0, "log_every", "pad")
@@ -375,9 +388,13 @@ def main(argv=None) -> int:
     from tf_cartoon import generate as gen
 
     psi = args.truncation
-    s_mean, t_mean = gen.mean_latents(psi, args.truncation_samples, source, target)
+    with stage(f"mean latent ({args.truncation_samples} samples)", quiet=args.quiet or psi == 1.0):
+        s_mean, t_mean = gen.mean_latents(psi, args.truncation_samples, source, target)
     objective = Objective(source, loss, psi, s_mean)
-    result = optimize(objective, w_init, args.steps, args.lr, args.l2_lambda, args.log_every)
+    progress = Progress("styleclip", args.steps, unit="steps", quiet=args.quiet)  # the first step also traces
+    result = optimize(objective, w_init, args.steps, args.lr, args.l2_lambda, args.log_every,
+                      progress=progress.update)
+    progress.finish()
     coefficients = sweep_coefficients(args.alpha, args.n_alpha)
     sweep = strength_sweep(result.w_init, result.w_opt, args.alpha, args.n_alpha)
     rows = render_sweep(source, sweep, psi, target, layers, s_mean, t_mean, args.batch)
@@ -388,10 +405,19 @@ def main(argv=None) -> int:
              history=result.history, text=np.array(args.text), seed=np.array(-1 if args.latent else args.seed),
              truncation=np.array(psi), l2_lambda=np.array(args.l2_lambda))
     os.replace(tmp, npz)
+    video = ""
+    if args.video:
+        with stage(f"sweep video ({args.video_frames} frames)", quiet=args.quiet):
+            frames = render_sweep(source, strength_sweep(result.w_init, result.w_opt, args.alpha, args.video_frames),
+                                  psi, target, layers, s_mean, t_mean, args.batch)
+            video = save_animation(os.path.join(args.out, "sweep"),
+                                   [make_grid([r[j:j + 1] for r in frames], pad=args.pad)
+                                    for j in range(args.video_frames)], args.frame_ms, video=True, bounce=True)
+        video = f"{os.path.basename(video)}, "
     h = result.history
     rows_text = f"{len(rows)} row{'s' * (len(rows) > 1)}"
     print(f"wrote {args.out}: sweep.png ({rows_text} x {args.n_alpha} strengths up to alpha {args.alpha:g}), "
-          f"latents.npz; objective {h[0, 1]:.4f} -> {h[-1, 1]:.4f} (CLIP loss {h[0, 2]:.4f} -> {h[-1, 2]:.4f})")
+          f"{video}latents.npz; objective {h[0, 1]:.4f} -> {h[-1, 1]:.4f} (CLIP loss {h[0, 2]:.4f} -> {h[-1, 2]:.4f})")
     return 0
 
 

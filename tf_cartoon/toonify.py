@@ -21,6 +21,7 @@ Outputs under --out DIR, per photo ``<name>`` (the file's stem, made unique):
   <name>.npz  w_plus [n_latent, style_dim], noise_0.., photo (aligned), reconstruction, settings
               (tf_cartoon.project.load_projection reads it)
 A photo without a face is reported on one line and skipped; the exit status is 2 when no photo went through.
+The projection's progress (steps, rate, ETA, MSE) goes to stderr; --quiet drops it and the loss lines.
 
 Library use (e.g. a web page): :func:`toonify_photo` on a uint8 array with loaded generators.
 """
@@ -35,6 +36,7 @@ import numpy as np
 
 from tf_cartoon import cli, latent
 from tf_cartoon.align import ALIGN_MODES, NoFaceError  # noqa: F401  (NoFaceError: part of this module's API)
+from tf_cartoon.progress import Progress
 
 DEFAULT_SOURCE = "builtin:source_synthetic"
 FULL_STEPS = 1000  # the projector's default (Cartoon-StyleGan2's projector.py)
@@ -67,13 +69,15 @@ def project_config(fast: bool = True, steps: int | None = None, seed: int = 0):
 
 
 def toonify_photo(photo: np.ndarray, source_g, target_g, *, fast: bool = True, swap_layers=(1, 2),
-                  align: str = "auto", steps: int | None = None, perceptual=None, log=None) -> ToonifyResult:
+                  align: str = "auto", steps: int | None = None, perceptual=None, log=None,
+                  progress=None) -> ToonifyResult:
     """One photo (uint8 [H, W, 3]) -> aligned, source reconstruction, target, layer-swapped targets, W+.
 
     ``swap_layers`` outside the generators' 1..n_blocks are dropped (the default (1, 2) suits every size);
     a pair that cannot swap raises tf_cartoon.cli.IncompatiblePairError. ``align``: auto | mtcnn | none
     (module docstring). Raises :class:`NoFaceError` when alignment finds no face. ``perceptual``: an
-    optional tf_cartoon.project.VGGPerceptual; ``log``: optional ``fn(str)`` for progress lines.
+    optional tf_cartoon.project.VGGPerceptual; ``log``: optional ``fn(str)`` for the loss lines;
+    ``progress``: optional ``fn(steps done, text)`` after each projection step (tf_cartoon.project.project).
     """
     from tf_cartoon import align as align_mod
     from tf_cartoon import project as proj
@@ -85,7 +89,7 @@ def toonify_photo(photo: np.ndarray, source_g, target_g, *, fast: bool = True, s
     cfg = project_config(fast, steps)
     aligned = align_mod.align_photo(photo, source_g.size, align)
     x = (aligned.astype(np.float32) / 127.5 - 1.0)[None]
-    res = proj.project(source_g, x, cfg, perceptual, log=log, log_every=max(1, cfg.steps // 5))
+    res = proj.project(source_g, x, cfg, perceptual, log=log, log_every=max(1, cfg.steps // 5), progress=progress)
     sw = proj.toonify(source_g, target_g, res.wplus, res.noises, layers)
     return ToonifyResult(aligned=aligned, reconstruction=to_uint8(res.image[0]), target=to_uint8(sw.target[0]),
                          swapped={l: to_uint8(sw.swapped[l][0]) for l in layers},
@@ -144,6 +148,7 @@ def _parser():
                         "MTCNN finds; none: the centred square, resized")
     p.add_argument("--vgg16_weights", default=None,
                    help="local keras.applications VGG16 weights (.h5) for the perceptual loss; without: MSE only")
+    cli.add_quiet(p)
     return p
 
 
@@ -187,22 +192,32 @@ def main(argv=None) -> int:
     with cli.user_input():
         source, target, layers, perceptual = _prepare(args)
 
+    progress = None  # the running projection's Progress: loss lines go above its terminal line
+
     def log(msg):
-        print(f"  {msg}", file=sys.stderr, flush=True)
+        if progress is not None:
+            progress.write(f"  {msg}")
+        elif not args.quiet:
+            print(f"  {msg}", file=sys.stderr, flush=True)
 
     cfg = project_config(args.fast, args.steps)
     done = 0
     for path, name in zip(args.photos, photo_names(args.photos)):
         try:
             photo = align_mod.read_photo(path)
-            print(f"{path}: projecting into {args.source} ({cfg.steps} steps)", file=sys.stderr, flush=True)
+            if not args.quiet:
+                print(f"{path}: projecting into {args.source} ({cfg.steps} steps)", file=sys.stderr, flush=True)
+            progress = Progress(f"toonify {name}", cfg.steps, unit="steps", quiet=args.quiet)
             res = toonify_photo(photo, source, target, fast=args.fast, swap_layers=layers, align=args.align,
-                                steps=cfg.steps, perceptual=perceptual, log=log)
+                                steps=cfg.steps, perceptual=perceptual, log=log, progress=progress.update)
+            progress.finish()
         except (NoFaceError, ValueError, OSError) as e:
+            progress = None
             if isinstance(e, align_mod.AlignUnavailable):
                 raise
             print(f"skipped {path}: {cli.one_line(e)}", file=sys.stderr, flush=True)
             continue
+        progress = None
         settings = {**cfg._asdict(), "photo": os.path.abspath(path), "source": args.source, "target": args.target,
                     "swap_layers": list(layers), "align": args.align, "final_mse": res.mse,
                     "vgg16_weights": os.path.abspath(args.vgg16_weights) if perceptual else None,
