@@ -186,7 +186,7 @@ def test_custom_ops_bench_rows_and_summary():
         assert set(entry["ms"]) == impls and entry["fastest"] == min(entry["ms"], key=entry["ms"].get)
         op = "bias_act" if key.startswith("bias_act") else "upfirdn2d"
         dev = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-        assert entry["auto_picks_custom"] == dispatch.PREFER_CUSTOM[(op, dev)]
+        assert entry["auto_picks_custom"] == (dispatch.FAMILIES[op].prefer[dev] == "custom")
         if have_compiler:
             assert entry["custom_faster_than_tf"] == (entry["ms"]["custom"] < entry["ms"]["tf"])
     assert custom.status()["loaded"] == have_compiler

@@ -1,16 +1,22 @@
-"""The fast 3x3 convolution rewrites (tf_cartoon/ops/conv.py) against the direct TF ops.
+"""The fast convolution rewrites (tf_cartoon/ops/conv.py, phase_conv.py, winograd.py, conv_grad.py) and the
+StyledConv epilogue (ops/epilogue.py) against the direct TF ops, and how dispatch.py picks between them.
 
 Expected values come from an independent path: tf.nn.conv2d / conv2d_transpose and TF's own gradients of
 them. Values, first- and second-order gradients (grad of a function of both gradients, as R1 and path
 length need) are compared on odd and even sizes, and on a shape where the Winograd path is taken.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tf_cartoon.ops import conv as C
-from tf_cartoon.ops import make_kernel
+from tf_cartoon.ops import conv_grad, dispatch, make_kernel
+from tf_cartoon.ops import epilogue as E
+from tf_cartoon.ops import phase_conv as P
+from tf_cartoon.ops import winograd as W
 
 FIR_UP = make_kernel((1, 3, 3, 1), gain=4)
 
@@ -52,7 +58,7 @@ def test_conv3x3_fast_equals_conv2d(n, h, w, ci, co):
 
 def test_conv3x3_winograd_path_equals_conv2d():
     x_shape, w_shape = (1, 32, 34, 256), (3, 3, 256, 8)
-    assert C._use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
+    assert W.use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
     _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
 
 
@@ -60,15 +66,15 @@ def test_winograd_f2x3_odd_size_value():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 7, 5, 3)), tf.float32)
     w = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
-    np.testing.assert_allclose(C._winograd(x, w).numpy(), tf.nn.conv2d(x, w, 1, "SAME").numpy(), atol=1e-4)
+    np.testing.assert_allclose(W.winograd(x, w).numpy(), tf.nn.conv2d(x, w, 1, "SAME").numpy(), atol=1e-4)
     s = tf.constant(rng.uniform(0.5, 2, size=(2, 3)), tf.float32)  # the input scale, applied in the transform
-    np.testing.assert_allclose(C._winograd(x, w, s).numpy(), tf.nn.conv2d(x * s[:, None, None, :], w, 1, "SAME").numpy(),
+    np.testing.assert_allclose(W.winograd(x, w, s).numpy(), tf.nn.conv2d(x * s[:, None, None, :], w, 1, "SAME").numpy(),
                                atol=1e-4)
 
 
 @pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
 def test_conv3x3_down2_fast_equals_strided_conv2d(n, h, w, ci, co):
-    _assert_same(lambda x, k: C.conv3x3_down2(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 2, "VALID"),
+    _assert_same(lambda x, k: P.conv3x3_down2(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 2, "VALID"),
                  (n, h, w, ci), (3, 3, ci, co))
 
 
@@ -76,8 +82,8 @@ def test_conv3x3_down2_fast_equals_strided_conv2d(n, h, w, ci, co):
 @pytest.mark.parametrize("pad", [(1, 1), (2, 1, 1, 2)])
 @pytest.mark.slow
 def test_up2_blur_fast_equals_conv2d_transpose(n, h, w, ci, co, pad):
-    _assert_same(lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "fast"),
-                 lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "direct"),
+    _assert_same(lambda x, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "fast"),
+                 lambda x, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "direct"),
                  (n, h, w, ci), (3, 3, ci, co))
 
 
@@ -91,9 +97,9 @@ def test_direct_up2_is_tf_conv2d_transpose_then_blur():
         for j in range(4):
             y[0, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3] += np.einsum("c,abcd->abd", x[0, i, j], w)
     identity = np.ones((1, 1), np.float32)
-    got = C.conv_transpose3x3_up2_blur(tf.constant(x), tf.constant(w), identity, (0, 0), "direct")
+    got = P.conv_transpose3x3_up2_blur(tf.constant(x), tf.constant(w), identity, (0, 0), "direct")
     np.testing.assert_allclose(got.numpy(), y, atol=1e-5)
-    got = C.conv_transpose3x3_up2_blur(tf.constant(x), tf.constant(w), identity, (0, 0), "fast")
+    got = P.conv_transpose3x3_up2_blur(tf.constant(x), tf.constant(w), identity, (0, 0), "fast")
     np.testing.assert_allclose(got.numpy(), y, atol=1e-5)
 
 
@@ -103,20 +109,82 @@ def test_fast_paths_trace_inside_tf_function():
     np.testing.assert_allclose(f(x, k).numpy(), tf.nn.conv2d(x, k, 1, "SAME").numpy(), atol=1e-5)
 
 
-def test_impl_resolution(monkeypatch):
-    monkeypatch.delenv("TF_CARTOON_CONV_IMPL", raising=False)
-    expected = "direct" if tf.config.list_logical_devices("GPU") else "fast"
-    assert C.resolve("auto") == expected
-    monkeypatch.setenv("TF_CARTOON_CONV_IMPL", "direct")
-    assert C.resolve("auto") == "direct"
-    with C.forced_impl("fast"):
-        assert C.resolve("auto") == "fast"
-    assert C.resolve("auto") == "direct"
-    monkeypatch.setenv("TF_CARTOON_CONV_IMPL", "winograd")
-    with pytest.raises(ValueError, match="TF_CARTOON_CONV_IMPL"):
-        C.resolve("auto")
-    with pytest.raises(ValueError, match="conv impl"):
-        C.resolve("nope")
+CONV_FAMILIES = ("conv3x3", "conv1x1", "conv3x3_down2", "conv3x3_up2", "styled_epilogue")
+
+
+@contextlib.contextmanager
+def _process_impl(spec):
+    dispatch.set_default_impl(spec)
+    try:
+        yield
+    finally:
+        dispatch.set_default_impl(None)
+
+
+def test_dispatch_picks_conv_paths(monkeypatch):
+    """auto: fast on CPU, direct where a GPU is visible (one device query); TF_CARTOON_OPS_IMPL by path name or
+    family=path, set_default_impl over it, plain_ops over both; per-call impl; static-shape fallback."""
+    monkeypatch.delenv("TF_CARTOON_OPS_IMPL", raising=False)
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert dispatch.device() == ("GPU" if gpu else "CPU")
+    auto = "direct" if gpu else "fast"
+    fir_auto = {op: dispatch.choose(op) for op in ("upfirdn2d", "bias_act")}
+    for fam in CONV_FAMILIES:
+        assert dispatch.choose(fam) == auto
+        assert dispatch.choose(fam, "direct") == "direct" and dispatch.choose(fam, "fast") == "fast"
+        assert dispatch.choose(fam, "fast", unsupported="H unknown") == "direct"
+    monkeypatch.setenv("TF_CARTOON_OPS_IMPL", "direct")  # every conv family; the FIR ops keep their auto
+    assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"direct"}
+    assert {op: dispatch.choose(op) for op in fir_auto} == fir_auto
+    monkeypatch.setenv("TF_CARTOON_OPS_IMPL", "ref,conv3x3=direct")
+    assert dispatch.choose("conv3x3") == "direct" and dispatch.choose("conv1x1") == auto
+    assert dispatch.choose("upfirdn2d") == "ref"
+    with _process_impl("fast"):  # wins over the environment
+        assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"fast"}
+        with dispatch.plain_ops():
+            assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"direct"}
+            assert dispatch.choose("upfirdn2d") == "tf" and dispatch.choose("bias_act") == "tf"
+        assert dispatch.choose("conv3x3") == "fast"
+    for bad in ("winograd", "conv3x3=tf", "nope=direct"):
+        monkeypatch.setenv("TF_CARTOON_OPS_IMPL", bad)
+        with pytest.raises(ValueError, match="TF_CARTOON_OPS_IMPL"):
+            dispatch.choose("conv3x3")
+    with pytest.raises(ValueError, match="conv3x3: impl must be one of.*'nope'"):
+        dispatch.choose("conv3x3", "nope")
+    with pytest.raises(ValueError, match="ops impl"):
+        dispatch.set_default_impl("conv3x3=ref")
+
+
+def _traced_op_types(fn, *args):
+    """Op types of fn's graph and every function it calls, and the names of functions XLA must compile."""
+    graph_def = tf.function(fn).get_concrete_function(*args).graph.as_graph_def()
+    types = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+    xla = {f.signature.name for f in graph_def.library.function
+           if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b}
+    return types, xla
+
+
+def test_plain_ops_trace_only_plain_tf_ops():
+    """Inside plain_ops() the generator's and discriminator's layers trace no compiled op and no nested XLA
+    cluster, even with the compiled ops and the CPU rewrites the process setting (what exports rely on)."""
+    from tf_cartoon.layers import ConvLayer, StyledConv, ToRGB
+
+    up, conv, rgb = StyledConv(4, 4, 3, 8, upsample=True), StyledConv(4, 4, 3, 8), ToRGB(4, 8, upsample=False)
+    down = ConvLayer(4, 4, 3, downsample=True)
+
+    def forward(x, w):
+        y = conv(up(x, w), w)
+        return tf.reduce_sum(rgb(y, w)) + tf.reduce_sum(down(y))
+
+    args = (tf.ones([2, 8, 8, 4]), tf.ones([2, 8]))
+    with _process_impl("custom,fast"):
+        types, xla = _traced_op_types(forward, *args)
+        assert xla  # the rewrites' compiled passes: what plain_ops must remove
+        with dispatch.plain_ops():
+            types, xla = _traced_op_types(forward, *args)
+    assert not xla, xla
+    assert not {t for t in types if t.startswith("TfCartoon")}, types
+    assert {"Conv2D", "Conv2DBackpropInput"} <= types  # the direct convolutions (the transposed one too)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -141,7 +209,7 @@ def test_styled_conv_fused_epilogue_equals_layer_by_layer_path(upsample):
     noise = tf.constant(rng.normal(size=(2, res, res, 1)), tf.float32)
 
     def run(impl):
-        with C.forced_impl(impl), tf.GradientTape() as tape:
+        with _process_impl(impl), tf.GradientTape() as tape:
             tape.watch(x)
             y = layer(x, w, noise)
             loss = tf.reduce_sum(tf.square(y))
@@ -195,9 +263,18 @@ def test_conv3x3_scaled_fast_equals_conv2d_of_scaled_input(n, h, w, ci, co):
 
 @pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
 def test_up2_blur_scaled_fast_equals_direct_of_scaled_input(n, h, w, ci, co):
-    _assert_same_n(lambda x, s, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (1, 1), "fast", scale=s),
-                   lambda x, s, k: C.conv_transpose3x3_up2_blur(x * s[:, None, None, :], k, FIR_UP, (1, 1),
+    _assert_same_n(lambda x, s, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, (1, 1), "fast", scale=s),
+                   lambda x, s, k: P.conv_transpose3x3_up2_blur(x * s[:, None, None, :], k, FIR_UP, (1, 1),
                                                                 "direct"), _xsw(n, h, w, ci, co))
+
+
+def _epilogue(impl):
+    """styled_epilogue on (y, demod, noise, strength, bias): the noise term as StyledConv forms it."""
+    return lambda y, demod, noise, strength, bias: E.styled_epilogue(y, demod, strength * noise, bias, impl=impl)
+
+
+def _epilogue_formula(y, demod, noise, strength, bias):
+    return tf.nn.leaky_relu(y * demod[:, None, None, :] + strength * noise + bias, 0.2) * np.sqrt(2.0)
 
 
 @pytest.mark.parametrize("noise_batch", [2, 1])
@@ -210,8 +287,8 @@ def test_styled_epilogue_fast_gradient_equals_direct(noise_batch):
               tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
               tf.constant([0.3], tf.float32),                               # strength
               tf.constant(rng.normal(size=(4,)), tf.float32)]               # bias
-    _assert_same_n(lambda *a: C.styled_epilogue(*a, impl="fast"), lambda *a: C.styled_epilogue(*a, impl="direct"),
-                   inputs)
+    _assert_same_n(_epilogue("fast"), _epilogue_formula, inputs)
+    _assert_same_n(_epilogue("direct"), _epilogue_formula, inputs)
 
 
 @pytest.mark.parametrize("n,h,w,ci,co", [(2, 9, 7, 5, 3), (1, 8, 6, 3, 4)])
@@ -220,37 +297,37 @@ def test_filter_gradient_in_row_bands_equals_direct(monkeypatch, n, h, w, ci, co
     """The filter gradients run over bands of output rows (band-sized copies); with a band of one or two
     rows, every band boundary (halo rows, zero rows past the edges, odd sizes at stride 2) is exercised, for
     all four fast ops to second order."""
-    monkeypatch.setattr(C, "FILTER_GRAD_BAND_BYTES", 1)  # one output row per band
+    monkeypatch.setattr(conv_grad, "FILTER_GRAD_BAND_BYTES", 1)  # one output row per band
     scaled = lambda x, s: x * s[:, None, None, :]  # noqa: E731
     _assert_same_n(lambda x, s, k: C.conv3x3(x, k, "fast", scale=s),
                    lambda x, s, k: tf.nn.conv2d(scaled(x, s), k, 1, "SAME"), _xsw(n, h, w, ci, co))
-    _assert_same_n(lambda x, s, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (1, 1), "fast", scale=s),
-                   lambda x, s, k: C.conv_transpose3x3_up2_blur(scaled(x, s), k, FIR_UP, (1, 1), "direct"),
+    _assert_same_n(lambda x, s, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, (1, 1), "fast", scale=s),
+                   lambda x, s, k: P.conv_transpose3x3_up2_blur(scaled(x, s), k, FIR_UP, (1, 1), "direct"),
                    _xsw(n, h, w, ci, co))
-    monkeypatch.setattr(C, "FILTER_GRAD_BAND_BYTES", 2 * (n * 2 * (w + 2) * ci * 4))  # two rows per band
+    monkeypatch.setattr(conv_grad, "FILTER_GRAD_BAND_BYTES", 2 * (n * 2 * (w + 2) * ci * 4))  # two rows per band
     _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"),
                  (n, h, w, ci), (3, 3, ci, co))
-    _assert_same(lambda x, k: C.conv3x3_down2(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 2, "VALID"),
+    _assert_same(lambda x, k: P.conv3x3_down2(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 2, "VALID"),
                  (n, h, w, ci), (3, 3, ci, co))
-    _assert_same(lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (2, 1, 1, 2), "fast"),
-                 lambda x, k: C.conv_transpose3x3_up2_blur(x, k, FIR_UP, (2, 1, 1, 2), "direct"),
+    _assert_same(lambda x, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, (2, 1, 1, 2), "fast"),
+                 lambda x, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, (2, 1, 1, 2), "direct"),
                  (n, h, w, ci), (3, 3, ci, co))
 
 
 def test_band_count_is_capped():
     """Huge images still make at most _MAX_BANDS bands (graph size), each covering whole rows."""
     x, dy = tf.zeros([1, 70, 3, 1]), tf.zeros([1, 70, 3, 1])
-    graph = tf.function(lambda a, b: C._tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
+    graph = tf.function(lambda a, b: conv_grad.tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
     matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
     assert len(matmuls) == 1  # 70 rows of 12 bytes: one band under the default budget
-    old = C.FILTER_GRAD_BAND_BYTES
+    old = conv_grad.FILTER_GRAD_BAND_BYTES
     try:
-        C.FILTER_GRAD_BAND_BYTES = 1
-        graph = tf.function(lambda a, b: C._tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
+        conv_grad.FILTER_GRAD_BAND_BYTES = 1
+        graph = tf.function(lambda a, b: conv_grad.tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
     finally:
-        C.FILTER_GRAD_BAND_BYTES = old
+        conv_grad.FILTER_GRAD_BAND_BYTES = old
     matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
-    assert len(matmuls) == -(-70 // -(-70 // C._MAX_BANDS))  # rows per band = ceil(70 / 32) = 3 -> 24 bands
+    assert len(matmuls) == -(-70 // -(-70 // conv_grad.MAX_BANDS))  # rows per band = ceil(70 / 32) = 3 -> 24 bands
 
 
 @pytest.mark.parametrize("band_bytes", [1, 16 * 4 * 18 * 256 * 4 * 3])  # 2-row bands; 6-row bands
@@ -258,10 +335,10 @@ def test_band_count_is_capped():
 def test_winograd_in_row_bands_equals_conv2d(monkeypatch, band_bytes):
     """Large Winograd convs run band by band (one compiled call per band of rows, a halo row each side);
     odd height and width, the last band shorter: values and gradients to second order."""
-    monkeypatch.setattr(C, "WINOGRAD_BAND_BYTES", band_bytes)
+    monkeypatch.setattr(W, "WINOGRAD_BAND_BYTES", band_bytes)
     x_shape, w_shape = (2, 33, 35, 256), (3, 3, 256, 4)
-    assert C._use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
-    graph = tf.function(C._winograd).get_concrete_function(tf.zeros(x_shape), tf.zeros(w_shape)).graph
+    assert W.use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
+    graph = tf.function(W.winograd).get_concrete_function(tf.zeros(x_shape), tf.zeros(w_shape)).graph
     assert len([op for op in graph.get_operations() if op.type == "BatchMatMulV2"]) > 2  # one per band
     _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
 
@@ -276,21 +353,19 @@ def test_conv1x1_scaled_fast_equals_conv2d_of_scaled_input(n, h, w, ci, co):
 
 @pytest.mark.parametrize("noise_batch", [3, 1])
 def test_styled_epilogue_backward_per_image_equals_direct(monkeypatch, noise_batch):
-    """Above EPILOGUE_GRAD_SPLIT_BYTES the epilogue's reductions run one image at a time: same values and
+    """Above epilogue.GRAD_SPLIT_BYTES the epilogue's reductions run one image at a time: same values and
     gradients to second order as TF's gradients of the direct formula."""
-    monkeypatch.setattr(C, "EPILOGUE_GRAD_SPLIT_BYTES", 0)
+    monkeypatch.setattr(E, "GRAD_SPLIT_BYTES", 0)
     rng = np.random.default_rng(6)
     inputs = [tf.constant(rng.normal(size=(3, 6, 5, 4)), tf.float32),
               tf.constant(rng.uniform(0.5, 2, size=(3, 4)), tf.float32),
               tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
               tf.constant([0.3], tf.float32),
               tf.constant(rng.normal(size=(4,)), tf.float32)]
-    graph = tf.function(lambda *a: tf.gradients(C.styled_epilogue(*a, impl="fast"), a)).get_concrete_function(
-        *inputs).graph
+    graph = tf.function(lambda *a: tf.gradients(_epilogue("fast")(*a), a)).get_concrete_function(*inputs).graph
     calls = [op for op in graph.get_operations() if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
     assert len(calls) >= 1 + 3 + 1  # forward, one reduction call per image, dy
-    _assert_same_n(lambda *a: C.styled_epilogue(*a, impl="fast"), lambda *a: C.styled_epilogue(*a, impl="direct"),
-                   inputs)
+    _assert_same_n(_epilogue("fast"), _epilogue_formula, inputs)
 
 
 def _interleave_by_zero_insertion(ph):
@@ -300,7 +375,7 @@ def _interleave_by_zero_insertion(ph):
     rows, cols = 2 * ph[0].shape[1] - 1, 2 * ph[0].shape[2] - 1
     one = np.ones((1, 1), np.float32)
     parts = []
-    for (a, b), p in zip(C.PARITIES, ph):
+    for (a, b), p in zip(P.PARITIES, ph):
         # up=2 gives 2 * size rows (the last one an inserted zero); shift by the parity, crop to rows
         y = upfirdn2d(p, one, up=2, pad=(b, cols - 2 * p.shape[2] - b, a, rows - 2 * p.shape[1] - a), impl="ref")
         parts.append(y)
@@ -320,10 +395,10 @@ def test_phase_fir_equals_upfirdn2d_of_the_interleaved_image(h, w, fir_shape, pa
     rng = np.random.default_rng(11)
     fir = rng.normal(size=fir_shape).astype(np.float32)
     taps = tuple(tuple(float(v) for v in row) for row in fir[::-1, ::-1])
-    ph = [tf.constant(rng.normal(size=(2, h + 1 - a, w + 1 - b, 3)), tf.float32) for a, b in C.PARITIES]
+    ph = [tf.constant(rng.normal(size=(2, h + 1 - a, w + 1 - b, 3)), tf.float32) for a, b in P.PARITIES]
     py0, py1, px0, px1 = pads
     # squared, so that the first gradient passes the output through the adjoint and the second-order one
     # differentiates the adjoint too (for the bare linear map it would be None on both sides)
-    _assert_same_n(lambda *p: tf.square(C.phase_fir(p, taps, pads)),
+    _assert_same_n(lambda *p: tf.square(P.phase_fir(p, taps, pads)),
                    lambda *p: tf.square(upfirdn2d(_interleave_by_zero_insertion(p), fir, pad=(px0, px1, py0, py1),
                                                   impl="ref")), ph)

@@ -308,8 +308,8 @@ def _model_fn(impl="auto"):
 def test_custom_auto_follows_preference_table(lib, monkeypatch):
     x = tf.zeros([1, 8, 8, 3])
     for prefer_up, prefer_ba in ((True, False), (False, True)):
-        monkeypatch.setitem(dispatch.PREFER_CUSTOM, ("upfirdn2d", "CPU"), prefer_up)
-        monkeypatch.setitem(dispatch.PREFER_CUSTOM, ("bias_act", "CPU"), prefer_ba)
+        monkeypatch.setitem(dispatch.FAMILIES["upfirdn2d"].prefer, "CPU", "custom" if prefer_up else "tf")
+        monkeypatch.setitem(dispatch.FAMILIES["bias_act"].prefer, "CPU", "custom" if prefer_ba else "tf")
         types = _op_types(tf.function(_model_fn()).get_concrete_function(x))
         assert ("TfCartoonUpfirdn2d" in types) == prefer_up
         assert ("TfCartoonBiasAct" in types) == prefer_ba
@@ -363,7 +363,7 @@ def test_custom_saved_model_never_contains_custom_ops(lib, tmp_path):
     tf.saved_model.save(m, str(tmp_path / "sm"))  # traced while saving
     types = _saved_model_op_types(tmp_path / "sm")
     assert "DepthwiseConv2dNative" in types and not {t for t in types if t.startswith("TfCartoon")}
-    with dispatch.no_custom_ops():
+    with dispatch.plain_ops():
         assert not _op_types(tf.function(_model_fn()).get_concrete_function(tf.zeros([1, 8, 8, 3]))) & set(CUSTOM_TYPES)
     # Outside both, the process default still applies.
     assert "TfCartoonBiasAct" in _op_types(tf.function(_model_fn()).get_concrete_function(tf.zeros([1, 8, 8, 3])))
@@ -500,7 +500,7 @@ def test_custom_missing_compiler_auto_falls_back(tmp_path):
         logging.set_verbosity(logging.INFO)
         from tf_cartoon.ops import bias_act, custom, dispatch, make_kernel, upfirdn2d
         for op in ("upfirdn2d", "bias_act"):  # make auto want the compiled ops
-            dispatch.PREFER_CUSTOM[(op, "CPU")] = dispatch.PREFER_CUSTOM[(op, "GPU")] = True
+            dispatch.FAMILIES[op].prefer.update(CPU="custom", GPU="custom")
         x = tf.constant(np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32))
         k = make_kernel([1, 3, 3, 1])
         y = upfirdn2d(x, k, down=2, pad=(1, 1))

@@ -578,19 +578,20 @@ def test_upfirdn2d_kernel_too_large():
 
 
 def test_dispatch_env(monkeypatch):
-    assert dispatch.resolve_impl("auto") == "tf"
+    assert dispatch.default_impl("upfirdn2d") == "auto"
     monkeypatch.setenv("TF_CARTOON_OPS_IMPL", "ref")
-    assert dispatch.resolve_impl("auto") == "ref"
-    assert dispatch.resolve_impl("tf") == "tf"
+    assert dispatch.default_impl("upfirdn2d") == "ref" and dispatch.choose("upfirdn2d") == "ref"
+    assert dispatch.choose("upfirdn2d", "tf") == "tf" and dispatch.choose("upfirdn2d", "xla") == "tf"
     monkeypatch.setenv("TF_CARTOON_OPS_IMPL", "cuda")
     with pytest.raises(ValueError, match="TF_CARTOON_OPS_IMPL.*'cuda'"):
-        dispatch.resolve_impl("auto")
+        dispatch.choose("upfirdn2d")
 
 
 def test_dispatch_routes_auto(monkeypatch):
     """impl="auto" really runs the path the environment / default names."""
     # Between the pure-TF paths only: auto's preference for the compiled ops is tested in test_custom_ops.py.
-    monkeypatch.setattr(dispatch, "PREFER_CUSTOM", {})
+    for op in ("upfirdn2d", "bias_act"):
+        monkeypatch.setitem(dispatch.FAMILIES[op].prefer, dispatch.device(), "tf")
     calls = []
     real_ref, real_tf = upfirdn2d_module._upfirdn2d_ref, upfirdn2d_module._upfirdn2d_tf
     monkeypatch.setattr(upfirdn2d_module, "_upfirdn2d_ref", lambda *a: calls.append("ref") or real_ref(*a))

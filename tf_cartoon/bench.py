@@ -400,13 +400,14 @@ def bench_export(cfg: Config):
     import numpy as np
     import tensorflow as tf
     from tf_cartoon import export as ex
+    from tf_cartoon.ops import dispatch
 
     g = build_generator(cfg)
     z = tf.constant(np.random.default_rng(cfg.seed).standard_normal([cfg.batch, cfg.style_dim]), tf.float32)
     psi = tf.fill([cfg.batch], 0.7)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        with ex.plain_tf_ops():
+        with dispatch.plain_ops():
             serving = ex.CartoonServing(g, truncation_samples=EXPORT_TRUNCATION_SAMPLES, seed=cfg.seed)
             ex.build_archive(serving).write_out(tmp, verbose=False)
         export_s = time.perf_counter() - t0
@@ -510,7 +511,7 @@ def bench_ops(cfg: Config):
     ``{"what": "ops", "op", "pass", "impl", "ms", ...}`` (the impls timed interleaved), then (``--ops_models``)
     G forward and the train step at ``--ops_model_size`` with each impl (rows of those benchmarks plus
     ``"impl"``; ``--ops_models`` picks them), then a summary: per op the fastest impl, and what ``impl="auto"`` picks on this device
-    (tf_cartoon.ops.dispatch.PREFER_CUSTOM) next to whether the compiled op was faster than the plain-TF
+    (tf_cartoon.ops.dispatch.FAMILIES[op].prefer) next to whether the compiled op was faster than the plain-TF
     path there (auto never runs under XLA, so that is its choice)."""
     import numpy as np
     import tensorflow as tf
@@ -561,12 +562,12 @@ def bench_ops(cfg: Config):
                     rows.append({**row, "impl": impl, "bench": "ops"})
             finally:
                 dispatch.set_default_impl(None)
-    dev = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    dev = dispatch.device()
     summary = {"what": "ops", "summary": True, "device": device, "custom_available": lib is not None,
                "custom_error": custom.status()["error"], "ops": {}}
     for (name, pas), (op, ms) in table.items():
         entry = {"ms": {i: round(v, 3) for i, v in ms.items()}, "fastest": min(ms, key=ms.get),
-                 "auto_picks_custom": bool(dispatch.PREFER_CUSTOM.get((op, dev), False))}
+                 "auto_picks_custom": dispatch.FAMILIES[op].prefer.get(dev) == "custom"}
         if "custom" in ms:
             entry["custom_faster_than_tf"] = ms["custom"] < ms["tf"]
         summary["ops"][f"{name}/{pas}"] = entry

@@ -45,13 +45,13 @@ Conventions:
     size), since ``tf.saved_model.load(...).signatures[...]`` feeds tensors without checking
     them against the signature's TensorSpecs (and a server may too).
 
-Only plain TF ops are exported (tf_cartoon.ops runs its "tf" paths during the
-export), so stock TF Serving / ``saved_model_cli`` load the model without this package.
+Only plain TF ops are exported (tf_cartoon.ops runs its plain paths during the
+export: ``tf_cartoon.ops.dispatch.plain_ops``), so stock TF Serving / ``saved_model_cli``
+load the model without this package.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -159,22 +159,6 @@ def to_uint8(image):
 
     x = tf.cast(image, tf.float32)
     return tf.cast(tf.clip_by_value((x + 1.0) * 127.5 + 0.5, 0.0, 255.0), tf.uint8)
-
-
-@contextlib.contextmanager
-def plain_tf_ops():
-    """Run tf_cartoon.ops on their plain-TF paths (no custom ops, and the direct convolutions: the CPU
-    rewrites in ops/conv.py hold nested XLA clusters, which a SavedModel for TF Serving must not need),
-    restoring the previous choice."""
-    from tf_cartoon.ops import conv, dispatch
-
-    previous = dispatch._default
-    dispatch.set_default_impl("tf")
-    try:
-        with conv.forced_impl("direct"):
-            yield
-    finally:
-        dispatch._default = previous
 
 
 class CartoonServing:
@@ -375,7 +359,9 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         raise FileExistsError(f"version {version} already exists at {final}; refusing to overwrite "
                               "(pick another --version or leave it out for the next free one)")
 
-    with plain_tf_ops():
+    from tf_cartoon.ops.dispatch import plain_ops
+
+    with plain_ops():  # no compiled op, no nested XLA cluster: what stock TF Serving runs
         target = cli.load_generator(ckpt, target_flag)
         src = cli.load_generator(source, "--source") if source is not None else None
         if src is not None:

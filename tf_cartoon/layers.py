@@ -23,12 +23,13 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tf_cartoon.ops import bias_act, make_kernel, upfirdn2d
-from tf_cartoon.ops import conv as conv_impl
-from tf_cartoon.ops.conv import conv1x1, conv3x3, conv3x3_down2, conv_transpose3x3_up2_blur, styled_epilogue
+from tf_cartoon.ops.conv import conv1x1, conv3x3
+from tf_cartoon.ops.epilogue import styled_epilogue
+from tf_cartoon.ops.modulated_conv import modulated_conv2d
+from tf_cartoon.ops.phase_conv import conv3x3_down2
 
 DEFAULT_BLUR = (1, 3, 3, 1)
 
@@ -144,7 +145,10 @@ class EqualConv2d(_Layer):
 
 
 class FusedLeakyReLU(_Layer):
-    """Per-channel bias + leaky ReLU(0.2) * sqrt(2)."""
+    """Per-channel bias + leaky ReLU(0.2) * sqrt(2).
+
+    With ``noise_term`` (and optionally ``demod``), the StyledConv epilogue lrelu(x * demod + noise_term + bias) in one
+    pass (ops/epilogue.py)."""
 
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
@@ -152,30 +156,22 @@ class FusedLeakyReLU(_Layer):
         self.bias = self.add_weight(name="bias", shape=(self.channels,), initializer="zeros")
         self._done()
 
-    def call(self, x):
-        return bias_act(x, tf.cast(self.bias, x.dtype), "lrelu")
+    def call(self, x, demod=None, noise_term=None):
+        if noise_term is None:
+            return bias_act(x, tf.cast(self.bias, x.dtype), "lrelu")
+        return styled_epilogue(x, demod, noise_term, tf.cast(self.bias, x.dtype))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
 
 
 class ModulatedConv2d(_Layer):
-    """StyleGAN2 modulated convolution, optionally upsampling by 2.
+    """StyleGAN2 modulated convolution (ops/modulated_conv.py), optionally upsampling by 2.
 
-    s = modulation(w) (EqualLinear, bias starts at 1);
-    W' = W * s / sqrt(in * k * k); with demodulation W' *= rsqrt(sum_{kh,kw,in} W'^2 + 1e-8).
-
-    Two numerically equal paths (``fused``):
-      * fused: builds per-sample weights and runs one grouped convolution
-        (groups = N) over the batch folded into channels (the reference's path);
-      * non-fused: scales the input by s, runs ONE shared convolution over the
-        batch, scales the output by the demodulation coefficients. Same maths
-        (convolution is linear per input channel) and much faster with oneDNN /
-        cuDNN, so it is the default.
-    Upsampling: stride-2 transposed convolution without padding (2H+1), then a
-    blur with the FIR kernel * 4 and pads (1, 1): 2H.
-    The non-fused 3x3 convolutions go through tf_cartoon.ops.conv, which picks the
-    direct TF op or an exact faster rewrite (Winograd / output phases) per device.
+    s = modulation(w) (EqualLinear, bias starts at 1); the kernel is stored at unit scale and used times
+    1 / sqrt(in * k * k). ``fused`` picks the grouped-convolution form (the reference's) over the default
+    shared convolution; both compute the same. Upsampling: stride-2 transposed convolution without padding,
+    then a blur with the FIR kernel * 4 and pads (1, 1): 2H.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, style_dim, demodulate=True, upsample=False,
@@ -197,101 +193,13 @@ class ModulatedConv2d(_Layer):
             self.blur_fir = make_kernel(self.blur_kernel, gain=factor ** 2)
         self._done()
 
-    def call(self, x, w, fused=None):
-        fused = self.fused if fused is None else fused
-        s = self.modulation(w)  # [N, in]
-        weight = tf.cast(self.kernel, x.dtype) * self.scale  # [k, k, in, out]
-        if fused:
-            y = self._fused(x, weight, s)
-            return upfirdn2d(y, self.blur_fir, pad=self.blur_pad) if self.upsample else y
-        return self._nonfused(x, weight, s)
-
-    def _demod(self, weight, s):
-        # sum over kh, kw, in of (W s)^2 = s^2 @ sum_{kh,kw} W^2 -> [N, out]
-        return tf.math.rsqrt(tf.matmul(tf.square(s), tf.reduce_sum(tf.square(weight), axis=[0, 1])) + 1e-8)
-
-    def _nonfused(self, x, weight, s):
-        y = self.conv_scaled(x, s, weight)
-        if self.demodulate:  # a per-channel scale: commutes with the (linear, depthwise) blur
-            y = y * self._demod(weight, s)[:, None, None, :]
-        return y
-
-    def conv_scaled(self, x, s, weight):
-        """conv_modulated(x * s, weight); the 3x3 (and upsampling 3x3) ops take s separately, so their fast
-        paths keep x instead of x * s for the backward pass (memory)."""
-        k = self.kernel_size
-        if k == 3 and self.upsample:
-            return conv_transpose3x3_up2_blur(x, weight, self.blur_fir, self.blur_pad, scale=s)
-        if k == 3:
-            return conv3x3(x, weight, scale=s)
-        if k == 1 and not self.upsample:
-            return conv1x1(x, weight, scale=s)
-        return self.conv_modulated(x * s[:, None, None, :], weight)
-
-    def conv_modulated(self, x, weight):
-        """The shared convolution (+ upsampling blur) of the non-fused path; x already scaled by s."""
-        k = self.kernel_size
-        if self.upsample and k == 3:
-            y = conv_transpose3x3_up2_blur(x, weight, self.blur_fir, self.blur_pad)
-        elif self.upsample:
-            shape = tf.shape(x)
-            out_shape = tf.stack([shape[0], 2 * shape[1] + k - 2, 2 * shape[2] + k - 2, self.out_channels])
-            y = tf.nn.conv2d_transpose(x, tf.transpose(weight, [0, 1, 3, 2]), out_shape, strides=2, padding="VALID")
-            static = x.shape
-            if static[1] is not None:
-                y = tf.ensure_shape(y, [static[0], 2 * static[1] + k - 2, 2 * static[2] + k - 2, self.out_channels])
-            y = upfirdn2d(y, self.blur_fir, pad=self.blur_pad)
-        elif k == 3:
-            y = conv3x3(x, weight)
-        elif k == 1:
-            y = conv1x1(x, weight)
-        else:
-            p = k // 2
-            y = tf.nn.conv2d(x, weight, 1, [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID")
-        return y
-
-    def _fused(self, x, weight, s):
-        k, cin, cout = self.kernel_size, self.in_channels, self.out_channels
-        wt = weight[None] * s[:, None, None, :, None]  # [N, k, k, in, out]
-        if self.demodulate:
-            wt = wt * tf.math.rsqrt(tf.reduce_sum(tf.square(wt), axis=[1, 2, 3]) + 1e-8)[:, None, None, None, :]
-        shape = tf.shape(x)
-        n, h, wd = shape[0], shape[1], shape[2]
-        # Batch folded into channels: [1, H, W, N*in]; group g holds sample g.
-        xg = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), tf.stack([1, h, wd, n * cin]))
-        wg = tf.reshape(tf.transpose(wt, [1, 2, 3, 0, 4]), tf.stack([k, k, cin, n * cout]))
-        if self.upsample:
-            # Transposed stride-2 conv = zero insertion, pad k-1, correlation with the flipped kernel.
-            xg = upfirdn2d(xg, np.ones([1, 1], np.float32), up=2, pad=(k - 1, k - 1 - 1), impl="ref")
-            wg, pads = wg[::-1, ::-1], "VALID"
-        else:
-            p = k // 2
-            pads = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
-        if tf.config.list_logical_devices("GPU"):
-            y = tf.nn.conv2d(xg, wg, 1, pads)
-        else:
-            # TF has no CPU gradient for grouped convolutions: same maths as per-sample patches x weights.
-            y = self._grouped_conv_patches(xg, wg, pads, n, cin, cout)
-        ys = tf.shape(y)
-        y = tf.transpose(tf.reshape(y, tf.stack([ys[1], ys[2], n, cout])), [2, 0, 1, 3])
-        if x.shape[0] is not None and x.shape[1] is not None:
-            oh = 2 * x.shape[1] + k - 2 if self.upsample else x.shape[1]
-            ow = 2 * x.shape[2] + k - 2 if self.upsample else x.shape[2]
-            y = tf.ensure_shape(y, [x.shape[0], oh, ow, cout])
-        return y
-
-    def _grouped_conv_patches(self, xg, wg, pads, n, cin, cout):
-        """Grouped conv (groups = N) as patches @ per-sample weights; [1, H, W, N*in] -> [1, H', W', N*out]."""
-        k = self.kernel_size
-        if pads != "VALID":
-            xg = tf.pad(xg, pads)
-        s = tf.shape(xg)
-        x = tf.transpose(tf.reshape(xg, tf.stack([s[1], s[2], n, cin])), [2, 0, 1, 3])  # [N, H, W, in]
-        patches = tf.image.extract_patches(x, [1, k, k, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")  # [N,H',W',k*k*in]
-        w = tf.transpose(tf.reshape(wg, tf.stack([k * k * cin, n, cout])), [1, 0, 2])  # [N, k*k*in, out]
-        y = tf.einsum("nhwi,nio->nhwo", patches, w)
-        ys = tf.shape(y)
-        return tf.reshape(tf.transpose(y, [1, 2, 0, 3]), tf.stack([1, ys[1], ys[2], n * cout]))
+    def call(self, x, w, fused=None, defer_demod=False):
+        """The modulated conv of x by style w; with defer_demod, (y, demodulation coefficients still to apply
+        or None), see modulated_conv2d."""
+        return modulated_conv2d(x, tf.cast(self.kernel, x.dtype) * self.scale, self.modulation(w),
+                                demodulate=self.demodulate,
+                                upsample=(self.blur_fir, self.blur_pad) if self.upsample else None,
+                                fused=self.fused if fused is None else fused, defer_demod=defer_demod)
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -308,10 +216,14 @@ class NoiseInjection(_Layer):
         self._done()
 
     def call(self, x, noise=None):
+        return x + self.term(x, noise)
+
+    def term(self, x, noise=None):
+        """strength * noise [N or 1, H, W, 1] in x's dtype (what call adds to x); noise drawn when None."""
         if noise is None:
             shape = tf.shape(x)
             noise = tf.random.normal(tf.stack([shape[0], shape[1], shape[2], 1]), dtype=x.dtype)
-        return x + tf.cast(self.strength, x.dtype) * tf.cast(noise, x.dtype)
+        return tf.cast(self.strength, x.dtype) * tf.cast(noise, x.dtype)
 
 
 class ConstantInput(_Layer):
@@ -348,22 +260,9 @@ class StyledConv(_Layer):
         self._done()
 
     def call(self, x, w, noise=None, fused=None):
-        return clamp(self._styled(x, w, noise, fused), self.conv_clamp)
-
-    def _styled(self, x, w, noise, fused):
-        conv = self.conv
-        fused = conv.fused if fused is None else fused
-        if fused or not self.demodulate or conv_impl.resolve("auto") == "direct" or x.shape[1] is None:
-            return self.activate(self.noise(conv(x, w, fused=fused), noise))
-        # Same maths, demodulation + noise + bias + activation applied in one fused pass.
-        s = conv.modulation(w)
-        weight = tf.cast(conv.kernel, x.dtype) * conv.scale
-        y = conv.conv_scaled(x, s, weight)
-        if noise is None:
-            shape = tf.shape(y)
-            noise = tf.random.normal(tf.stack([shape[0], shape[1], shape[2], 1]), dtype=y.dtype)
-        return styled_epilogue(y, conv._demod(weight, s), tf.cast(noise, y.dtype),
-                               tf.cast(self.noise.strength, y.dtype), tf.cast(self.activate.bias, y.dtype))
+        # demodulation, noise, bias and activation in one pass over the feature map (FusedLeakyReLU's epilogue)
+        y, demod = self.conv(x, w, fused=fused, defer_demod=True)
+        return clamp(self.activate(y, demod=demod, noise_term=self.noise.term(y, noise)), self.conv_clamp)
 
     def get_config(self):
         return {**super().get_config(), "in_channels": self.in_channels, "out_channels": self.out_channels,

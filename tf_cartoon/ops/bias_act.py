@@ -17,7 +17,12 @@ import math
 
 import tensorflow as tf
 
-from tf_cartoon.ops.dispatch import choose
+from tf_cartoon.ops.dispatch import choose, register
+
+# `python -m tf_cartoon.bench --what ops`, lrelu [4, 256, 256, 64] float32, forward / forward + backward:
+# compiled 46 / 124 ms, plain TF 106 / 165 ms, XLA 49 / 82 ms (2-core shared CPU, approximate). Whole models
+# barely move, as the 3x3 convolutions dominate. GPU: not measured, so the pure-TF path stays auto there.
+register("bias_act", ("tf", "ref", "custom"), {"CPU": "custom", "GPU": "tf"})
 
 SQRT2 = math.sqrt(2.0)
 

@@ -30,7 +30,17 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cartoon.arch import make_kernel  # noqa: F401  (re-exported: the ops' FIR kernels)
-from tf_cartoon.ops.dispatch import choose
+from tf_cartoon.ops.dispatch import choose, register
+
+# auto takes the compiled op only where it measured faster than the pure-TF path in a plain (non-XLA) graph,
+# which is what auto would run otherwise. `python -m tf_cartoon.bench --what ops` (README; 2-core shared CPU,
+# approximate), NHWC float32, forward / forward + backward:
+#   blur 4x4 [4, 256, 256, 64]:  compiled 50 / 90 ms    plain TF 59 / 122 ms    XLA 2600 / 6000 ms
+#   down 2 [4, 256, 256, 64]:    compiled 13 / 45 ms    plain TF 25 / 138 ms    XLA 1100 / 6400 ms
+#   up 2 (RGB) [4, 128, 128, 3]: compiled 7.6 / 12 ms   plain TF 5.9 / 27 ms
+# GPU: not measured (no GPU was available), so the pure-TF path stays auto there; TF_CARTOON_OPS_IMPL=custom
+# opts in.
+register("upfirdn2d", ("tf", "ref", "custom"), {"CPU": "custom", "GPU": "tf"})
 
 
 # ---------------------------------------------------------------------------
