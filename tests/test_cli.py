@@ -374,8 +374,10 @@ def test_subprocesses_answer_in_one_line(files, tmp_path):
 def test_train_flags_do_not_clash_with_other_absl_tools():
     """train keeps its flags in its own registry: a process that also imports bench (whose absl flags --batch,
     --size ... live in absl's global registry) parses train's flags alike."""
-    import tf_cartoon.bench  # noqa: F401  (defines the global flags)
+    import tf_cartoon.bench
     from tf_cartoon import train
+
+    assert "batch" in tf_cartoon.bench.FLAGS  # bench's flags are defined in absl's global registry
 
     cfg = train.parse_flags(["--batch=8", "--size=32", "--source=builtin:source_synthetic"])
     assert (cfg.batch, cfg.size, cfg.source_ckpt) == (8, 32, "builtin:source_synthetic")

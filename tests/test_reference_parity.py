@@ -9,7 +9,6 @@ sizes, channel maps or n_mlp runs the same code.
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
@@ -59,7 +58,6 @@ def converted(tmp_path_factory):
 
 def _compute(case: Case, src, tgt, xla: bool) -> dict:
     """Every network output of the case, NHWC, keyed by the npz names."""
-    a = case.arrays
     body = lambda: _outputs(case, src, tgt)  # noqa: E731
     out = tf.function(body, jit_compile=True)() if xla else body()  # one XLA cluster for everything
     return {k: np.asarray(v) for k, v in out.items() if k in case.arrays}
