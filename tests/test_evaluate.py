@@ -175,3 +175,20 @@ def test_tfrecord_real_equals_same_images_as_folder(files, capsys, tmp_path):
     assert rc == 0, err
     assert lines[0]["n_real"] == 4 and lines[0]["n"] == 4
     assert abs(lines[0]["value"]) < 1e-3  # the same four images on both sides
+
+
+def test_generators_in_memory_score_as_their_checkpoints_and_are_never_cached(tmp_path):
+    """The trainer's --metrics path: live generators give the rows their checkpoint gives, and write no cache."""
+    import tf_cartoon
+
+    g = tf_cartoon.load("builtin:source_synthetic", models=("g_ema",)).g_ema
+    common = ["--metrics", "structure,domain,judge_fd", "--n", "12", "--batch", "6", "--cache_dir", str(tmp_path)]
+    by_spec = evaluate.evaluate(common + ["--fake", "builtin:source_synthetic", "--source", "builtin:source_synthetic",
+                                          "--no_cache"])
+    live = evaluate.evaluate(common + ["--fake", "g_ema", "--source", "source"], live={"fake": g, "source": g})
+    assert [(r["metric"], r.get("set")) for r in live] == [(r["metric"], r.get("set")) for r in by_spec]
+    for a, b in zip(live, by_spec):
+        assert a["value"] == pytest.approx(b["value"], rel=1e-5, abs=1e-6)
+    assert live[0]["fake"] == "g_ema"
+    cached = [f for f in os.listdir(tmp_path) if f.endswith(".npy")]
+    assert len(cached) == 2  # only the real sets (synthetic:cartoon and :faces), never the live generators

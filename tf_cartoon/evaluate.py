@@ -123,6 +123,19 @@ class Source:
             except (FileNotFoundError, NotADirectoryError, ValueError) as e:
                 raise UsageError(f"--{role}: {e}") from None
 
+    @classmethod
+    def live(cls, role: str, label: str, generator) -> "Source":
+        """A generator in memory (e.g. the trainer's g_ema) as a checkpoint source named ``label``. Its weights
+        change as it trains, so its features are never cached."""
+        source = cls.__new__(cls)
+        source.role, source.spec, source.kind, source.target, source.files = role, label, "checkpoint", None, None
+        source._g, source.partner, source.swap_layer, source.pairing = generator, None, None, None
+        return source
+
+    @property
+    def is_live(self) -> bool:
+        return self.kind == "checkpoint" and self.target is None
+
     @property
     def is_checkpoint(self) -> bool:
         return self.kind == "checkpoint"
@@ -150,6 +163,8 @@ class Source:
         from tf_cartoon.metrics.inception import file_digest
 
         h = hashlib.sha256()
+        if self.is_live:
+            raise ValueError(f"{self.spec} is a generator in memory: its features are not cached")
         if self.kind == "synthetic":
             h.update(self.target.encode())
         elif self.kind == "folder":
@@ -293,11 +308,15 @@ def source_features(source: Source, args, size: int, inception_path: str | None,
     if source.kind == "checkpoint":
         settings.update(truncation=args.truncation, truncation_samples=args.truncation_samples)
         settings.pop("size")  # generated at the checkpoint's own resolution
-    if judge is None:
+    live = source.is_live or (source.partner is not None and source.partner.is_live)
+    cache_dir = None if live else cache_dir  # a generator in memory changes as it trains
+    if cache_dir is None:
+        key = None
+    elif judge is None:
         key = feature_key(source, settings, file_digest(inception_path))
     else:
         key = feature_key(source, settings, judge.digest, network="judge")
-    path = os.path.join(cache_dir, key + ".npy") if cache_dir else None
+    path = os.path.join(cache_dir, key + ".npy") if key else None
     if path and os.path.isfile(path):
         try:
             return np.load(path), "hit"
@@ -462,10 +481,14 @@ def _default_size(sources, fallback: int) -> int:
     return ckpts[0].generator().size if ckpts else fallback
 
 
-def run(args) -> list[dict]:
+def run(args, live: dict | None = None) -> list[dict]:
+    """The rows of every metric ``args`` asks for. ``live``: {role: generator} for roles whose generator is in
+    memory (``args.<role>`` is then only its label)."""
     metrics = _check(args)
     args.metric_list = metrics
-    sources = {role: Source(role, getattr(args, role)) for role in ("real", "fake", "source") if getattr(args, role)}
+    live = live or {}
+    sources = {role: Source.live(role, getattr(args, role), live[role]) if role in live
+               else Source(role, getattr(args, role)) for role in ("real", "fake", "source") if getattr(args, role)}
     if "ppl" in metrics and not sources["fake"].is_checkpoint:
         raise UsageError(f"ppl needs --fake to be a checkpoint, got {args.fake} ({sources['fake'].kind})")
     fake_sets = _fake_sets(args, sources) if "fake" in sources else []
@@ -566,11 +589,12 @@ def _judge_metrics(args, metrics, sources, fake_sets, paired, cache_dir) -> list
     return rows
 
 
-def evaluate(argv: list[str]) -> list[dict]:
-    """The metrics the command line ``argv`` asks for, as the rows ``main`` prints (for other tools, e.g.
-    tf_cartoon.compare)."""
+def evaluate(argv: list[str], live: dict | None = None) -> list[dict]:
+    """The metrics the command line ``argv`` asks for, as the rows ``main`` prints (for other tools:
+    tf_cartoon.compare, the trainer's --metrics). ``live``: {"fake" / "source": generator} in memory, named by
+    ``--fake`` / ``--source`` in ``argv``."""
     with cli.user_input():
-        return run(_parser().parse_args(argv))
+        return run(_parser().parse_args(argv), live)
 
 
 @cli.command(setup="generate")
