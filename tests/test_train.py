@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_cartoon import freeze
+from tf_cartoon.training import freeze
 from tf_cartoon.io import store
 from tf_cartoon.training.config import ConfigError, TrainConfig, validate
 from tf_cartoon.training.trainer import Trainer, TrainingDiverged

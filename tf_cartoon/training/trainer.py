@@ -37,12 +37,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon import cli, freeze, losses
+from tf_cartoon import cli
 from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import integrity, store
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io.errors import CheckpointFormatError, StorageError
-from tf_cartoon.training import adam_states
+from tf_cartoon.training import adam_states, freeze, losses
 from tf_cartoon.training import strategy as strategy_lib
 from tf_cartoon.training import workdir_lock
 from tf_cartoon.training.config import TrainConfig, check_data, validate
@@ -213,7 +213,7 @@ class Trainer:
                                                 aggregation=tf.VariableAggregation.MEAN)
             self.ada = None
             if cfg.augment:
-                from tf_cartoon.augment import AdaptiveAugment
+                from tf_cartoon.training.augment import AdaptiveAugment
 
                 self.ada = AdaptiveAugment(target=cfg.ada_target, ada_length=cfg.ada_length,
                                            update_every=cfg.ada_every, augment_p=cfg.augment_p,
@@ -356,7 +356,7 @@ class Trainer:
     def _augment(self, x, step, purpose):
         if self.ada is None:
             return x
-        from tf_cartoon.augment import augment
+        from tf_cartoon.training.augment import augment
 
         ctx = tf.distribute.get_replica_context()
         rid = ctx.replica_id_in_sync_group if ctx is not None else 0
