@@ -356,12 +356,13 @@ def bench_train_step(cfg: Config):
                        tf.float32)
     dist = trainer.strategy.experimental_distribute_values_from_function(lambda ctx: real)
     step = tf.constant(1, tf.int64)  # not a lazy-regularisation step
+    d_step, g_step = trainer.phase_steps["D_main"], trainer.phase_steps["G_main"]
     t0 = time.perf_counter()
-    _to_host(trainer.d_step(dist, step))
-    _to_host(trainer.g_step(step))
+    _to_host(d_step(dist, step))
+    _to_host(g_step(step))
     first_ms = (time.perf_counter() - t0) * 1e3
-    _to_host(trainer.d_step(dist, step))
-    _to_host(trainer.g_step(step))
+    _to_host(d_step(dist, step))
+    _to_host(g_step(step))
     # Peak memory of training itself: taken here, after a compiled and a steady-state step and before the
     # bare conv chain below (the FLOP yardstick, not part of training) allocates its own activations.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -374,7 +375,7 @@ def bench_train_step(cfg: Config):
         peak_tensor_mb = None
     chain, peak_flops = peak_chain(cfg)
     _to_host(chain())
-    ms, times, cpu, idle = time_fns({"d": lambda: trainer.d_step(dist, step), "g": lambda: trainer.g_step(step),
+    ms, times, cpu, idle = time_fns({"d": lambda: d_step(dist, step), "g": lambda: g_step(step),
                                      "peak": chain}, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
     total = ms["d"] + ms["g"]
     flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
