@@ -1,4 +1,4 @@
-"""Tests for tf_cartoon.augment: the ADA "bgc" pipeline and the adaptive-p controller.
+"""Tests for tf_cartoon.training.augment: the ADA "bgc" pipeline and the adaptive-p controller.
 
 Expected values come from maths or from an independent NumPy path, never from the code under test:
 
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_cartoon.augment import (PARAM_KEYS, AdaptiveAugment, apply_color, augment, color_matrix, geom_matrices,
+from tf_cartoon.training.augment import (PARAM_KEYS, AdaptiveAugment, apply_color, augment, color_matrix, geom_matrices,
                                 sample_params, warp)
 
 ALL_OFF = dict(xflip=0, rotate90=0, xint=0, scale=0, rotate=0, aniso=0, xfrac=0,

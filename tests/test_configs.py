@@ -103,3 +103,55 @@ def test_tiny_cpu_runs_from_a_clone():
     tiny = parse_flagfile(os.path.join(ROOT, "configs", "tiny_cpu.cfg"))
     assert tiny["ckpt"] == "tests/fixtures/reference/tiny32.pt"
     assert os.path.isfile(os.path.join(ROOT, tiny["ckpt"]))
+
+
+def _package_sources():
+    package = os.path.join(ROOT, "tf_cartoon")
+    for folder, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                yield os.path.join(folder, name)
+
+
+def test_every_training_flag_is_documented_once_in_its_field():
+    """Each TrainConfig field carries its help text, `train --help` shows it, and no other place in the
+    package writes a training flag's help (no second table beside the dataclass)."""
+    import ast
+    import dataclasses
+    import subprocess
+    import sys
+
+    from tf_cartoon.training.config import help_of
+
+    fields = dataclasses.fields(TrainConfig)
+    helps = {f.name: help_of(f) for f in fields}
+    assert all(h.strip() for h in helps.values())
+    out = subprocess.run([sys.executable, "-m", "tf_cartoon.train", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    squeezed = "".join(out.stdout.split())  # absl wraps the help text at any space
+    for f in fields:
+        switch = f"--[no]{f.name}:" if isinstance(f.default, bool) else f"--{f.name}:"
+        assert switch + "".join(help_of(f).split()) in squeezed, f"--{f.name}'s help is not in train --help"
+    config_py = os.path.join(ROOT, "tf_cartoon", "training", "config.py")
+    texts, names = set(helps.values()), set(helps)
+    for path in _package_sources():
+        tree = ast.parse(open(path).read())
+        strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        copies = [s for s in strings if s in texts]
+        assert len(copies) == (len(texts) if path == config_py else 0), f"{path} repeats flag help: {copies[:3]}"
+        for node in ast.walk(tree):  # a {flag name: help} table of its own
+            if isinstance(node, ast.Dict) and all(isinstance(v, (ast.Constant, ast.JoinedStr)) for v in node.values):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+                assert len(keys & names) < 3, f"{path}:{node.lineno} describes training flags again"
+
+
+def test_bench_flags_come_from_its_config_fields():
+    import dataclasses
+
+    from tf_cartoon import bench
+
+    for f in dataclasses.fields(bench.Config):
+        flag = bench.FLAGS[f.name]
+        assert flag.default == f.default and flag.help.endswith(f.metadata["help"]), f.name
+    assert bench.FLAGS["what"].parser.enum_values == list(bench.WHAT)  # absl prefixes an enum's help with its values

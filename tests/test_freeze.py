@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tf_cartoon
-from tf_cartoon import freeze
+from tf_cartoon.training import freeze
 from tf_cartoon.io import reference_keys as rk
 from tests.reference_cases import DEFAULT_DIR, Case, case_names, reference_dir
 

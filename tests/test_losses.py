@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tf_cartoon
-from tf_cartoon import losses
+from tf_cartoon.training import losses
 from tests.reference_cases import Case, case_names
 
 CASES = case_names()

@@ -201,7 +201,7 @@ def test_shortened_quickstart_end_to_end_and_rerun_says_finished(tmp_path):
     # The target moved, and only where FreezeG lets it: the trained g differs from the source exactly in the
     # variables freeze.generator_trainable(--freezeG) returns (g_ema moves ~7% of that in 2 steps at
     # --ema_halflife_steps=20, so its row differs by a little only).
-    from tf_cartoon import freeze
+    from tf_cartoon.training import freeze
 
     trained = store.load(workdir, models=("g",)).g
     src_g = store.load("builtin:source_synthetic", models=("g_ema",)).g_ema

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_cartoon import freeze
+from tf_cartoon.training import freeze
 from tf_cartoon.io import store
 from tf_cartoon.training.config import ConfigError, TrainConfig, validate
 from tf_cartoon.training.trainer import Trainer, TrainingDiverged
@@ -44,7 +44,10 @@ def test_freeze_options_train_exactly_the_unfrozen_variables_and_never_the_sourc
                augment=True, ada_every=1, ada_length=1000)
     t = Trainer(cfg)
     g0, d0, s0 = _values(t.g.trainable_variables), _values(t.d.trainable_variables), _values(t.source.variables)
+    seen = []  # a periodic evaluation hook: called after each step it is due at, its values in fit's metrics
+    t.evaluations.append((1, lambda trainer: seen.append(int(trainer.step.numpy())) or {"probe": len(seen)}))
     metrics = t.fit()
+    assert seen == [1, 2] and metrics["eval/probe"] == 2.0
     assert {"d_loss", "g_loss", "r1", "structure_loss", "structure_loss_L1", "structure_loss_L2",
             "ada_p", "ada_r_t"} <= set(metrics)
     assert "path_penalty" not in metrics  # freezeG >= 0 switches path length off, as the reference

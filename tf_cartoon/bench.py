@@ -65,6 +65,8 @@ import time
 
 from absl import app, flags, logging
 
+from tf_cartoon import cli
+
 # Measured on this (2-core CPU) machine by the project lead with the paper's
 # PyTorch code (rosinality/stylegan2-pytorch Generator, batch 4, 256 px, G forward,
 # float32): about 6900 ms per batch (~52 GFLOP/s).
@@ -75,25 +77,33 @@ REFERENCE_MS = {("g_forward", 256, 4): 6900.0,
 SMALL_CHANNELS = 16  # --channels_small: every resolution gets this many channels (tests)
 
 
+def _flag(default, help: str):
+    """A Config field with its flag's help text (the flags and --help are generated from these)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    what: str = "g_forward"
-    size: int = 256
-    batch: int = 4
-    xla: bool = False
-    fused: bool = False
-    recompute: bool = False  # --what train_step: gradient checkpointing (TrainConfig.recompute)
-    repeats: int = 3
-    warmup: int = 1
-    style_dim: int = 512
-    n_mlp: int = 8
-    channel_multiplier: int = 2
-    channels_small: bool = False
-    seed: int = 0
-    wait_idle: float = 0.0  # seconds to wait (per timed round) for other processes to leave the CPU idle
-    ops_channels: int = 64  # --what ops: channels of the op benchmarks' tensors
-    ops_model_size: int = 32  # --what ops: image size of the G forward / train step runs per impl
-    ops_models: str = "g_forward,train_step"  # --what ops: model benchmarks run with each impl ("": none)
+    what: str = _flag("g_forward", "What to benchmark.")
+    size: int = _flag(256, "Image size.")
+    batch: int = _flag(4, "Batch size.")
+    xla: bool = _flag(False, "jit_compile the benchmarked tf.function.")
+    fused: bool = _flag(False, "Fused (grouped-conv) modulated convolutions.")
+    recompute: bool = _flag(False, "--what train_step: gradient checkpointing of the G and D blocks (the "
+                                   "trainer's --recompute): less memory, more time.")
+    repeats: int = _flag(3, "Timed repeats (the median is reported).")
+    warmup: int = _flag(1, "Untimed calls first (the first one traces / compiles).")
+    style_dim: int = _flag(512, "Style dimension.")
+    n_mlp: int = _flag(8, "Mapping layers.")
+    channel_multiplier: int = _flag(2, "Channel multiplier of the default table.")
+    channels_small: bool = _flag(False, f"{SMALL_CHANNELS} channels at every resolution (tests).")
+    seed: int = _flag(0, "Seed of weights and inputs.")
+    wait_idle: float = _flag(0.0, "Shared machines: before each timed round wait up to this many seconds until "
+                                  "the CPU is >= 85% idle (the idle fractions seen are reported).")
+    ops_channels: int = _flag(64, "--what ops: channels of the op tensors [batch, size, size, C].")
+    ops_model_size: int = _flag(32, "--what ops: image size of the G forward / train step per impl.")
+    ops_models: str = _flag("g_forward,train_step", "--what ops: comma-separated model benchmarks to run with "
+                                                    "each impl (g_forward, train_step; empty: none).")
 
     def channels(self):
         if not self.channels_small:
@@ -356,12 +366,13 @@ def bench_train_step(cfg: Config):
                        tf.float32)
     dist = trainer.strategy.experimental_distribute_values_from_function(lambda ctx: real)
     step = tf.constant(1, tf.int64)  # not a lazy-regularisation step
+    d_step, g_step = trainer.phase_steps["D_main"], trainer.phase_steps["G_main"]
     t0 = time.perf_counter()
-    _to_host(trainer.d_step(dist, step))
-    _to_host(trainer.g_step(step))
+    _to_host(d_step(dist, step))
+    _to_host(g_step(step))
     first_ms = (time.perf_counter() - t0) * 1e3
-    _to_host(trainer.d_step(dist, step))
-    _to_host(trainer.g_step(step))
+    _to_host(d_step(dist, step))
+    _to_host(g_step(step))
     # Peak memory of training itself: taken here, after a compiled and a steady-state step and before the
     # bare conv chain below (the FLOP yardstick, not part of training) allocates its own activations.
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -374,7 +385,7 @@ def bench_train_step(cfg: Config):
         peak_tensor_mb = None
     chain, peak_flops = peak_chain(cfg)
     _to_host(chain())
-    ms, times, cpu, idle = time_fns({"d": lambda: trainer.d_step(dist, step), "g": lambda: trainer.g_step(step),
+    ms, times, cpu, idle = time_fns({"d": lambda: d_step(dist, step), "g": lambda: g_step(step),
                                      "peak": chain}, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
     total = ms["d"] + ms["g"]
     flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
@@ -615,27 +626,10 @@ def run(cfg: Config, all_combinations=False, emit=None):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("what", "g_forward", list(WHAT), "What to benchmark.")
-flags.DEFINE_integer("size", 256, "Image size.")
-flags.DEFINE_integer("batch", 4, "Batch size.")
-flags.DEFINE_boolean("xla", False, "jit_compile the benchmarked tf.function.")
-flags.DEFINE_boolean("fused", False, "Fused (grouped-conv) modulated convolutions.")
-flags.DEFINE_boolean("recompute", False, "--what train_step: gradient checkpointing of the G and D blocks "
-                     "(the trainer's --recompute): less memory, more time.")
-flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
-flags.DEFINE_integer("warmup", 1, "Untimed calls first (the first one traces / compiles).")
+# The benchmark's settings (Config's fields, documented there), then the process's own flags.
+cli.define_dataclass_flags(Config, FLAGS, module_name=sys.argv[0] if __name__ == "__main__" else __name__,
+                           choices={"what": list(WHAT)})
 flags.DEFINE_boolean("all", False, "Run every xla x fused combination, then a summary line.")
-flags.DEFINE_integer("style_dim", 512, "Style dimension.")
-flags.DEFINE_integer("n_mlp", 8, "Mapping layers.")
-flags.DEFINE_integer("channel_multiplier", 2, "Channel multiplier of the default table.")
-flags.DEFINE_boolean("channels_small", False, f"{SMALL_CHANNELS} channels at every resolution (tests).")
-flags.DEFINE_integer("seed", 0, "Seed of weights and inputs.")
-flags.DEFINE_float("wait_idle", 0.0, "Shared machines: before each timed round wait up to this many seconds "
-                   "until the CPU is >= 85% idle (the idle fractions seen are reported).")
-flags.DEFINE_integer("ops_channels", 64, "--what ops: channels of the op tensors [batch, size, size, C].")
-flags.DEFINE_integer("ops_model_size", 32, "--what ops: image size of the G forward / train step per impl.")
-flags.DEFINE_string("ops_models", "g_forward,train_step", "--what ops: comma-separated model benchmarks to run "
-                    "with each impl (g_forward, train_step; empty: none).")
 flags.DEFINE_integer("intra_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
 flags.DEFINE_integer("inter_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
 flags.DEFINE_boolean("onednn", None, "Set TF_ENABLE_ONEDNN_OPTS=1 (--onednn) before TensorFlow is imported; "
@@ -653,15 +647,13 @@ def main(argv):
                         os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
     # The process settings of the tool measured (before TF runs anything): the generating tools' pooled CPU
     # allocator, or the trainer's malloc arena cap.
-    from tf_cartoon import cli
-
     cli.setup_process("train" if FLAGS.what == "train_step" else "generate")
     import tensorflow as tf
     if FLAGS.intra_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_threads)
     if FLAGS.inter_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_threads)
-    cfg = Config(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(Config)})
+    cfg = cli.dataclass_from_flags(Config, FLAGS)
     run(cfg, FLAGS.all, emit=lambda d: print(json.dumps(d), flush=True))
 
 

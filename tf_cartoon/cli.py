@@ -13,6 +13,9 @@ through this module, so that they all behave alike:
   (``--source: checkpoint not found: x.pt``).
 * A source / target pair that does not fit (tf_cartoon.latent.check_pair, the one rule) is an
   :class:`IncompatiblePairError`.
+* A tool whose settings are a dataclass (train's TrainConfig, bench's Config) documents each flag once, in
+  its field's ``metadata["help"]``: :func:`define_dataclass_flags` generates the absl flags (and --help)
+  from the fields, :func:`dataclass_from_flags` reads them back.
 * :func:`command` wraps each tool's ``main(argv)``: every user error becomes ONE stderr line
   ``error: ...`` and exit status 2; KeyboardInterrupt exits 130 without a traceback; anything else is
   a bug and keeps its traceback. :func:`run` is each tool's process entry: the process setup the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -245,3 +249,30 @@ def run(main, argv=None) -> None:
         sys.exit(main(argv))
     except KeyboardInterrupt:  # outside main's own handler (e.g. while Python imports TensorFlow)
         sys.exit(EXIT_INTERRUPTED)
+
+
+def define_dataclass_flags(config_class, flag_values, module_name: str, choices: dict | None = None) -> None:
+    """One absl flag per field of the dataclass ``config_class`` in ``flag_values``: the field's name and default,
+    its help ``field.metadata["help"]`` (the one place the flag is documented), its type from the default
+    (bool, int, float, else string; ``choices[name]``: an enum of those values). --help lists them under
+    ``module_name`` (the tool's)."""
+    from absl import flags
+
+    for f in dataclasses.fields(config_class):
+        name, default = f.name, f.default
+        kw = dict(help=f.metadata["help"], flag_values=flag_values, module_name=module_name)
+        if choices and name in choices:
+            flags.DEFINE_enum(name, default, list(choices[name]), **kw)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, **kw)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, **kw)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, **kw)
+        else:
+            flags.DEFINE_string(name, default, **kw)
+
+
+def dataclass_from_flags(config_class, flag_values):
+    """The ``config_class`` instance of the parsed flags :func:`define_dataclass_flags` defined."""
+    return config_class(**{f.name: flag_values[f.name].value for f in dataclasses.fields(config_class)})

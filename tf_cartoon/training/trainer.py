@@ -1,13 +1,19 @@
 """The fine-tuning trainer: one class, the reference's iteration, on tf.distribute.
 
-One iteration (rosinality / Cartoon-StyleGAN2 train.py order):
-  1. D step: logistic loss on (augmented) reals and fakes; ADA statistics.
-  2. R1 every ``d_reg_every`` steps, on un-augmented reals through the augmentation.
-  3. G step: non-saturating loss (+ structure loss against the frozen source).
-  4. Path length every ``g_reg_every`` steps on 1/path_batch_shrink of the batch (off under freezeG).
-  5. EMA of G into g_ema.
-Only the variables that ``freeze.py`` says train are given to ``apply_gradients``; the
-optimizers are built once on all variables (Keras 3 only updates variables it was built with).
+One iteration (rosinality / Cartoon-StyleGAN2 train.py order) runs the phases of ``Trainer._phase_table``:
+
+  phase          computes                                              optimizer, variables   runs
+  D_main         logistic loss on (augmented) reals and fakes;         d_opt, D's trained     every step
+                 ADA statistics (p updated every ``ada_every`` steps)
+  D_r1           R1 on un-augmented reals through the augmentation     d_opt, D's trained     every d_reg_every
+  G_main         non-saturating loss (+ structure loss against the     g_opt, G's trained     every step
+                 frozen source)
+  G_path_length  path length on 1/path_batch_shrink of the batch       g_opt, G's trained     every g_reg_every
+                                                                                              (never under freezeG)
+then the EMA of G into g_ema. Each phase is one distributed step (``Trainer._distributed_step``: per-replica
+gradients, the optimizer's update, metrics averaged over replicas). Only the variables that ``freeze.py`` says
+train are given to ``apply_gradients``; the optimizers are built once on all variables (Keras 3 only updates
+variables it was built with).
 
 Distribution: every replica computes its share of the GLOBAL batch. Random draws
 (latents, noise maps, mixing decisions) are made for the global batch from a key folded from
@@ -25,6 +31,7 @@ Known, documented deviations from the reference (the method's intent, not its bu
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -32,17 +39,18 @@ import math
 import os
 import signal
 import time
+from typing import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon import arch, cli, freeze, latent, losses
+from tf_cartoon import arch, cli, latent
 from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import integrity, store
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io.errors import CheckpointFormatError, StorageError
-from tf_cartoon.training import adam_states
+from tf_cartoon.training import adam_states, freeze, losses
 from tf_cartoon.training import strategy as strategy_lib
 from tf_cartoon.training import workdir_lock
 from tf_cartoon.training.config import TrainConfig, check_data, validate
@@ -86,6 +94,25 @@ def _dense_grads(grads, variables):
 # activations are the largest a step keeps while D's backward pass runs). D's are not: tf.recompute_grad
 # around D's first block cost 7 s per D step (bench train_step, 2026-11-26), far more than its forward.
 LEAN_RECOMPUTE_G, LEAN_RECOMPUTE_D = 2, 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One part of a training iteration: what it computes, which optimizer applies the gradients to which
+    variables, how often it runs. ``compute(real, step)`` (``takes_real``) or ``compute(step)`` runs on each
+    replica and returns (gradients matching ``variables``, {metric: scalar}, extra); ``after_apply(extra)`` runs
+    on each replica after the update, ``after_step(step)`` on the host after the distributed step."""
+    name: str
+    compute: Callable
+    optimizer: keras.optimizers.Optimizer
+    variables: list
+    every: int  # runs at the steps divisible by it; 0 = never
+    takes_real: bool = False
+    after_apply: Callable | None = None
+    after_step: Callable | None = None
+
+    def runs_at(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
 
 
 class TrainingDiverged(RuntimeError):
@@ -166,6 +193,8 @@ class Trainer:
         self._build_step_functions()
         self._stop_requested = False
         self._warned_writes = set()  # kinds of optional output (samples, TensorBoard) that failed to write
+        # Periodic evaluation hooks, (every N steps, fn(trainer) -> {name: value}); see _evaluate.
+        self.evaluations: list[tuple[int, Callable[[Trainer], dict]]] = []
         self.already_finished = False  # set by fit() when the workdir had reached --iter before
 
     def _build(self, cfg, start, gen_cfg, dis_cfg, source_path, needs_source):
@@ -210,7 +239,7 @@ class Trainer:
                                                 aggregation=tf.VariableAggregation.MEAN)
             self.ada = None
             if cfg.augment:
-                from tf_cartoon.augment import AdaptiveAugment
+                from tf_cartoon.training.augment import AdaptiveAugment
 
                 self.ada = AdaptiveAugment(target=cfg.ada_target, ada_length=cfg.ada_length,
                                            update_every=cfg.ada_every, augment_p=cfg.augment_p,
@@ -353,7 +382,7 @@ class Trainer:
     def _augment(self, x, step, purpose):
         if self.ada is None:
             return x
-        from tf_cartoon.augment import augment
+        from tf_cartoon.training.augment import augment
 
         ctx = tf.distribute.get_replica_context()
         rid = ctx.replica_id_in_sync_group if ctx is not None else 0
@@ -394,7 +423,7 @@ class Trainer:
             r1, _ = losses.r1_penalty(lambda x: _f32(self.d(self._augment(x, step, _AUG_R1))), real)
             scaled = self.cfg.r1 / 2 * r1 * self.cfg.d_reg_every / self.replicas
         grads = _dense_grads(tape.gradient(scaled, self.d_train_vars), self.d_train_vars)
-        return grads, {"r1": r1}
+        return grads, {"r1": r1}, None
 
     def _g_compute(self, step):
         cfg = self.cfg
@@ -428,7 +457,7 @@ class Trainer:
             metrics["g_total"] = total
             scaled = total / self.replicas
         grads = tape.gradient(scaled, self.g_train_vars)
-        return grads, metrics
+        return grads, metrics, None
 
     def _pl_compute(self, step):
         cfg = self.cfg
@@ -445,48 +474,23 @@ class Trainer:
         grads = _dense_grads(tape.gradient(scaled, self.g_train_vars), self.g_train_vars)
         return grads, {"path_penalty": pen, "path_length": tf.reduce_mean(lengths)}, path_mean
 
+    def _phase_table(self) -> tuple[Phase, ...]:
+        """The iteration, in order (stylegan2-ada-pytorch's training_loop phases). R1 and path length are
+        lazy: they run every ``d_reg_every`` / ``g_reg_every`` steps with their weights scaled by that
+        interval; path length never runs under freezeG or with --path_regularize=0."""
+        cfg = self.cfg
+        return (
+            Phase("D_main", self._d_compute, self.d_opt, self.d_train_vars, every=1, takes_real=True,
+                  after_apply=self._ada_accumulate, after_step=self._ada_update),
+            Phase("D_r1", self._r1_compute, self.d_opt, self.d_train_vars, every=cfg.d_reg_every, takes_real=True),
+            Phase("G_main", self._g_compute, self.g_opt, self.g_train_vars, every=1),
+            Phase("G_path_length", self._pl_compute, self.g_opt, self.g_train_vars,
+                  every=cfg.g_reg_every if self.do_path_length else 0, after_apply=self.mean_path_length.assign),
+        )
+
     def _build_step_functions(self):
-        jit = self.use_xla
-        # Our code branches on Python values only: autograph would just slow tracing down.
-        d_compute = tf.function(self._d_compute, jit_compile=jit, autograph=False)
-        r1_compute = tf.function(self._r1_compute, jit_compile=jit, autograph=False)
-        g_compute = tf.function(self._g_compute, jit_compile=jit, autograph=False)
-        pl_compute = tf.function(self._pl_compute, jit_compile=jit, autograph=False)
-        strategy = self.strategy
-
-        def d_replica(real, step):
-            grads, metrics, real_pred = d_compute(real, step)
-            self.d_opt.apply_gradients(zip(grads, self.d_train_vars))
-            if self.ada is not None and self.ada.adaptive:
-                self.ada.accumulate(real_pred)
-            return metrics
-
-        def r1_replica(real, step):
-            grads, metrics = r1_compute(real, step)
-            self.d_opt.apply_gradients(zip(grads, self.d_train_vars))
-            return metrics
-
-        def g_replica(step):
-            grads, metrics = g_compute(step)
-            self.g_opt.apply_gradients(zip(grads, self.g_train_vars))
-            return metrics
-
-        def pl_replica(step):
-            grads, metrics, path_mean = pl_compute(step)
-            self.g_opt.apply_gradients(zip(grads, self.g_train_vars))
-            self.mean_path_length.assign(path_mean)
-            return metrics
-
-        def reduce(metrics):
-            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
-
-        self.d_step = tf.function(lambda real, step: reduce(strategy.run(d_replica, args=(real, step))),
-                                  autograph=False)
-        self.r1_step = tf.function(lambda real, step: reduce(strategy.run(r1_replica, args=(real, step))),
-                                   autograph=False)
-        self.g_step = tf.function(lambda step: reduce(strategy.run(g_replica, args=(step,))), autograph=False)
-        self.pl_step = tf.function(lambda step: reduce(strategy.run(pl_replica, args=(step,))), autograph=False)
-
+        self.phases = self._phase_table()
+        self.phase_steps = {phase.name: self._distributed_step(phase) for phase in self.phases}
         g_vars, ema_vars = self.g.trainable_variables, self.g_ema.trainable_variables
         decay = ema_decay(self.cfg.ema_halflife_steps)
 
@@ -497,21 +501,48 @@ class Trainer:
 
         self.ema_update = ema_update
 
+    def _distributed_step(self, phase: Phase):
+        """One phase as a tf.function over the strategy: each replica computes its gradients (XLA-compiled
+        with --xla), its optimizer applies them to the phase's variables (MirroredStrategy sums the
+        replicas' gradients there), then the replicas' metrics are averaged."""
+        # Our code branches on Python values only: autograph would just slow tracing down.
+        compute = tf.function(phase.compute, jit_compile=self.use_xla, autograph=False)
+        strategy = self.strategy
+
+        def replica(*args):
+            grads, metrics, extra = compute(*args)
+            phase.optimizer.apply_gradients(zip(grads, phase.variables))
+            if phase.after_apply is not None:
+                phase.after_apply(extra)
+            return metrics
+
+        def step(*args):
+            metrics = strategy.run(replica, args=args)
+            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
+
+        return tf.function(step, autograph=False)
+
+    def _ada_accumulate(self, real_pred):
+        if self.ada is not None and self.ada.adaptive:
+            self.ada.accumulate(real_pred)
+
+    def _ada_update(self, step: int):
+        if self.ada is not None and self.ada.adaptive and (step + 1) % self.cfg.ada_every == 0:
+            self.ada.update()
+
     # ------------------------------------------------------------------------------------------
     # one iteration
     # ------------------------------------------------------------------------------------------
     def train_step(self, real, step: int) -> dict:
-        """One full iteration on a distributed real batch; returns host metrics."""
-        cfg = self.cfg
+        """One full iteration on a distributed real batch: the phases due at ``step``, then the EMA; returns
+        host metrics."""
         s = tf.constant(step, tf.int64)
-        metrics = self.d_step(real, s)
-        if self.ada is not None and self.ada.adaptive and (step + 1) % cfg.ada_every == 0:
-            self.ada.update()
-        if step % cfg.d_reg_every == 0:
-            metrics.update(self.r1_step(real, s))
-        metrics.update(self.g_step(s))
-        if self.do_path_length and step % cfg.g_reg_every == 0:
-            metrics.update(self.pl_step(s))
+        metrics = {}
+        for phase in self.phases:
+            if phase.runs_at(step):
+                metrics.update(self.phase_steps[phase.name](*((real, s) if phase.takes_real else (s,))))
+                if phase.after_step is not None:
+                    phase.after_step(step)
         self.ema_update()
         self.step.assign(step + 1)
         out = {k: float(v.numpy()) for k, v in metrics.items()}
@@ -635,7 +666,7 @@ class Trainer:
         finally:
             self.release_workdir()
 
-    def _fit(self) -> dict:  # noqa: C901 (the loop reads best in one piece)
+    def _fit(self) -> dict:
         cfg = self.cfg
         os.makedirs(cfg.workdir, exist_ok=True)
         start = self.restore_or_initialise()
@@ -644,94 +675,145 @@ class Trainer:
             self.already_finished = True
             self.finish(only_missing=True)
             return {}
-        writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tensorboard")) if self.chief \
-            else tf.summary.create_noop_writer()
-        if self.chief:
-            try:
-                store.write_workdir_config(cfg.workdir, self.g.get_config(), self.d.get_config(), self._run_args())
-                _atomic_write_text(os.path.join(cfg.workdir, "flags.json"),
-                                   json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True))
-            except OSError as e:
-                raise StorageError(self._write_failed(f"the run's settings in {cfg.workdir}", e,
-                                                      self.manager.latest_checkpoint)) from None
-
-            def flags_text():
-                with writer.as_default():
-                    tf.summary.text("flags", json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True),
-                                    step=start)
-
-            self._soft_write("TensorBoard summaries", flags_text)
+        writer = self._open_summaries(start)
         self._install_signal_handlers()
-        from tf_cartoon.data import stats as data_stats
-        from tf_cartoon.data.folder import DataUnreadableError, data_failure
-
-        try:
-            data = iter(self.make_data(start))
-        except (ValueError, OSError) as e:  # the folder is gone, empty or unreadable as a whole
-            raise DataUnreadableError(f"--data={cfg.data}: {integrity.one_line(e)}") from None
-        t_start = time.time()
-        t_last, step_last = t_start, start
+        data = self._open_data(start)
+        clock = _Clock(start)
         metrics = {}
         for step in range(start, cfg.iter):
-            try:
-                real = next(data)
-            except (tf.errors.OpError, StopIteration):
-                failure = data_failure()  # the folder source stops the stream when no file can be read any more
-                if failure is None:
-                    raise
-                kept = self.save("data unreadable") if self.manager.latest_checkpoint != os.path.join(
-                    self.manager.directory, f"ckpt-{step}") else self.manager.latest_checkpoint
-                raise DataUnreadableError(f"{failure}; stopped at step {step}, checkpoint {kept}; rerun the same "
-                                          "command to resume once the images are back") from None
+            real = self._next_batch(data, step)
             metrics.update(self.train_step(real, step))
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.iter:
-                now = time.time()
-                sec_per_step = (now - t_last) / max(done - step_last, 1)
-                metrics["images_per_s"] = cfg.batch / sec_per_step
-                metrics["sec_per_kimg"] = sec_per_step * 1000 / cfg.batch
-                metrics["data_skipped_files"] = float(data_stats().skipped)  # unreadable images, logged once each
-                metrics["lr_g"] = float(self.g_opt.learning_rate.numpy())
-                metrics["lr_d"] = float(self.d_opt.learning_rate.numpy())
-                eta = sec_per_step * (cfg.iter - done)
-                shown = ("d_loss", "g_loss", "r1", "path_penalty", "structure_loss", "ada_p") + (
-                    ("data_skipped_files",) if metrics["data_skipped_files"] else ())
-                log.info("step %d/%d  %s  %.1f img/s  ETA %s", done, cfg.iter,
-                         "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k in shown),
-                         metrics["images_per_s"], _hms(eta))
-
-                def scalars():
-                    with writer.as_default():
-                        for k, v in metrics.items():
-                            tf.summary.scalar(k, v, step=done)
-
-                self._soft_write("TensorBoard summaries", scalars)
-                t_last, step_last = now, done
-            if self.chief and (done % cfg.sample_every == 0 or done == cfg.iter):
-                grid = self.sample_grid()
-                # the latest grid, viewable mid-run
-                self._soft_write("samples.png", lambda: save_png(os.path.join(cfg.workdir, "samples.png"), grid))
-
-                def images():
-                    with writer.as_default():
-                        tf.summary.image("samples/source_target_swapped", grid[None], step=done)
-                        local = self.strategy.experimental_local_results(real)[0]
-                        tf.summary.image("real", make_grid([local])[None], step=done)
-
-                self._soft_write("TensorBoard summaries", images)
-            timed_out = cfg.max_time_minutes and time.time() - t_start > cfg.max_time_minutes * 60
-            if done % cfg.ckpt_every == 0 or done == cfg.iter or self._stop_requested or timed_out:
-                self.save("signal" if self._stop_requested else "")
-                if self._stop_requested or timed_out:
-                    log.warning("stopped at step %d; rerun the same command to resume", done)
-                    break
+            if _due(done, cfg.log_every, cfg.iter):
+                self._log(metrics, done, clock, writer)
+            if self.chief and _due(done, cfg.sample_every, cfg.iter):
+                self._sample(done, real, writer)
+            metrics.update(self._evaluate(done, writer))
+            if self._checkpoint(done, clock):
+                break
         self._soft_write("TensorBoard summaries", writer.flush)
         if self.chief:
-            grid = self.sample_grid()
-            self._soft_write("samples.png", lambda: save_png(os.path.join(cfg.workdir, "samples.png"), grid))
+            self._write_samples_png(self.sample_grid())
         if int(self.step.numpy()) >= cfg.iter:
             self.finish()
         return metrics
+
+    # ------------------------------------------------------------------------------------------
+    # the loop's helpers: settings, data, log, samples, evaluation, checkpoints
+    # ------------------------------------------------------------------------------------------
+    def _open_summaries(self, start: int):
+        """The TensorBoard writer (a no-op one on other workers than the chief); the chief also records the
+        run's settings: the workdir's network config, flags.json and the flags as TensorBoard text."""
+        cfg = self.cfg
+        if not self.chief:
+            return tf.summary.create_noop_writer()
+        writer = tf.summary.create_file_writer(os.path.join(cfg.workdir, "tensorboard"))
+        flags_json = json.dumps(_jsonable(vars_of(cfg)), indent=2, sort_keys=True)
+        try:
+            store.write_workdir_config(cfg.workdir, self.g.get_config(), self.d.get_config(), self._run_args())
+            _atomic_write_text(os.path.join(cfg.workdir, "flags.json"), flags_json)
+        except OSError as e:
+            raise StorageError(self._write_failed(f"the run's settings in {cfg.workdir}", e,
+                                                  self.manager.latest_checkpoint)) from None
+
+        def flags_text():
+            with writer.as_default():
+                tf.summary.text("flags", flags_json, step=start)
+
+        self._soft_write("TensorBoard summaries", flags_text)
+        return writer
+
+    def _open_data(self, start: int):
+        from tf_cartoon.data.folder import DataUnreadableError
+
+        try:
+            return iter(self.make_data(start))
+        except (ValueError, OSError) as e:  # the folder is gone, empty or unreadable as a whole
+            raise DataUnreadableError(f"--data={self.cfg.data}: {integrity.one_line(e)}") from None
+
+    def _next_batch(self, data, step: int):
+        """The next real batch; when no image can be read any more, checkpoint and stop (DataUnreadableError)."""
+        from tf_cartoon.data.folder import DataUnreadableError, data_failure
+
+        try:
+            return next(data)
+        except (tf.errors.OpError, StopIteration):
+            failure = data_failure()  # the folder source stops the stream when no file can be read any more
+            if failure is None:
+                raise
+            kept = self.save("data unreadable") if self.manager.latest_checkpoint != os.path.join(
+                self.manager.directory, f"ckpt-{step}") else self.manager.latest_checkpoint
+            raise DataUnreadableError(f"{failure}; stopped at step {step}, checkpoint {kept}; rerun the same "
+                                      "command to resume once the images are back") from None
+
+    def _log(self, metrics: dict, done: int, clock: _Clock, writer) -> None:
+        """Speed, learning rates and skipped files into ``metrics``; one console line; TensorBoard scalars."""
+        from tf_cartoon.data import stats as data_stats
+
+        cfg = self.cfg
+        sec_per_step = clock.lap(done)
+        metrics["images_per_s"] = cfg.batch / sec_per_step
+        metrics["sec_per_kimg"] = sec_per_step * 1000 / cfg.batch
+        metrics["data_skipped_files"] = float(data_stats().skipped)  # unreadable images, logged once each
+        metrics["lr_g"] = float(self.g_opt.learning_rate.numpy())
+        metrics["lr_d"] = float(self.d_opt.learning_rate.numpy())
+        shown = ("d_loss", "g_loss", "r1", "path_penalty", "structure_loss", "ada_p") + (
+            ("data_skipped_files",) if metrics["data_skipped_files"] else ())
+        log.info("step %d/%d  %s  %.1f img/s  ETA %s", done, cfg.iter,
+                 "  ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if k in shown),
+                 metrics["images_per_s"], _hms(sec_per_step * (cfg.iter - done)))
+
+        def scalars():
+            with writer.as_default():
+                for k, v in metrics.items():
+                    tf.summary.scalar(k, v, step=done)
+
+        self._soft_write("TensorBoard summaries", scalars)
+
+    def _sample(self, done: int, real, writer) -> None:
+        """The sample grid (samples.png, the latest one, viewable mid-run) and TensorBoard images (chief)."""
+        grid = self.sample_grid()
+        self._write_samples_png(grid)
+
+        def images():
+            with writer.as_default():
+                tf.summary.image("samples/source_target_swapped", grid[None], step=done)
+                local = self.strategy.experimental_local_results(real)[0]
+                tf.summary.image("real", make_grid([local])[None], step=done)
+
+        self._soft_write("TensorBoard summaries", images)
+
+    def _write_samples_png(self, grid: np.ndarray) -> None:
+        self._soft_write("samples.png", lambda: save_png(os.path.join(self.cfg.workdir, "samples.png"), grid))
+
+    def _evaluate(self, done: int, writer) -> dict:
+        """Periodic evaluation: where metrics of the model being trained (e.g. FID of g_ema) plug in.
+        ``self.evaluations`` holds (every, fn) pairs; each fn whose interval divides ``done`` (and each at
+        --iter) runs on every worker as ``fn(trainer) -> {name: value}``. The values are returned as
+        ``eval/<name>`` (fit's metrics) and written as TensorBoard scalars. The trainer registers none itself."""
+        results = {}
+        for every, fn in self.evaluations:
+            if _due(done, every, self.cfg.iter):
+                results.update({f"eval/{k}": float(v) for k, v in fn(self).items()})
+        if results:
+            def scalars():
+                with writer.as_default():
+                    for k, v in results.items():
+                        tf.summary.scalar(k, v, step=done)
+
+            self._soft_write("TensorBoard summaries", scalars)
+        return results
+
+    def _checkpoint(self, done: int, clock: _Clock) -> bool:
+        """Save every --ckpt_every steps, at --iter, on a signal and after --max_time_minutes; True: stop now."""
+        cfg = self.cfg
+        timed_out = bool(cfg.max_time_minutes) and clock.elapsed() > cfg.max_time_minutes * 60
+        stop = self._stop_requested or timed_out
+        if _due(done, cfg.ckpt_every, cfg.iter) or stop:
+            self.save("signal" if self._stop_requested else "")
+        if stop:
+            log.warning("stopped at step %d; rerun the same command to resume", done)
+        return stop
 
     # ------------------------------------------------------------------------------------------
     # the end of a run: final grid, SavedModel, where everything is
@@ -844,6 +926,29 @@ def vars_of(cfg) -> dict:
 
 def _jsonable(d: dict) -> dict:
     return {k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for k, v in d.items()}
+
+
+def _due(done: int, every: int, last: int) -> bool:
+    """A periodic action is due every ``every`` steps and at the last step."""
+    return done % every == 0 or done == last
+
+
+class _Clock:
+    """Wall-clock time of the run and between console lines."""
+
+    def __init__(self, start_step: int):
+        self.start = self.last = time.time()
+        self.last_step = start_step
+
+    def lap(self, done: int) -> float:
+        """Seconds per step since the previous lap; starts the next one."""
+        now = time.time()
+        sec_per_step = (now - self.last) / max(done - self.last_step, 1)
+        self.last, self.last_step = now, done
+        return sec_per_step
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
 
 
 def _hms(seconds: float) -> str:

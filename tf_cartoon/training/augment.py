@@ -241,6 +241,51 @@ def _complete_params(params, batch_size):
     return out
 
 
+class _Draws:
+    """The per-sample random numbers of one ``sample_params`` call: ONE [N, 29] uniform draw, read as the
+    columns of ``_UNIFORM`` / ``_FIRE`` and as the normals of ``_NORMAL`` (Box-Muller on the last columns:
+    one RNG op in all, cheap XLA compiles)."""
+
+    def __init__(self, n, seed):
+        shape = tf.stack([n, _NUM_UNIFORM + 2 * _NUM_PAIRS])
+        if seed is None:
+            draws = tf.random.uniform(shape)
+        else:
+            seed = tf.convert_to_tensor(seed)
+            if not seed.dtype.is_integer:
+                raise TypeError(f"seed must be integer, got {seed.dtype}")
+            if seed.dtype not in (tf.int32, tf.int64):
+                seed = tf.cast(seed, tf.int64)
+            draws = tf.random.stateless_uniform(shape, seed, alg="philox")
+        self.uniforms = draws[:, :_NUM_UNIFORM]
+        u1 = 1.0 - draws[:, _NUM_UNIFORM:_NUM_UNIFORM + _NUM_PAIRS]          # (0, 1]
+        u2 = draws[:, _NUM_UNIFORM + _NUM_PAIRS:]
+        self.radius = tf.sqrt(-2.0 * tf.math.log(u1))
+        self.angle = (2.0 * math.pi) * u2
+
+    def _normal_column(self, j):
+        pair = j % _NUM_PAIRS
+        trig = tf.cos if j < _NUM_PAIRS else tf.sin
+        return self.radius[:, pair] * trig(self.angle[:, pair])
+
+    def uniform(self, name):
+        col = _UNIFORM[name]
+        return self.uniforms[:, col[0]:col[1]] if isinstance(col, tuple) else self.uniforms[:, col]
+
+    def normal(self, name):
+        col = _NORMAL[name]
+        if isinstance(col, tuple):
+            return tf.stack([self._normal_column(j) for j in range(*col)], axis=1)
+        return self._normal_column(col)
+
+    def choose(self, params, name, prob, value):
+        """``params[name]`` becomes ``value`` for the samples where ``name`` fires (probability ``prob``)."""
+        mask = self.uniforms[:, _FIRE[name]] < prob
+        if value.shape.rank == 2:
+            mask = mask[:, None]
+        params[name] = tf.where(mask, value, params[name])
+
+
 @_no_autograph
 def sample_params(batch_size, p, *, seed=None, **options):
     """Draw the per-sample augmentation parameters (a dict with the keys of ``PARAM_KEYS``).
@@ -250,93 +295,56 @@ def sample_params(batch_size, p, *, seed=None, **options):
     and magnitudes of ``augment``.  Augmentations that did not fire for a sample hold their identity value.
     """
     opts = _check_options(options)
-    n = batch_size
     p = tf.cast(tf.convert_to_tensor(p), tf.float32)
-    shape = tf.stack([n, _NUM_UNIFORM + 2 * _NUM_PAIRS])
-    if seed is None:
-        draws = tf.random.uniform(shape)
-    else:
-        seed = tf.convert_to_tensor(seed)
-        if not seed.dtype.is_integer:
-            raise TypeError(f"seed must be integer, got {seed.dtype}")
-        if seed.dtype not in (tf.int32, tf.int64):
-            seed = tf.cast(seed, tf.int64)
-        draws = tf.random.stateless_uniform(shape, seed, alg="philox")
-    uniforms = draws[:, :_NUM_UNIFORM]
-    # Standard normals by Box-Muller from the remaining columns (one RNG op in all: cheap XLA compiles).
-    u1 = 1.0 - draws[:, _NUM_UNIFORM:_NUM_UNIFORM + _NUM_PAIRS]          # (0, 1]
-    u2 = draws[:, _NUM_UNIFORM + _NUM_PAIRS:]
-    radius = tf.sqrt(-2.0 * tf.math.log(u1))
-    angle = (2.0 * math.pi) * u2
+    draws = _Draws(batch_size, seed)
+    params = _identity_params(batch_size)
+    _sample_geometric(params, draws, p, opts)
+    _sample_color(params, draws, p, opts)
+    return params
 
-    def normal_column(j):
-        pair = j % _NUM_PAIRS
-        trig = tf.cos if j < _NUM_PAIRS else tf.sin
-        return radius[:, pair] * trig(angle[:, pair])
 
-    def column(table, draws, name):
-        col = table[name]
-        return draws[:, col[0]:col[1]] if isinstance(col, tuple) else draws[:, col]
-
-    def uni(name):
-        return column(_UNIFORM, uniforms, name)
-
-    def gauss(name):
-        col = _NORMAL[name]
-        if isinstance(col, tuple):
-            return tf.stack([normal_column(j) for j in range(*col)], axis=1)
-        return normal_column(col)
-
-    params = _identity_params(n)
-
-    def choose(name, prob, value):
-        mask = uniforms[:, _FIRE[name]] < prob
-        if value.shape.rank == 2:
-            mask = mask[:, None]
-        params[name] = tf.where(mask, value, params[name])
-
-    # Geometric.
+def _sample_geometric(params, draws, p, opts):
     if opts["xflip"] != 0:
-        i = tf.floor(uni("xflip") * 2.0)
-        choose("xflip", p * opts["xflip"], tf.minimum(i, 1.0))
+        i = tf.floor(draws.uniform("xflip") * 2.0)
+        draws.choose(params, "xflip", p * opts["xflip"], tf.minimum(i, 1.0))
     if opts["rotate90"] != 0:
-        k = tf.minimum(tf.cast(tf.floor(uni("rotate90") * 4.0), tf.int32), 3)
-        choose("rotate90", p * opts["rotate90"], k)
+        k = tf.minimum(tf.cast(tf.floor(draws.uniform("rotate90") * 4.0), tf.int32), 3)
+        draws.choose(params, "rotate90", p * opts["rotate90"], k)
     if opts["xint"] != 0:
-        t = (uni("xint") * 2.0 - 1.0) * opts["xint_max"]
-        choose("xint", p * opts["xint"], t)
+        t = (draws.uniform("xint") * 2.0 - 1.0) * opts["xint_max"]
+        draws.choose(params, "xint", p * opts["xint"], t)
     if opts["scale"] != 0:
-        s = _exp2(gauss("scale") * opts["scale_std"])
-        choose("scale", p * opts["scale"], s)
+        s = _exp2(draws.normal("scale") * opts["scale_std"])
+        draws.choose(params, "scale", p * opts["scale"], s)
     if opts["rotate"] != 0:
         p_rot = 1.0 - tf.sqrt(tf.clip_by_value(1.0 - p * opts["rotate"], 0.0, 1.0))
         for name in ("rotate_pre", "rotate_post"):
-            theta = (uni(name) * 2.0 - 1.0) * (math.pi * opts["rotate_max"])
-            choose(name, p_rot, theta)
+            theta = (draws.uniform(name) * 2.0 - 1.0) * (math.pi * opts["rotate_max"])
+            draws.choose(params, name, p_rot, theta)
     if opts["aniso"] != 0:
-        s = _exp2(gauss("aniso") * opts["aniso_std"])
-        choose("aniso", p * opts["aniso"], s)
+        s = _exp2(draws.normal("aniso") * opts["aniso_std"])
+        draws.choose(params, "aniso", p * opts["aniso"], s)
     if opts["xfrac"] != 0:
-        t = gauss("xfrac") * opts["xfrac_std"]
-        choose("xfrac", p * opts["xfrac"], t)
+        t = draws.normal("xfrac") * opts["xfrac_std"]
+        draws.choose(params, "xfrac", p * opts["xfrac"], t)
 
-    # Color.
+
+def _sample_color(params, draws, p, opts):
     if opts["brightness"] != 0:
-        b = gauss("brightness") * opts["brightness_std"]
-        choose("brightness", p * opts["brightness"], b)
+        b = draws.normal("brightness") * opts["brightness_std"]
+        draws.choose(params, "brightness", p * opts["brightness"], b)
     if opts["contrast"] != 0:
-        c = _exp2(gauss("contrast") * opts["contrast_std"])
-        choose("contrast", p * opts["contrast"], c)
+        c = _exp2(draws.normal("contrast") * opts["contrast_std"])
+        draws.choose(params, "contrast", p * opts["contrast"], c)
     if opts["lumaflip"] != 0:
-        i = tf.minimum(tf.floor(uni("lumaflip") * 2.0), 1.0)
-        choose("lumaflip", p * opts["lumaflip"], i)
+        i = tf.minimum(tf.floor(draws.uniform("lumaflip") * 2.0), 1.0)
+        draws.choose(params, "lumaflip", p * opts["lumaflip"], i)
     if opts["hue"] != 0:
-        theta = (uni("hue") * 2.0 - 1.0) * (math.pi * opts["hue_max"])
-        choose("hue", p * opts["hue"], theta)
+        theta = (draws.uniform("hue") * 2.0 - 1.0) * (math.pi * opts["hue_max"])
+        draws.choose(params, "hue", p * opts["hue"], theta)
     if opts["saturation"] != 0:
-        s = _exp2(gauss("saturation") * opts["saturation_std"])
-        choose("saturation", p * opts["saturation"], s)
-    return params
+        s = _exp2(draws.normal("saturation") * opts["saturation_std"])
+        draws.choose(params, "saturation", p * opts["saturation"], s)
 
 
 # ---------------------------------------------------------------------------
@@ -546,56 +554,63 @@ def augment(images, p, *, seed=None,
     images = tf.convert_to_tensor(images)
     if not images.dtype.is_floating:
         raise TypeError(f"images must be floating point, got {images.dtype}")
-    in_dtype = images.dtype
     x = tf.cast(images, tf.float32)
     h, w = _static_hw(x)
     n = tf.shape(x)[0]
-    if params is not None:
-        do_geom = any(k not in _COLOR_PARAMS for k in params)
-        do_color = any(k in _COLOR_PARAMS for k in params)
-    else:
-        do_geom = any(opts[k] != 0 for k in GEOMETRIC)
-        do_color = any(opts[k] != 0 for k in COLOR)
+    do_geom, do_color = _stages(params, opts)
     if do_color and x.shape[-1] != 3:
         raise ValueError(f"color augmentation needs 3 channels, got shape {x.shape}; "
                          "pass brightness=contrast=lumaflip=hue=saturation=0 for other channel counts")
 
-    def identity():
-        eye3 = tf.eye(3, batch_shape=tf.reshape(n, [1]), dtype=tf.float32)
-        eye4 = tf.eye(4, batch_shape=tf.reshape(n, [1]), dtype=tf.float32)
-        return x, eye3, eye4
-
     def run():
-        if params is None:
-            prm = sample_params(n, p, seed=seed, **opts)
-        else:
-            prm = _complete_params(params, n)
-        g, g_inv = geom_matrices(prm, h, w)
-        cm = color_matrix(prm)
-        y = x
-        if do_geom:
-            y = warp(y, g_inv)
-        if do_color:
-            y = apply_color(y, cm)
-        return y, g, cm
+        prm = sample_params(n, p, seed=seed, **opts) if params is None else _complete_params(params, n)
+        return _transform(x, prm, h, w, do_geom, do_color)
 
     if params is not None:
         out, g, cm = run()
     elif not (do_geom or do_color):
-        out, g, cm = identity()
+        out, g, cm = _unchanged(x)
     elif isinstance(p, numbers.Real) and not isinstance(p, bool):
-        out, g, cm = run() if p > 0 else identity()
+        out, g, cm = run() if p > 0 else _unchanged(x)
     else:
         # A tensor p: run, then select the input where p <= 0.  (A tf.select rather than tf.cond: under
         # XLA the second-order gradient of a cond made every call with new D weights recompile.)
         active = tf.cast(tf.convert_to_tensor(p), tf.float32) > 0
         out, g, cm = run()
-        x_id, g_id, cm_id = identity()
+        x_id, g_id, cm_id = _unchanged(x)
         out, g, cm = tf.where(active, out, x_id), tf.where(active, g, g_id), tf.where(active, cm, cm_id)
-    out = tf.cast(out, in_dtype)
+    out = tf.cast(out, images.dtype)
     if return_params:
         return out, g, cm
     return out
+
+
+def _stages(params, opts):
+    """Whether the geometric warp and the color transform run: the stages a given ``params`` dict has keys
+    of, else those with a non-zero strength flag."""
+    if params is not None:
+        return any(k not in _COLOR_PARAMS for k in params), any(k in _COLOR_PARAMS for k in params)
+    return any(opts[k] != 0 for k in GEOMETRIC), any(opts[k] != 0 for k in COLOR)
+
+
+def _transform(x, params, h, w, do_geom, do_color):
+    """The images through the stages that run, with the geometric [N, 3, 3] and color [N, 4, 4] matrices."""
+    g, g_inv = geom_matrices(params, h, w)
+    cm = color_matrix(params)
+    y = x
+    if do_geom:
+        y = warp(y, g_inv)
+    if do_color:
+        y = apply_color(y, cm)
+    return y, g, cm
+
+
+def _unchanged(x):
+    """The images as they are, with identity matrices."""
+    n = tf.shape(x)[0]
+    eye3 = tf.eye(3, batch_shape=tf.reshape(n, [1]), dtype=tf.float32)
+    eye4 = tf.eye(4, batch_shape=tf.reshape(n, [1]), dtype=tf.float32)
+    return x, eye3, eye4
 
 
 # ---------------------------------------------------------------------------
