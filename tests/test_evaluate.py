@@ -192,3 +192,13 @@ def test_generators_in_memory_score_as_their_checkpoints_and_are_never_cached(tm
     assert live[0]["fake"] == "g_ema"
     cached = [f for f in os.listdir(tmp_path) if f.endswith(".npy")]
     assert len(cached) == 2  # only the real sets (synthetic:cartoon and :faces), never the live generators
+
+
+def test_quiet_drops_the_progress_lines_but_not_the_results(capsys):
+    argv = ["--metrics", "domain,judge_fd", "--fake", "synthetic:faces", "--n", "8", "--size", "32", "--no_cache"]
+    assert evaluate.main(argv) == 0
+    loud = capsys.readouterr()
+    assert evaluate.main(argv + ["--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "judge features" in loud.err and "judge features" not in quiet.err
+    assert quiet.out == loud.out and "domain_rate" in quiet.err  # the JSON rows and the table stay

@@ -366,3 +366,51 @@ def test_sample_grids_pair_source_and_target_through_the_source_mapping_by_defau
 
     want = make_grid([shared.g_ema.synthesis(shared.source.make_wplus(z), noise).image])
     np.testing.assert_array_equal(a[h:2 * h], want)
+
+
+def _event_tags(logdir):
+    """{tag: [steps]} of the scalars, and the plugin names, in a TensorBoard log directory."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags, plugins = {}, set()
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in EventFileLoader(path).Load():
+            for v in event.summary.value:
+                plugins.add(v.metadata.plugin_data.plugin_name)
+                tags.setdefault(v.tag, []).append(event.step)
+    return tags, plugins
+
+
+def test_metrics_during_training_reach_tensorboard_and_the_hparams_dashboard(tmp_path):
+    """--metrics: the judge's metrics of g_ema at every --metrics_every step and at --iter, equal to what
+    evaluate computes from the saved run; the run's flags and metric names in the HParams plugin's records."""
+    from tf_cartoon import evaluate
+
+    workdir = tmp_path / "run"
+    cfg = TrainConfig(ckpt="builtin:source_synthetic", data="synthetic:cartoon", batch=4, iter=3, workdir=str(workdir),
+                      log_every=1, sample_every=1000, ckpt_every=3, freezeD=2, seed=1,
+                      metrics="structure,domain,judge_fd", metrics_every=2, metrics_n=8)
+    metrics = Trainer(cfg).fit()
+    assert {"eval/structure_error", "eval/domain_rate", "eval/judge_fd"} <= set(metrics)
+    tags, plugins = _event_tags(workdir / "tensorboard")
+    for name in ("structure_error", "domain_rate", "judge_fd"):
+        assert tags[f"eval/{name}"] == [2, 3]  # every 2 steps and at --iter
+    assert "hparams" in plugins and "_hparams_/session_start_info" in tags and "_hparams_/experiment" in tags
+    # the values at --iter are evaluate's on the saved run (its g_ema, the same seeds and the source's noise)
+    rows = evaluate.evaluate(["--metrics", "structure,domain,judge_fd", "--fake", str(workdir), "--source",
+                              "builtin:source_synthetic", "--n", "8", "--real", "synthetic:cartoon", "--no_cache"])
+    got = {r["metric"]: r["value"] for r in rows if r.get("set", "fake") == "fake"}
+    for name, value in got.items():
+        assert metrics[f"eval/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("kw, flag", [(dict(metrics="fid"), "--inception"), (dict(metrics="bleu"), "--metrics"),
+                                      (dict(metrics="structure", ckpt=""), "--metrics"),
+                                      (dict(metrics="domain", metrics_n=1), "--metrics_n"),
+                                      (dict(metrics="domain", metrics_every=-1), "--metrics_every")])
+def test_metrics_flags_are_checked_before_training(kw, flag, tmp_path):
+    base = dict(ckpt="builtin:source_synthetic", data="synthetic:cartoon", workdir=str(tmp_path / "w"))
+    with pytest.raises(ConfigError, match=flag):
+        validate(TrainConfig(**{**base, **kw}))

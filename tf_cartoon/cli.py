@@ -128,6 +128,16 @@ def check_at_least(args: argparse.Namespace, minimum, *dests: str) -> None:
             raise ValueError(f"{flag(args, dest)} must be >= {minimum}, got {value}")
 
 
+def add_video(p: argparse.ArgumentParser, what: str, frames: int | None, frames_help: str = "") -> None:
+    """``--video`` (``what``: the MP4 it writes; H.264 through imageio-ffmpeg, else a GIF), ``--frame_ms``,
+    and with ``frames`` also ``--video_frames`` (its default; ``frames_help`` says what they span)."""
+    p.add_argument("--video", action="store_true", help=f"also {what} (needs imageio-ffmpeg, else GIF)")
+    if frames is not None:
+        p.add_argument("--video_frames", type=int, default=frames, help=f"video frames {frames_help} (default "
+                                                                         f"{frames})")
+    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> argparse.Action:
     """``--quiet``: no progress lines (tf_cartoon.progress); results, warnings and errors still print."""
     return p.add_argument("--quiet", "-q", action="store_true",

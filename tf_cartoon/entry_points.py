@@ -76,3 +76,7 @@ def build_ops():
     from tf_cartoon.ops.build import main
 
     return main()
+
+
+def compare():
+    _run("compare")

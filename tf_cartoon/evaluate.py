@@ -324,7 +324,7 @@ def source_features(source: Source, args, size: int, inception_path: str | None,
             pass  # an unreadable entry is recomputed and rewritten
     network = judge.raw if judge is not None else get_inception(inception_path)
     what = "judge features" if judge is not None else "features"
-    progress = Progress(f"{source.role} {what} ({source.spec})", source.count(n))
+    progress = Progress(f"{source.role} {what} ({source.spec})", source.count(n), quiet=args.quiet)
     feats, done = [], 0
     for images in source.batches(n, size, args.batch, args.truncation, args.truncation_samples, args.seed):
         feats.append(network(images))
@@ -383,6 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kid_subset_size", type=int, default=1000, help="KID max subset size (default 1000)")
     p.add_argument("--eps", type=float, default=1e-4, help="ppl step in t (default 1e-4)")
     p.add_argument("--crop", action="store_true", help="ppl on the face crop (rows 3/8-7/8, columns 2/8-6/8)")
+    cli.add_quiet(p)
     return p
 
 
@@ -526,7 +527,7 @@ def run(args, live: dict | None = None) -> list[dict]:
         n = args.n if args.n is not None else DEFAULT_N["ppl"]
         lp = LPIPS(args.vgg16_weights, args.lpips)
         g = sources["fake"].generator()
-        progress = Progress(f"ppl ({args.fake})", n, unit="pairs")
+        progress = Progress(f"ppl ({args.fake})", n, unit="pairs", quiet=args.quiet)
         value = ppl(g, lp, n=n, batch=args.batch, eps=args.eps, crop=args.crop, seed=args.seed,
                     progress=lambda done, total: progress.update(done))
         progress.finish(n)

@@ -327,10 +327,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mix_cols", default="4-7", help="column seeds of the mixing grid")
     p.add_argument("--mix_layers", default="0-3", help="W+ slots taken from the column seeds")
     p.add_argument("--interpolate", action="store_true", help="also write interpolation.gif through --seeds")
-    p.add_argument("--video", action="store_true",
-                   help="the interpolation as interpolation.mp4 (H.264; needs imageio-ffmpeg, else GIF)")
+    cli.add_video(p, "the interpolation as interpolation.mp4 instead of the GIF", None)
     p.add_argument("--frames", type=int, default=30, help="interpolation frames per pair of seeds")
-    p.add_argument("--frame_ms", type=int, default=40, help="frame duration in milliseconds (GIF and MP4)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
     cli.add_quiet(p)

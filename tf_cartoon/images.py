@@ -12,6 +12,7 @@ SeFa and StyleCLIP sweeps, a projection's progress) all go through :func:`save_a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -77,23 +78,31 @@ def _default_mode(path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def atomic_save(path, save) -> str:
-    """Write ``path`` through ``save(file)`` into a temporary file beside it, renamed into place: a reader
-    never sees half a file, and a failed write leaves the old one. Returns the path."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path`` to write; renamed into place when the block ends without an
+    exception (with the mode a plain ``open`` gives), removed otherwise: a reader never sees half a file,
+    and a failed write leaves the old one."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            save(f)
+        yield tmp
         _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return path
+
+
+def atomic_save(path, save) -> str:
+    """Write ``path`` through ``save(file)`` (a binary file) atomically (:func:`atomic_path`). Returns the path."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        save(f)
+    return os.fspath(path)
 
 
 def _hwc(image) -> np.ndarray:
@@ -179,39 +188,34 @@ def save_mp4(path, frames, duration_ms: int = 40, exe: str | None = None, crf: i
     if exe is None:
         raise RuntimeError("writing MP4 needs the imageio-ffmpeg package (pip install 'tf_cartoon[video]')")
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
+    with atomic_path(path) as tmp:
+        _run_ffmpeg(exe, frames, duration_ms, crf, tmp, path)
+    return path
+
+
+def _run_ffmpeg(exe: str, frames: np.ndarray, duration_ms: int, crf: int, tmp: str, path: str) -> None:
+    """Pipe ``frames`` [T, H, W, 3] uint8 into an x264 encode to ``tmp``; OSError with ffmpeg's message."""
     h, w = frames.shape[1:3]
     cmd = [exe, "-nostdin", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
            "-framerate", f"1000/{duration_ms}", "-i", "pipe:0", "-an", "-c:v", "libx264", "-preset", "medium",
            "-crf", str(int(crf)), "-pix_fmt", "yuv420p", "-movflags", "+faststart", "-f", "mp4", tmp]
-    try:
-        with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg's messages cannot block it
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg's messages cannot block it
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            for frame in frames:  # one frame at a time: no second copy of the whole clip in memory
+                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            pass  # ffmpeg stopped early; its status and message below say why
+        finally:
             try:
-                for frame in frames:  # one frame at a time: no second copy of the whole clip in memory
-                    proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                proc.stdin.close()
             except BrokenPipeError:
-                pass  # ffmpeg stopped early; its status and message below say why
-            finally:
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-                status = proc.wait()
-            if status != 0:
-                err.seek(0)
-                message = " ".join(err.read().decode(errors="replace").split())[-400:]
-                raise OSError(f"cannot write {path}: ffmpeg exited with status {status}: {message}")
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+                pass
+            status = proc.wait()
+        if status != 0:
+            err.seek(0)
+            message = " ".join(err.read().decode(errors="replace").split())[-400:]
+            raise OSError(f"cannot write {path}: ffmpeg exited with status {status}: {message}")
 
 
 def save_animation(path, frames, duration_ms: int = 40, video: bool = False, bounce: bool = False,

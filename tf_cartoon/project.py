@@ -515,11 +515,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="noise maps the target renders with")
     p.add_argument("--log_every", type=int, default=100, help="log line with the losses every N steps")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
-    p.add_argument("--video", action="store_true",
-                   help="also <name>.mp4: photo | reconstruction as the optimisation goes (needs imageio-ffmpeg, "
-                        "else GIF)")
-    p.add_argument("--video_frames", type=int, default=100, help="video frames over the optimisation (default 100)")
-    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_video(p, "<name>.mp4: photo | reconstruction as the optimisation goes", 100, "over the optimisation")
     cli.add_quiet(p)
     return p
 

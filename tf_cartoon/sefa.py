@@ -171,11 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="sefa", help="where --render writes direction_III.png (default sefa)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
-    p.add_argument("--video", action="store_true",
-                   help="with --render, also direction_III.mp4 sweeping each direction (needs imageio-ffmpeg, "
-                        "else GIF)")
-    p.add_argument("--video_frames", type=int, default=32, help="video frames from -degrees to +degrees")
-    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_video(p, "with --render, direction_III.mp4 sweeping each direction", 32, "from -degrees to +degrees")
     cli.add_quiet(p)
     return p
 

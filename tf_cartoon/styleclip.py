@@ -326,10 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log_every", type=int, default=50, help="print the loss every N steps (0: never)")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call when rendering")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
-    p.add_argument("--video", action="store_true",
-                   help="also sweep.mp4: the sweep from the start to alpha and back (needs imageio-ffmpeg, else GIF)")
-    p.add_argument("--video_frames", type=int, default=32, help="video frames from the start to alpha")
-    p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
+    cli.add_video(p, "sweep.mp4: the sweep from the start to alpha and back", 32, "from the start to alpha")
     cli.add_quiet(p)
     return p
 

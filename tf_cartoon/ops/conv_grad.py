@@ -44,7 +44,7 @@ def window(x, top, left, h, w):
 
 # The filter gradient goes over bands of output rows so that its copies (padded input, tap windows, scaled
 # input) are band-sized, not image-sized: at 256 px a full-size copy is 128 MB per 4 images, and a layer's
-# backward pass used to hold three of them next to everything the forward pass kept. A band of the padded
+# backward pass would hold three of them next to everything the forward pass keeps. A band of the padded
 # input is at most this many bytes (the band count is capped so graphs stay small).
 FILTER_GRAD_BAND_BYTES = 16 * 2 ** 20
 MAX_BANDS = 32

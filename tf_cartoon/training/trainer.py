@@ -195,6 +195,8 @@ class Trainer:
         self._warned_writes = set()  # kinds of optional output (samples, TensorBoard) that failed to write
         # Periodic evaluation hooks, (every N steps, fn(trainer) -> {name: value}); see _evaluate.
         self.evaluations: list[tuple[int, Callable[[Trainer], dict]]] = []
+        if cfg.metric_list():
+            self.evaluations.append((cfg.metrics_every or cfg.iter, Trainer.measure))
         self.already_finished = False  # set by fit() when the workdir had reached --iter before
 
     def _build(self, cfg, start, gen_cfg, dis_cfg, source_path, needs_source):
@@ -721,7 +723,23 @@ class Trainer:
                 tf.summary.text("flags", flags_json, step=start)
 
         self._soft_write("TensorBoard summaries", flags_text)
+        self._soft_write("TensorBoard summaries", lambda: self._write_hparams(writer))
         return writer
+
+    def _write_hparams(self, writer) -> None:
+        """The run's flags and its metrics' names for TensorBoard's HParams dashboard: ``tensorboard --logdir``
+        over several workdirs lists every run's flags beside its final eval/<metric> and losses."""
+        from tensorboard.plugins.hparams import api as hp
+
+        from tf_cartoon.training.config import TRAIN_METRICS
+
+        cfg = self.cfg
+        values = {k: v for k, v in vars_of(cfg).items() if isinstance(v, (bool, int, float, str))}
+        metrics = [hp.Metric(f"eval/{TRAIN_METRICS[m]}") for m in cfg.metric_list()]
+        metrics += [hp.Metric(k) for k in ("d_loss", "g_loss")]
+        with writer.as_default():
+            hp.hparams_config(hparams=[hp.HParam(k) for k in values], metrics=metrics)
+            hp.hparams(values, trial_id=os.path.basename(os.path.abspath(cfg.workdir)))
 
     def _open_data(self, start: int):
         from tf_cartoon.data.folder import DataUnreadableError
@@ -766,7 +784,8 @@ class Trainer:
         def scalars():
             with writer.as_default():
                 for k, v in metrics.items():
-                    tf.summary.scalar(k, v, step=done)
+                    if not k.startswith("eval/"):  # _evaluate writes those at the step they measure
+                        tf.summary.scalar(k, v, step=done)
 
         self._soft_write("TensorBoard summaries", scalars)
 
@@ -803,6 +822,30 @@ class Trainer:
 
             self._soft_write("TensorBoard summaries", scalars)
         return results
+
+    def measure(self) -> dict:
+        """--metrics of g_ema now, by tf_cartoon.evaluate with the generators in memory: {row name: value}
+        (structure_error, domain_rate, judge_fd, fid, kid). Seeds 0..--metrics_n-1; with structure, the
+        latents and noise maps of the source's samples (--pairing), as evaluate --source pairs them."""
+        from tf_cartoon import evaluate
+
+        cfg, names = self.cfg, self.cfg.metric_list()
+        argv = ["--metrics", ",".join(names), "--fake", "g_ema", "--n", str(cfg.metrics_n), "--pairing", cfg.pairing,
+                "--quiet"]  # one log line with the values instead of progress lines
+        live = {"fake": self.g_ema}
+        if "structure" in names:
+            argv += ["--source", "source"]
+            live["source"] = self.source
+        if {"fid", "kid", "judge_fd"} & set(names):
+            argv += ["--real", cfg.metrics_real or cfg.data]
+        if {"fid", "kid"} & set(names):
+            argv += ["--inception", cfg.inception]
+        start = time.perf_counter()
+        rows = evaluate.evaluate(argv, live)
+        values = {r["metric"]: r["value"] for r in rows if r.get("set", "fake") == "fake"}
+        log.info("metrics at step %d (%.1f s): %s", int(self.step.numpy()), time.perf_counter() - start,
+                 "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        return values
 
     def _checkpoint(self, done: int, clock: _Clock) -> bool:
         """Save every --ckpt_every steps, at --iter, on a signal and after --max_time_minutes; True: stop now."""
