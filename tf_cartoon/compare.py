@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     workdirs = train_all(methods, args.out, args.steps, args.batch, args.seed, log)
     rows = score_all(workdirs, methods, args.n, args.seed, log)
     settings = {"source": SOURCE, "data": DATA, "steps": args.steps, "batch": args.batch, "seed": args.seed,
-                "n": args.n, "shared": budget_flags(args.steps, args.batch, args.seed)[5:9],
+                "n": args.n, "shared": budget_flags(args.steps, args.batch, args.seed)[5:8],
                 "minutes": round((time.time() - start) / 60, 1)}
     paths = write_reports(args.out, rows, sample_rows(workdirs, methods, seeds, args.truncation), settings)
     print(markdown(rows, settings))

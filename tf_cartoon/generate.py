@@ -17,8 +17,10 @@ same flags therefore give the same PNG bytes on every run.
 Layer swapping at l (1..n_blocks; Cartoon-StyleGAN2's inference trick): the
 source runs up to convs.{2l-1}; that feature replaces the target's own feature
 there, and the target's to_rgbs.{l-1} (on top of its own lower-resolution RGB
-skip) and all higher blocks finish the image. Each generator maps and
-truncates the same z itself. No weights are merged.
+skip) and all higher blocks finish the image. The latents pair as --pairing
+says (shared_w: the seed's z through the source's mapping, that w to both;
+own_z: each generator maps the same z itself); each truncates toward its own
+mean. No weights are merged.
 
 Outputs under --out DIR: ``seedNNNN.png`` (target), ``grid.png`` (rows: target,
 or source | target | swap_l{l}... with --source; one column per seed),
