@@ -69,7 +69,8 @@ def train_command(method: Method, workdir: str, steps: int, batch: int, seed: in
 
 def train_all(methods, out: str, steps: int, batch: int, seed: int, log=print) -> dict[str, str]:
     """One subprocess per method (one tf.distribute strategy per process); its output goes to
-    ``runs/<method>.log``. Returns {method: workdir}; a failed run is reported and left out."""
+    ``runs/<method>.log``. Returns {method: workdir}; a failed run stops the comparison with one error line
+    naming its log (the finished runs stay: a rerun skips them)."""
     workdirs = {}
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     for i, m in enumerate(methods):

@@ -195,7 +195,7 @@ class Trainer:
         self._warned_writes = set()  # kinds of optional output (samples, TensorBoard) that failed to write
         # Periodic evaluation hooks, (every N steps, fn(trainer) -> {name: value}); see _evaluate.
         self.evaluations: list[tuple[int, Callable[[Trainer], dict]]] = []
-        if cfg.metric_list():
+        if cfg.metric_list() and self.chief:  # only the chief writes TensorBoard: the others need not score
             self.evaluations.append((cfg.metrics_every or cfg.iter, Trainer.measure))
         self.already_finished = False  # set by fit() when the workdir had reached --iter before
 
