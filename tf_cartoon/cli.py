@@ -138,6 +138,14 @@ def add_video(p: argparse.ArgumentParser, what: str, frames: int | None, frames_
     p.add_argument("--frame_ms", type=int, default=40, help="video frame duration in milliseconds")
 
 
+def add_precision(p: argparse.ArgumentParser, default: str = "auto") -> argparse.Action:
+    """``--precision fp32|bf16|auto`` of the networks' compute (tf_cartoon.precision; auto: bf16 on a CPU with
+    native bfloat16, else fp32)."""
+    return p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=default,
+                          help=f"compute precision: fp32, bf16 (bfloat16 compute, float32 weights; fast on CPUs "
+                               f"with AVX512_BF16 / AMX) or auto (bf16 where the CPU has it; default {default})")
+
+
 def add_quiet(p: argparse.ArgumentParser) -> argparse.Action:
     """``--quiet``: no progress lines (tf_cartoon.progress); results, warnings and errors still print."""
     return p.add_argument("--quiet", "-q", action="store_true",

@@ -16,6 +16,7 @@ import sys
 from absl import flags
 
 from tf_cartoon import cli
+from tf_cartoon.precision import PRECISIONS
 from tf_cartoon.training.config import TrainConfig
 
 # The trainer's own flag registry, not absl's global one: train parses its argv itself, and a process that
@@ -25,7 +26,8 @@ FLAGS = flags.FlagValues()
 def define_flags():
     """One absl flag per TrainConfig field, with the field's default and help (training/config.py)."""
     # absl's name of this module: the script path when it runs as __main__ (--help lists that module first)
-    cli.define_dataclass_flags(TrainConfig, FLAGS, module_name=sys.argv[0] if __name__ == "__main__" else __name__)
+    cli.define_dataclass_flags(TrainConfig, FLAGS, module_name=sys.argv[0] if __name__ == "__main__" else __name__,
+                               choices={"precision": PRECISIONS})
 
 
 def define_aliases():

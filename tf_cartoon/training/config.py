@@ -12,6 +12,7 @@ import os
 
 from tf_cartoon import arch
 from tf_cartoon.cli import UsageError
+from tf_cartoon.precision import PRECISIONS, resolve
 
 
 def _flag(default, help: str):
@@ -70,8 +71,11 @@ class TrainConfig:
     structure_weight: float = _flag(1.0, "structure loss weight")
     swap_layers: str = _flag("auto", "layer-swapped rows of the sample grids, e.g. 1,2 (auto: 1..min(3, blocks))")
     xla: str = _flag("auto", "XLA-compile the per-replica forward / backward: auto (on with GPUs), on, off")
-    mixed_precision: bool = _flag(False, "bfloat16 compute with float32 variables and losses (Keras "
-                                         "mixed_bfloat16; bfloat16 keeps float32's range: no loss scaling)")
+    precision: str = _flag("fp32", "compute precision: fp32; bf16 (bfloat16 compute, float32 variables, losses, "
+                                   "R1 / path-length maths, EMA and Adam; no loss scaling; fast on CPUs with "
+                                   "AVX512_BF16 / AMX); fp16 (GPUs: float16 compute with dynamic loss scaling); "
+                                   "auto (bf16 on a CPU with native bfloat16, else fp32)")
+    mixed_precision: bool = _flag(False, "older spelling of --precision=bf16")
     log_every: int = _flag(100, "console / TensorBoard scalars every N steps")
     sample_every: int = _flag(1000, "image grids every N steps")
     ckpt_every: int = _flag(5000, "checkpoint every N steps")
@@ -155,6 +159,11 @@ class TrainConfig:
     def adaptive_augment(self) -> bool:
         return self.augment and self.augment_p == 0
 
+    def compute_precision(self, gpu: bool = False) -> str:
+        """The concrete precision the run computes in (fp32 / bf16 / fp16): --precision, with --mixed_precision
+        as the older spelling of bf16, auto resolved for this machine (tf_cartoon.precision.resolve)."""
+        return resolve("bf16" if self.mixed_precision else self.precision, gpu=gpu)
+
     def swap_layer_list(self, n_blocks: int | None = None) -> list[int]:
         if str(self.swap_layers).strip() in ("auto", ""):
             return list(range(1, min(3, n_blocks or 3) + 1))
@@ -227,6 +236,9 @@ def _check_optimisation(cfg: TrainConfig) -> None:
     _need(cfg, cfg.ema_halflife_steps > 0, "ema_halflife_steps", "must be positive")
     _need(cfg, cfg.structure_loss_on in ("features", "rgb"), "structure_loss_on", "must be 'features' or 'rgb'")
     _need(cfg, cfg.xla in ("auto", "on", "off"), "xla", "must be auto, on or off")
+    _need(cfg, cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    _need(cfg, not cfg.mixed_precision or cfg.precision in ("fp32", "bf16"), "mixed_precision",
+          f"is the older spelling of --precision=bf16 and conflicts with --precision={cfg.precision}")
 
 
 def _check_augmentation(cfg: TrainConfig) -> None:

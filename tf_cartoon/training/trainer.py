@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_cartoon import arch, cli, latent
+from tf_cartoon import arch, cli, latent, precision
 from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import integrity, store
 from tf_cartoon.io import reference_keys as rk
@@ -53,7 +53,7 @@ from tf_cartoon.io.errors import CheckpointFormatError, StorageError
 from tf_cartoon.training import adam_states, freeze, losses
 from tf_cartoon.training import strategy as strategy_lib
 from tf_cartoon.training import workdir_lock
-from tf_cartoon.training.config import TrainConfig, check_data, validate
+from tf_cartoon.training.config import ConfigError, TrainConfig, check_data, validate
 
 log = logging.getLogger("tf_cartoon.train")
 
@@ -158,15 +158,14 @@ class Trainer:
         needs_source = cfg.freezeStyle >= 0 or cfg.structure_loss > 0 or cfg.freezeFC
         source_path = cfg.source_ckpt or cfg.ckpt
 
-        # Mixed precision: bfloat16 compute, float32 variables and losses. bfloat16 keeps float32's
-        # range, so no loss scaling is needed (float16 would need it for R1 and path length).
-        previous_policy = keras.mixed_precision.global_policy()
-        if cfg.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        try:
+        # Mixed precision (tf_cartoon.precision): bfloat16 compute, float32 variables and losses. bfloat16 keeps
+        # float32's range, so no loss scaling is needed (float16 would need it for R1 and path length).
+        self.precision = cfg.compute_precision(gpu=bool(tf.config.list_logical_devices("GPU")))
+        if self.precision == "fp16":
+            raise ConfigError("--precision=fp16: float16 training (with loss scaling) is not implemented yet; "
+                              "use bf16 or fp32")
+        with precision.policy(self.precision):
             self._build(cfg, start, gen_cfg, dis_cfg, source_path, needs_source)
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
         # The loaded checkpoint's networks (copied into ours) are as large as G and D together; Keras
         # models hold reference cycles, so without a collection they would stay through training.
         del start
