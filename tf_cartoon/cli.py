@@ -156,15 +156,43 @@ def add_quiet(p: argparse.ArgumentParser) -> argparse.Action:
 # Checkpoints
 # ---------------------------------------------------------------------------
 
-def load_checkpoint(spec, flag_name: str, models=("g_ema", "g", "d"), fused_modconv: bool = False):
+def _concrete_precision(requested: str, flag_name: str) -> str:
+    from tf_cartoon import precision
+
+    gpu = False
+    if requested == "auto":  # only auto needs to know about GPUs (and so starts TensorFlow)
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+    try:
+        return precision.resolve(requested, gpu=gpu)
+    except ValueError as e:
+        raise UsageError(f"{flag_name} {e}") from None
+
+
+def resolve_precision(requested: str, flag_name: str = "--precision") -> str:
+    """``requested`` (fp32 / bf16 / fp16 / auto) as the concrete precision the networks compute in
+    (tf_cartoon.precision.resolve, auto: bf16 on a CPU with native bfloat16 and no GPU); logged at INFO."""
+    concrete = _concrete_precision(requested, flag_name)
+    logging.getLogger(__name__).info("networks compute in %s (%s %s)", concrete, flag_name, requested)
+    return concrete
+
+
+def load_checkpoint(spec, flag_name: str, models=("g_ema", "g", "d"), fused_modconv: bool = False,
+                    precision: str = "fp32"):
     """``tf_cartoon.io.store.load(spec)``, its complaints as a UsageError naming ``flag_name``.
 
+    precision: the networks' compute precision (fp32 / bf16 / fp16 / auto, :func:`resolve_precision`): they are
+    built inside ``tf_cartoon.precision.policy`` (variables stay float32; layers compute in that dtype).
     Nothing is checked here first (not even that the path exists): the loader knows every spec it
     accepts (paths, ``builtin:<name>``, the formats its dispatch reads)."""
+    from tf_cartoon import precision as precisions
     from tf_cartoon.io import store
 
+    concrete = _concrete_precision(precision, "--precision")
     try:
-        return store.load(spec, models=models, fused_modconv=fused_modconv)
+        with precisions.policy(concrete):
+            return store.load(spec, models=models, fused_modconv=fused_modconv)
     except (CheckpointError, OSError, ValueError) as e:
         # The readers report a bad file as a CheckpointError, a missing one as FileNotFoundError, and some
         # older checks (a directory of neither format, bad JSON) as a plain ValueError: all are about the
@@ -172,9 +200,9 @@ def load_checkpoint(spec, flag_name: str, models=("g_ema", "g", "d"), fused_modc
         raise UsageError(f"{flag_name}: {one_line(e)}") from e
 
 
-def load_generator(spec, flag_name: str, fused_modconv: bool = False):
-    """The ``g_ema`` generator of a checkpoint spec (see :func:`load_checkpoint`)."""
-    g = load_checkpoint(spec, flag_name, models=("g_ema",), fused_modconv=fused_modconv).g_ema
+def load_generator(spec, flag_name: str, fused_modconv: bool = False, precision: str = "fp32"):
+    """The ``g_ema`` generator of a checkpoint spec, computing in ``precision`` (see :func:`load_checkpoint`)."""
+    g = load_checkpoint(spec, flag_name, models=("g_ema",), fused_modconv=fused_modconv, precision=precision).g_ema
     if g is None:
         raise UsageError(f"{flag_name}: {spec} holds no g_ema generator")
     return g

@@ -27,6 +27,8 @@ or source | target | swap_l{l}... with --source; one column per seed),
 ``source/`` and ``swap_l{l}/`` per-seed images with --source, ``mixing.png``
 with --mixing, ``interpolation.gif`` with --interpolate (``interpolation.mp4``
 with --video as well). Progress (rate, ETA) goes to stderr; --quiet drops it.
+``--precision bf16`` runs the networks in bfloat16 (float32 weights; README "bf16 quality"); latents stay
+float32 and the images are written the same way in either precision.
 
 The library functions (:func:`sample`, :func:`swap_images`, :func:`style_mixing`,
 :func:`interpolation_frames`, ...) return float images in about [-1, 1] (NHWC)
@@ -68,7 +70,7 @@ def mean_latent(g, truncation_samples: int = 4096) -> np.ndarray:
     n = int(truncation_samples)
     if n < 1:
         raise ValueError(f"truncation_samples must be >= 1, got {n}")
-    return np.asarray(g.mean_latent(n, seed=MEAN_LATENT_SEED))
+    return np.asarray(g.mean_latent(n, seed=MEAN_LATENT_SEED), np.float32)
 
 
 def mean_latents(truncation: float, truncation_samples: int, *gens) -> list:
@@ -92,7 +94,7 @@ def truncate(g, w, truncation: float = 0.7, truncation_latent=None, truncation_s
 def latents(g, seeds, truncation: float = 0.7, truncation_latent=None, truncation_samples: int = 4096) -> np.ndarray:
     """Truncated w of each seed through ``g``'s own mapping, float32 [N, style_dim]."""
     z = seed_z(seeds, g.z_dim)
-    w = np.asarray(g.mapping(z)) if len(z) else np.zeros_like(z)
+    w = np.asarray(g.mapping(z), np.float32) if len(z) else np.zeros_like(z)
     return truncate(g, w, truncation, truncation_latent, truncation_samples)
 
 
@@ -168,9 +170,10 @@ def render(g, wplus, batch: int = 8, tap_layers=(), swap_layer=None, swap_featur
         if swap_layer is not None:
             kw = dict(swap_layer=int(swap_layer), swap_feature=swap_feature[i:i + batch])
         out = g.synthesis(wplus[i:i + batch], randomize_noise=False, tap_layers=tap_layers, **kw)
-        images.append(np.asarray(out.image))
+        # float32 whatever the networks compute in (bf16 generators): what the tools write is the same either way
+        images.append(np.asarray(out.image, np.float32))
         for t in tap_layers:
-            features[t].append(np.asarray(out.features[t]))
+            features[t].append(np.asarray(out.features[t], np.float32))
     if not images:
         raise ValueError("nothing to render (no seeds)")
     return Rendered(np.concatenate(images), {t: np.concatenate(f) for t, f in features.items()})
@@ -333,6 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=30, help="interpolation frames per pair of seeds")
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
+    cli.add_precision(p)
     cli.add_quiet(p)
     return p
 
@@ -351,10 +355,11 @@ def _prepare(args):
         raise ValueError("--interpolate needs at least two seeds")
     if args.video and not args.interpolate:
         raise ValueError("--video writes the interpolation: it needs --interpolate")
-    target = cli.load_generator(args.target, cli.flag(args, "target"))
+    precision = cli.resolve_precision(args.precision)
+    target = cli.load_generator(args.target, cli.flag(args, "target"), precision=precision)
     source = None
     if args.source is not None:
-        source = cli.load_generator(args.source, "--source")
+        source = cli.load_generator(args.source, "--source", precision=precision)
         if layers is None:
             layers = default_swap_layers(target)
         layers = latent.check_pair(source, target, layers, "--source")

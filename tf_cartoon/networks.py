@@ -155,12 +155,13 @@ class Generator(keras.Model):
     def mean_latent(self, n: int = 4096, seed: int | None = None):
         """The truncation centre, [1, style_dim]: the checkpoint's stored one where it has one
         (``stored_mean_latent``: NVlabs' w_avg, the average of w over training, which NVlabs' code truncates
-        toward), else the mean of the mapping over ``n`` N(0, 1) latents."""
+        toward), else the mean of the mapping over ``n`` N(0, 1) latents. Float32 whatever the compute dtype:
+        the mean of thousands of bfloat16 rows is summed in float32."""
         if self.stored_mean_latent is not None:
             return tf.constant(np.reshape(self.stored_mean_latent, [1, self.style_dim]), tf.float32)
         z = (tf.random.stateless_normal([n, self.z_dim], seed=[seed, 0]) if seed is not None
              else tf.random.normal([n, self.z_dim]))
-        return tf.reduce_mean(self.style(z), axis=0, keepdims=True)
+        return tf.reduce_mean(tf.cast(self.style(z), tf.float32), axis=0, keepdims=True)
 
     def make_wplus(self, styles, input_is_latent=False, truncation=1.0, truncation_latent=None, inject_index=None,
                    put_latent=None, freeze_fc=None):

@@ -20,6 +20,8 @@ import functools
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+# The compute dtype of each concrete precision's layers (Keras' policy.compute_dtype).
+COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # /proc/cpuinfo flags of native bfloat16 arithmetic (AVX512_BF16 dot products, AMX bf16 tiles).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -55,6 +57,11 @@ def resolve(precision: str, gpu: bool = False, cpu_bf16: bool | None = None) -> 
     if gpu:
         return "fp32"
     return "bf16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
+
+
+def of_layer(layer) -> str:
+    """The concrete precision (fp32 / bf16 / fp16) a built Keras layer or model computes in."""
+    return {dtype: name for name, dtype in COMPUTE_DTYPE.items()}[layer.compute_dtype]
 
 
 @contextlib.contextmanager

@@ -46,13 +46,15 @@ Outputs under --out DIR, per photo ``<name>`` (the file's stem; repeated stems g
   <name>.npz  w_plus [n_latent, style_dim] float32, noise_0 .. noise_{K-1}
               [1, R, R, 1] float32 (NHWC, ready for ``Generator.synthesis(noise=...)``),
               photo [H, W, 3] uint8 (the cropped, resized input), reconstruction uint8,
-              settings (a JSON string: flags, checkpoints, final losses). Read it with
+              settings (a JSON string: flags, checkpoints, precision, final losses). Read it with
               :func:`load_projection`.
   <name>.png  photo | source reconstruction [| target | swap_l{l} ...] side by side
   grid.png    those rows stacked, one per photo
   <name>.mp4  with --video: photo | source reconstruction as the optimisation goes (--video_frames
               frames, the first at the start latent, the last the final result; GIF without imageio-ffmpeg)
 Progress (steps, rate, ETA, MSE) goes to stderr; --quiet drops it and the log lines.
+``--precision bf16`` runs the generators in bfloat16; the latent, the noise maps, the losses and Adam stay
+float32.
 The target renders the projected W+ with the projected noise maps
 (``--target_noise stored``: its own stored buffers); the swapped images put the
 source's feature at layer l into the target (tf_cartoon.generate's layer swapping).
@@ -360,8 +362,9 @@ class _Projector:
         import tensorflow as tf
 
         cfg = self.cfg
-        image = self.g.synthesis(latent.to_wplus(w, self.g.n_latent), noise=list(self.noises),
-                                 randomize_noise=False).image
+        # the losses in float32 whatever the generator computes in (bf16: only the network is bfloat16)
+        image = tf.cast(self.g.synthesis(latent.to_wplus(w, self.g.n_latent), noise=list(self.noises),
+                                         randomize_noise=False).image, tf.float32)
         x = loss_resolution(image)
         out = {"mse": tf.reduce_mean(tf.square(x - self.target), axis=[1, 2, 3]),
                "perceptual": (self.perceptual.distance(self.target_feats, x) if self.perceptual is not None
@@ -454,10 +457,10 @@ def toonify(source, target, wplus, noises, layers=(), target_noise: str = "proje
     wplus = gen.to_wplus(source, wplus)
     src = source.synthesis(wplus, noise=list(noises), randomize_noise=False, tap_layers=layers)
     t_noise = list(noises) if target_noise == "projected" else None
-    tgt = np.asarray(target.synthesis(wplus, noise=t_noise, randomize_noise=False).image)
+    tgt = np.asarray(target.synthesis(wplus, noise=t_noise, randomize_noise=False).image, np.float32)
     swapped = {l: np.asarray(target.synthesis(wplus, noise=t_noise, randomize_noise=False, swap_layer=l,
-                                              swap_feature=src.features[l]).image) for l in layers}
-    return gen.SwapImages(np.asarray(src.image), tgt, swapped)
+                                              swap_feature=src.features[l]).image, np.float32) for l in layers}
+    return gen.SwapImages(np.asarray(src.image, np.float32), tgt, swapped)
 
 
 def save_projection(path, wplus, noises, photo=None, reconstruction=None, settings=None) -> str:
@@ -516,6 +519,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log_every", type=int, default=100, help="log line with the losses every N steps")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
     cli.add_video(p, "<name>.mp4: photo | reconstruction as the optimisation goes", 100, "over the optimisation")
+    cli.add_precision(p)
     cli.add_quiet(p)
     return p
 
@@ -537,11 +541,12 @@ def _prepare(args):
             raise FileNotFoundError(f"photo {path} does not exist or is not a file")
     if args.vgg16_weights is not None and not os.path.exists(args.vgg16_weights):
         raise FileNotFoundError(f"--vgg16_weights {args.vgg16_weights} does not exist")
-    source = cli.load_generator(args.source, "--source")
+    args.precision = cli.resolve_precision(args.precision)  # the generators'; latents, losses, Adam stay float32
+    source = cli.load_generator(args.source, "--source", precision=args.precision)
     photos = np.stack([load_photo(p, source.size) for p in args.photos])
     target = None
     if args.target is not None:
-        target = cli.load_generator(args.target, "--target")
+        target = cli.load_generator(args.target, "--target", precision=args.precision)
         if layers is None:
             layers = gen.default_swap_layers(target)
         layers = latent.check_pair(source, target, layers, "--target")
@@ -565,7 +570,7 @@ def main(argv=None) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     log(f"projecting {len(photos)} photo(s) into {args.source} ({source.size} px, W+ {source.n_latent} x "
-        f"{source.style_dim}), {cfg.steps} steps; {describe_loss(cfg, perceptual)}")
+        f"{source.style_dim}, {args.precision}), {cfg.steps} steps; {describe_loss(cfg, perceptual)}")
     names = photo_names(args.photos)
     rows, videos = [], []
     for start in range(0, len(photos), args.batch):
@@ -593,6 +598,7 @@ def main(argv=None) -> int:
                         "source": cli.checkpoint_record(args.source),
                         "target": cli.checkpoint_record(args.target) if args.target else None,
                         "swap_layers": list(layers), "target_noise": args.target_noise,
+                        "precision": args.precision,
                         "vgg16_weights": os.path.abspath(args.vgg16_weights) if perceptual else None,
                         "panels": ["photo", "source"] + (["target"] + [f"swap_l{l}" for l in sorted(layers)]
                                                          if target is not None else []),

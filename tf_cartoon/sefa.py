@@ -30,7 +30,8 @@ a row per seed, a column per degree, each cell source | target (| target with
 the source's feature swapped in at each --swap_layer). With --video also
 ``direction_III.mp4``: the same cells (a row per seed) sweeping from -D to +D and
 back in --video_frames steps each way (GIF without imageio-ffmpeg).
-Progress (rate, ETA per direction) goes to stderr; --quiet drops it.
+Progress (rate, ETA per direction) goes to stderr; --quiet drops it. ``--precision bf16`` renders in
+bfloat16 (the factorization reads the float32 weights, so the npz is the same in either precision).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
     cli.add_video(p, "with --render, direction_III.mp4 sweeping each direction", 32, "from -degrees to +degrees")
+    cli.add_precision(p)
     cli.add_quiet(p)
     return p
 
@@ -193,8 +195,9 @@ def _prepare(args):
     cli.check_finite(args, "degrees", "truncation")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file, got {args.out}")
-    source = cli.load_generator(args.source, cli.flag(args, "source"))
-    target = cli.load_generator(args.target, "--target") if args.target is not None else None
+    precision = cli.resolve_precision(args.precision)  # of the renders: the factorization reads float32 weights
+    source = cli.load_generator(args.source, cli.flag(args, "source"), precision=precision)
+    target = cli.load_generator(args.target, "--target", precision=precision) if args.target is not None else None
     if target is not None:
         latent.check_pair(source, target, layers, "--target")
     if args.render:

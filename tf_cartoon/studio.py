@@ -39,7 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from tf_cartoon import arch, cli, latent
+from tf_cartoon import arch, cli, latent, precision
 from tf_cartoon.images import MAX_SEED, to_uint8
 
 DEFAULT_SOURCE = "builtin:source_synthetic"
@@ -101,6 +101,7 @@ class Studio:
             raise ValueError(f"toonify steps must be >= 1, got {toonify_steps}")
         self.toonify_steps = None if toonify_steps is None else int(toonify_steps)
         self.layers = swappable_layers(source, target)
+        self.precision = precision.of_layer(target)  # what the page reports; the images are uint8 either way
         self.source_mean = gen.mean_latent(source, truncation_samples)
         self.target_mean = gen.mean_latent(target, truncation_samples)
         self.directions = sefa.closed_form_factorization(source).eigvec  # [style_dim, style_dim], column i
@@ -112,7 +113,8 @@ class Studio:
         return {"size": int(self.target.size), "style_dim": int(self.source.style_dim), "layers": list(self.layers),
                 "default_layer": self.default_layer, "source": self.source_name, "target": self.target_name,
                 "pairing": self.pairing, "max_seed": MAX_SEED, "truncation_range": list(self.TRUNCATION_RANGE),
-                "strength_range": list(self.STRENGTH_RANGE), "toonify": toonify_available()}
+                "strength_range": list(self.STRENGTH_RANGE), "toonify": toonify_available(),
+                "precision": self.precision}
 
     @property
     def default_layer(self) -> int:
@@ -522,7 +524,7 @@ fetch("/api/info").then((r) => r.json()).then((info) => {
   INFO = info;
   document.documentElement.style.setProperty("--cell", Math.max(info.size, 160) + "px");
   $("models").textContent = "source " + info.source + " | target " + info.target + " | " + info.size +
-    " px | pairing " + info.pairing;
+    " px | pairing " + info.pairing + " | " + info.precision;
   for (const id of ["draw-swap", "sefa-swap", "toon-swap"]) {
     $(id).max = info.layers.length - 1;
     $(id).value = info.layers.indexOf(info.default_layer);
@@ -567,6 +569,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation_samples", type=int, default=4096, help="z samples behind each mean latent")
     p.add_argument("--toonify_steps", type=int, default=None,
                    help="projection steps of an uploaded photo (default: toonify's fast mode)")
+    cli.add_precision(p)
     return p
 
 
@@ -584,8 +587,9 @@ def _prepare(args):
                                  "exist here: train it first (python -m tf_cartoon.train --flagfile=quickstart, "
                                  "about 6 minutes on a CPU) or pass --target")
         target = DEFAULT_TARGET
-    source_g = cli.load_generator(args.source, cli.flag(args, "source"))
-    target_g = cli.load_generator(target, cli.flag(args, "target"))
+    concrete = cli.resolve_precision(args.precision)
+    source_g = cli.load_generator(args.source, cli.flag(args, "source"), precision=concrete)
+    target_g = cli.load_generator(target, cli.flag(args, "target"), precision=concrete)
     latent.check_pair(source_g, target_g, (), "--target")
     swappable_layers(source_g, target_g, "--target")
     return source_g, target_g, target
@@ -604,7 +608,8 @@ def main(argv=None) -> int:
             raise cli.UsageError(f"--port: cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("studio: listening on %s: every machine that reaches this address can use it", args.host)
-    print(f"studio: {url_of(server)} (source {args.source}, target {target}; Ctrl-C stops)", flush=True)
+    print(f"studio: {url_of(server)} (source {args.source}, target {target}, {studio.precision}; Ctrl-C stops)",
+          flush=True)
     try:
         server.serve_forever()
     finally:

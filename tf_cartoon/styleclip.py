@@ -38,7 +38,8 @@ Outputs under --out DIR: ``sweep.png`` (rows source | target | swap_l{l}..., one
 strength) and ``latents.npz``: ``w_init``, ``w_opt`` [n_latent, style_dim] (untruncated),
 ``coefficients`` [M] (alpha j / (M-1)), ``sweep`` [M, n_latent, style_dim], ``history`` [steps, 4]
 (lr, objective, CLIP loss, squared distance, each before that step's update), ``text``, ``seed``,
-``truncation``, ``l2_lambda``. With ``--video`` also ``sweep.mp4``: the rows of sweep.png as one column
+``truncation``, ``l2_lambda``, ``precision`` (the generators' compute: fp32 or bf16; ``--precision``: W+,
+the loss, CLIP and Adam stay float32 in either). With ``--video`` also ``sweep.mp4``: the rows of sweep.png as one column
 walking from the start to strength alpha and back in ``--video_frames`` steps each way (GIF without
 imageio-ffmpeg). The optimisation's progress (steps, rate, ETA, loss) goes to stderr; ``--quiet`` drops it.
 
@@ -137,7 +138,7 @@ def start_latent(g, seed: int) -> np.ndarray:
     """The untruncated W+ [n_latent, D] of ``seed``'s z (tf_cartoon.generate's z) under ``g``."""
     from tf_cartoon import generate as gen
 
-    return gen.to_wplus(g, np.asarray(g.mapping(gen.seed_z([seed], g.z_dim))))[0]
+    return gen.to_wplus(g, gen.latents(g, [seed], 1.0))[0]
 
 
 def load_latent(g, path: str) -> np.ndarray:
@@ -205,7 +206,8 @@ class Objective:
         import tensorflow as tf
 
         wt = w if self.mean is None else latent.truncate(w, self.mean, self.psi)
-        image = self.g.synthesis(wt, randomize_noise=False).image
+        # CLIP and the loss in float32 whatever the generator computes in (bf16: only the network is bfloat16)
+        image = tf.cast(self.g.synthesis(wt, randomize_noise=False).image, tf.float32)
         c = tf.reduce_sum(self.clip_loss(image))
         l2 = tf.reduce_sum(tf.square(w - w_init))
         return c + l2_lambda * l2, c, l2
@@ -327,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images per synthesis call when rendering")
     p.add_argument("--pad", type=int, default=0, help="pixels between grid cells")
     cli.add_video(p, "sweep.mp4: the sweep from the start to alpha and back", 32, "from the start to alpha")
+    cli.add_precision(p)
     cli.add_quiet(p)
     return p
 
@@ -366,8 +369,9 @@ def _prepare(args):
             raise FileNotFoundError(f"{flag} {path} does not exist")
     if not os.path.exists(args.clip):
         raise clip_lib.ClipWeightsError(f"--clip {args.clip} does not exist. " + clip_lib.HOWTO_WEIGHTS)
-    source = cli.load_generator(args.source, "--source")
-    target = cli.load_generator(args.target, "--target") if args.target is not None else None
+    args.precision = cli.resolve_precision(args.precision)  # the generators'; CLIP and the latents stay float32
+    source = cli.load_generator(args.source, "--source", precision=args.precision)
+    target = cli.load_generator(args.target, "--target", precision=args.precision) if args.target is not None else None
     if target is not None:
         layers = latent.check_pair(source, target, layers, "--target")
     w_init = load_latent(source, args.latent) if args.latent else start_latent(source, args.seed)
@@ -400,7 +404,7 @@ def main(argv=None) -> int:
     tmp = os.path.join(args.out, f".latents.{os.getpid()}.tmp.npz")
     np.savez(tmp, w_init=result.w_init, w_opt=result.w_opt, coefficients=coefficients, sweep=sweep,
              history=result.history, text=np.array(args.text), seed=np.array(-1 if args.latent else args.seed),
-             truncation=np.array(psi), l2_lambda=np.array(args.l2_lambda))
+             truncation=np.array(psi), l2_lambda=np.array(args.l2_lambda), precision=np.array(args.precision))
     os.replace(tmp, npz)
     video = ""
     if args.video:

@@ -148,6 +148,7 @@ def _parser():
                         "MTCNN finds; none: the centred square, resized")
     p.add_argument("--vgg16_weights", default=None,
                    help="local keras.applications VGG16 weights (.h5) for the perceptual loss; without: MSE only")
+    cli.add_precision(p)
     cli.add_quiet(p)
     return p
 
@@ -166,8 +167,9 @@ def _prepare(args):
         raise FileNotFoundError(f"--vgg16_weights {args.vgg16_weights} does not exist or is not a file")
     if args.align == "mtcnn" and align_mod.weights_dir() is None:
         align_mod.MTCNNNets.load()  # raises the install hint
-    source = cli.load_generator(args.source, cli.flag(args, "source"))
-    target = cli.load_generator(args.target, cli.flag(args, "target"))
+    args.precision = cli.resolve_precision(args.precision)  # the generators'; the projection stays float32
+    source = cli.load_generator(args.source, cli.flag(args, "source"), precision=args.precision)
+    target = cli.load_generator(args.target, cli.flag(args, "target"), precision=args.precision)
     too_high = [l for l in layers if l > target.n_blocks]
     if too_high:
         print(f"note: swap layers {too_high} are above the {target.size} px generator's {target.n_blocks} blocks; "
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
         try:
             photo = align_mod.read_photo(path)
             if not args.quiet:
-                print(f"{path}: projecting into {args.source} ({cfg.steps} steps)", file=sys.stderr, flush=True)
+                print(f"{path}: projecting into {args.source} ({cfg.steps} steps, {args.precision})", file=sys.stderr, flush=True)
             progress = Progress(f"toonify {name}", cfg.steps, unit="steps", quiet=args.quiet)
             res = toonify_photo(photo, source, target, fast=args.fast, swap_layers=layers, align=args.align,
                                 steps=cfg.steps, perceptual=perceptual, log=log, progress=progress.update)
@@ -220,6 +222,7 @@ def main(argv=None) -> int:
         progress = None
         settings = {**cfg._asdict(), "photo": os.path.abspath(path), "source": args.source, "target": args.target,
                     "swap_layers": list(layers), "align": args.align, "final_mse": res.mse,
+                    "precision": args.precision,
                     "vgg16_weights": os.path.abspath(args.vgg16_weights) if perceptual else None,
                     "panels": [label for label, _ in panels(res)]}
         save_projection(os.path.join(args.out, f"{name}.npz"), res.w_plus, res.noises, res.aligned,
