@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from tf_cartoon import cli as _cli  # imports neither numpy nor TensorFlow
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KERAS_POLICY = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 # The compute dtype of each concrete precision's layers (Keras' policy.compute_dtype).
@@ -78,3 +80,102 @@ def policy(precision: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+# ---------------------------------------------------------------------------
+# The bf16 quality report: python -m tf_cartoon.precision --ckpt CKPT --seeds 0-15 [--target CKPT]
+# ---------------------------------------------------------------------------
+
+def image_difference(a, b) -> dict:
+    """How far two uint8 image sets of the same shape are apart, in grey levels (0-255): the max and mean absolute
+    difference over every pixel and channel, and the PSNR in dB (None where they are identical: infinite)."""
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != np.uint8 or b.dtype != np.uint8:
+        raise ValueError(f"two uint8 image sets of one shape, got {a.dtype} {a.shape} and {b.dtype} {b.shape}")
+    d = a.astype(np.float64) - b.astype(np.float64)
+    mse = float(np.mean(d * d))
+    return {"max_abs": int(np.abs(d).max()), "mean_abs": round(float(np.abs(d).mean()), 4),
+            "psnr_db": round(10.0 * np.log10(255.0 ** 2 / mse), 2) if mse > 0 else None}
+
+
+def judge_comparison(judge, fp32, bf16) -> dict:
+    """The judge's view of the same seeds in both precisions (uint8 sets): each set's domain score (mean
+    P(cartoon)) and rate (share judged cartoon), the Frechet distance between the two sets' judge features, and
+    the structure error between each seed's two images (tf_cartoon.metrics.judge; 0: the same faces)."""
+    from tf_cartoon.metrics import judge as judges
+
+    a, b = judge(fp32), judge(bf16)
+    return {"domain_prob_fp32": round(float(a.domain_prob.mean()), 6),
+            "domain_prob_bf16": round(float(b.domain_prob.mean()), 6),
+            "domain_rate_fp32": judges.domain_rate(a), "domain_rate_bf16": judges.domain_rate(b),
+            "judge_fd_fp32_bf16": round(judges.judge_fd(a, b), 4),
+            "structure_error_fp32_bf16": round(judges.structure_error(a, b, judge.spreads)[0], 4)}
+
+
+def _report_parser():
+    p = _cli.parser("python -m tf_cartoon.precision", "The bf16 quality report: the same seeds rendered in fp32 and "
+                   "in bf16, compared (one JSON line on stdout).")
+    p.add_argument("--ckpt", required=True, help="generator to render (any checkpoint spec, e.g. "
+                                                 "builtin:source_synthetic)")
+    _cli.add_role(p, "target", default=None, help="also a fine-tuned generator, rendering --ckpt's w of each seed "
+                                                 "(as generate --source CKPT --target TARGET does)")
+    p.add_argument("--seeds", default="0-15", help="seeds (default 0-15)")
+    _cli.add_truncation(p)
+    p.add_argument("--batch", type=int, default=8, help="images per synthesis call")
+    p.add_argument("--no_judge", action="store_true", help="leave out the judge's figures")
+    return p
+
+
+def _render(spec, flag_name, target_spec, seeds, args, precision):
+    """uint8 images of ``seeds``: {"ckpt": ..., and with a target "target": ...}, computed in ``precision``."""
+    from tf_cartoon import generate as gen
+    from tf_cartoon.images import to_uint8
+
+    g = _cli.load_generator(spec, flag_name, precision=precision)
+    psi, n = args.truncation, args.truncation_samples
+    if target_spec is None:
+        return {"ckpt": to_uint8(gen.sample(g, seeds, psi, truncation_samples=n, batch=args.batch))}
+    t = _cli.load_generator(target_spec, "--target", precision=precision)
+    r = gen.swap_images(g, t, seeds, (), psi, truncation_samples=n, batch=args.batch)
+    return {"ckpt": to_uint8(r.source), "target": to_uint8(r.target)}
+
+
+@_cli.command(setup="generate")
+def main(argv=None) -> int:
+    import json
+
+    args = _report_parser().parse_args(argv)
+    with _cli.user_input():
+        from tf_cartoon.images import parse_seeds
+
+        seeds = parse_seeds(args.seeds)
+        _cli.check_at_least(args, 1, "batch", "truncation_samples")
+        _cli.check_finite(args, "truncation")
+        rendered = {p: _render(args.ckpt, "--ckpt", args.target, seeds, args, p) for p in ("fp32", "bf16")}
+    judge = None
+    if not args.no_judge:
+        from tf_cartoon.metrics import judge as judges
+
+        try:
+            judge = judges.load()
+        except (OSError, ValueError):  # no shipped judge in this installation: the pixel figures alone
+            judge = None
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    out = {"what": "bf16_quality", "ckpt": _cli.checkpoint_record(args.ckpt),
+           "target": _cli.checkpoint_record(args.target) if args.target else None,
+           "seeds": args.seeds, "n": len(seeds), "truncation": args.truncation,
+           "cpu_bf16_flags": list(cpu_bf16_flags()), "cpu_bf16": cpu_has_bf16(), "gpu": gpu,
+           "auto": resolve("auto", gpu=gpu)}
+    out["fp32_vs_bf16"] = {role: {**image_difference(fp32, rendered["bf16"][role]),
+                                  "judge": judge_comparison(judge, fp32, rendered["bf16"][role]) if judge else None}
+                           for role, fp32 in rendered["fp32"].items()}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    _cli.run(main)
