@@ -308,7 +308,7 @@ def test_quality_report(ckpts, tmp_path, capsys):
         assert {k: got[k] for k in expected} == expected
         judged = got["judge"]
         assert set(judged) == {"domain_prob_fp32", "domain_prob_bf16", "domain_rate_fp32", "domain_rate_bf16",
-                               "judge_fd_fp32_bf16", "structure_error_fp32_bf16"}
+                               "judge_fd_fp32_bf16", "structure_error_fp32_bf16", "judge_fd_fp32_other_seeds"}
         assert judged["judge_fd_fp32_bf16"] >= 0 and 0 <= judged["structure_error_fp32_bf16"] < 0.5
 
     assert precision.main(["--ckpt", str(tmp_path / "nothing"), "--no_judge"]) == 2

@@ -9,6 +9,15 @@
   scaling. GPUs only (CPUs have no fast float16 convolutions).
 - ``auto``: ``bf16`` on a CPU with native bfloat16 (and no GPU), else ``fp32``.
 
+The generating tools (generate, sefa, styleclip, project, toonify, studio) take ``--precision auto|fp32|bf16``
+(tf_cartoon.cli.add_precision) and load their generators with ``cli.load_generator(..., precision=...)``, which
+builds them inside :func:`policy`; what they write (latents, images, metadata) is float32 / uint8 either way.
+
+The bf16 quality report, one JSON line: the same seeds rendered in fp32 and in bf16, their max / mean absolute
+grey-level difference and PSNR, and the judge's view of both sets (tf_cartoon.metrics.judge):
+
+    python -m tf_cartoon.precision --ckpt builtin:source_synthetic --seeds 0-15 [--target CKPT]
+
 This module imports neither TensorFlow nor Keras at import time (the command-line layer reads it before TF
 starts); :func:`policy` imports Keras when it is entered.
 """
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 
 from tf_cartoon import cli as _cli  # imports neither numpy nor TensorFlow
 
@@ -100,18 +110,23 @@ def image_difference(a, b) -> dict:
             "psnr_db": round(10.0 * np.log10(255.0 ** 2 / mse), 2) if mse > 0 else None}
 
 
-def judge_comparison(judge, fp32, bf16) -> dict:
+def judge_comparison(judge, fp32, bf16, other=None) -> dict:
     """The judge's view of the same seeds in both precisions (uint8 sets): each set's domain score (mean
     P(cartoon)) and rate (share judged cartoon), the Frechet distance between the two sets' judge features, and
-    the structure error between each seed's two images (tf_cartoon.metrics.judge; 0: the same faces)."""
+    the structure error between each seed's two images (tf_cartoon.metrics.judge; 0: the same faces, about 1:
+    unrelated ones). ``other``: fp32 images of as many other seeds, whose judge_fd to the fp32 set is the scale
+    of judge_fd at this sample size (two draws of the same model)."""
     from tf_cartoon.metrics import judge as judges
 
     a, b = judge(fp32), judge(bf16)
-    return {"domain_prob_fp32": round(float(a.domain_prob.mean()), 6),
-            "domain_prob_bf16": round(float(b.domain_prob.mean()), 6),
-            "domain_rate_fp32": judges.domain_rate(a), "domain_rate_bf16": judges.domain_rate(b),
-            "judge_fd_fp32_bf16": round(judges.judge_fd(a, b), 4),
-            "structure_error_fp32_bf16": round(judges.structure_error(a, b, judge.spreads)[0], 4)}
+    out = {"domain_prob_fp32": round(float(a.domain_prob.mean()), 6),
+           "domain_prob_bf16": round(float(b.domain_prob.mean()), 6),
+           "domain_rate_fp32": judges.domain_rate(a), "domain_rate_bf16": judges.domain_rate(b),
+           "judge_fd_fp32_bf16": round(judges.judge_fd(a, b), 4),
+           "structure_error_fp32_bf16": round(judges.structure_error(a, b, judge.spreads)[0], 4)}
+    if other is not None:
+        out["judge_fd_fp32_other_seeds"] = round(judges.judge_fd(a, judge(other)), 4)
+    return out
 
 
 def _report_parser():
@@ -162,6 +177,10 @@ def main(argv=None) -> int:
             judge = judges.load()
         except (OSError, ValueError):  # no shipped judge in this installation: the pixel figures alone
             judge = None
+    if judge is not None:  # judge_fd's scale: the first as many seeds not among --seeds, in fp32
+        taken = set(seeds)
+        others = list(itertools.islice((s for s in itertools.count() if s not in taken), len(seeds)))
+        rendered["other"] = _render(args.ckpt, "--ckpt", args.target, others, args, "fp32")
     import tensorflow as tf
 
     gpu = bool(tf.config.list_logical_devices("GPU"))
@@ -170,9 +189,11 @@ def main(argv=None) -> int:
            "seeds": args.seeds, "n": len(seeds), "truncation": args.truncation,
            "cpu_bf16_flags": list(cpu_bf16_flags()), "cpu_bf16": cpu_has_bf16(), "gpu": gpu,
            "auto": resolve("auto", gpu=gpu)}
-    out["fp32_vs_bf16"] = {role: {**image_difference(fp32, rendered["bf16"][role]),
-                                  "judge": judge_comparison(judge, fp32, rendered["bf16"][role]) if judge else None}
-                           for role, fp32 in rendered["fp32"].items()}
+    out["fp32_vs_bf16"] = {}
+    for role, fp32 in rendered["fp32"].items():
+        bf16 = rendered["bf16"][role]
+        out["fp32_vs_bf16"][role] = {**image_difference(fp32, bf16), "judge": judge_comparison(
+            judge, fp32, bf16, rendered["other"][role]) if judge is not None else None}
     print(json.dumps(out), flush=True)
     return 0
 
