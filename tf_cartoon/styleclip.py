@@ -39,8 +39,8 @@ strength) and ``latents.npz``: ``w_init``, ``w_opt`` [n_latent, style_dim] (untr
 ``coefficients`` [M] (alpha j / (M-1)), ``sweep`` [M, n_latent, style_dim], ``history`` [steps, 4]
 (lr, objective, CLIP loss, squared distance, each before that step's update), ``text``, ``seed``,
 ``truncation``, ``l2_lambda``, ``precision`` (the generators' compute: fp32 or bf16; ``--precision``: W+,
-the loss, CLIP and Adam stay float32 in either). With ``--video`` also ``sweep.mp4``: the rows of sweep.png as one column
-walking from the start to strength alpha and back in ``--video_frames`` steps each way (GIF without
+the loss, CLIP and Adam stay float32 in either). With ``--video`` also ``sweep.mp4``: the rows of sweep.png
+as one column walking from the start to strength alpha and back in ``--video_frames`` steps each way (GIF without
 imageio-ffmpeg). The optimisation's progress (steps, rate, ETA, loss) goes to stderr; ``--quiet`` drops it.
 
 Where we differ from the reference, on purpose:

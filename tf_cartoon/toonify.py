@@ -208,7 +208,8 @@ def main(argv=None) -> int:
         try:
             photo = align_mod.read_photo(path)
             if not args.quiet:
-                print(f"{path}: projecting into {args.source} ({cfg.steps} steps, {args.precision})", file=sys.stderr, flush=True)
+                print(f"{path}: projecting into {args.source} ({cfg.steps} steps, {args.precision})", file=sys.stderr,
+                      flush=True)
             progress = Progress(f"toonify {name}", cfg.steps, unit="steps", quiet=args.quiet)
             res = toonify_photo(photo, source, target, fast=args.fast, swap_layers=layers, align=args.align,
                                 steps=cfg.steps, perceptual=perceptual, log=log, progress=progress.update)
