@@ -107,11 +107,27 @@ def test_reference_only_for_known_key():
     assert bench.REFERENCE_MS == {("g_forward", 256, 4): 6900.0, ("train_step", 256, 4): 108000.0}
 
 
+def test_recorded_reference_keys():
+    """Without --reference: the recorded numbers, for their exact settings only; the export against G forward."""
+    for what, ms in (("g_forward", 2000.0), ("export", 2300.0)):
+        keys = bench.reference_keys(bench.Config(what=what), ms)
+        assert keys == {"reference_source": "recorded", "reference_what": "g_forward", "reference_ms": 6900.0,
+                        "speedup_vs_reference": round(6900.0 / ms, 3)}
+    keys = bench.reference_keys(bench.Config(what="train_step"), 40000.0, peak_rss_mb=4096.0)
+    assert keys["reference_ms"] == 108000.0 and keys["reference_peak_rss_gb"] == 9.1
+    assert keys["peak_rss_vs_reference"] == round(4.0 / 9.1, 3)
+    for other in (dict(size=128), dict(batch=8), dict(style_dim=256), dict(channels_small=True), dict(what="swap")):
+        assert bench.reference_keys(bench.Config(**other), 1000.0) == {}
+
+
 @pytest.mark.slow
-def test_train_step_reports_full_iteration():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_step_reports_full_iteration(precision):
     cfg = bench.Config(what="train_step", size=16, batch=4, repeats=1, warmup=1, style_dim=16, n_mlp=2,
-                       channels_small=True)
+                       channels_small=True, precision=precision)
     (row,) = bench.run(cfg)
+    assert row["precision"] == precision
+    assert row["compute_dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]  # the trainer's G
     for key in ("ms_per_batch", "images_per_s", "gflops", "peak_gflops", "peak_ratio", "d_ms", "g_ms",
                 "sec_per_kimg", "peak_rss_mb"):
         assert row[key] > 0, key
@@ -323,6 +339,8 @@ def test_reference_measured_in_the_same_run(tmp_path, monkeypatch):
     assert row["reference_ms"] > 0 and row["reference_peak_rss_gb"] > 0 and row["reference_precision"] == "fp32"
     assert row["speedup_vs_reference"] == pytest.approx(row["reference_ms"] / row["ms_per_batch"], rel=1e-2)
     assert row["reference_threads"] == bench.intra_op_threads()
+    assert row["cpu_speedup_vs_reference"] == pytest.approx(
+        row["reference_cpu_ms_per_batch"] / row["cpu_ms_per_batch"], rel=1e-2)
     assert len(row["reference_times_ms"]) == cfg.repeats
     assert row["reference_g_params"] == _fake_g_params(cfg.size, cfg.style_dim, cfg.n_mlp)
     # The bench's work and schedule: z -> image with the stored noise, no autograd; the first call, warmup - 1
@@ -386,3 +404,16 @@ def test_cli_reference_error_is_one_line(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [f"error: --reference {tmp_path / 'nowhere'}: no model.py there "
                                                f"(expected a rosinality/stylegan2-pytorch checkout)"]
+
+
+@pytest.mark.slow
+def test_reference_measured_for_train_step(tmp_path, monkeypatch):
+    ref, log = _fake_reference(tmp_path, monkeypatch)
+    cfg = bench.Config(what="train_step", reference=str(ref), **{**REF_TINY, "repeats": 1, "warmup": 1})
+    (row,) = bench.run(cfg)
+    assert row["reference_source"] == "measured" and row["reference_what"] == "train_step"
+    assert row["reference_ms"] == pytest.approx(row["reference_d_ms"] + row["reference_g_ms"], abs=0.2)
+    assert row["speedup_vs_reference"] == pytest.approx(row["reference_ms"] / row["ms_per_batch"], rel=1e-2)
+    assert row["peak_rss_vs_reference"] == pytest.approx(row["peak_rss_mb"] / 1024 / row["reference_peak_rss_gb"],
+                                                         rel=1e-2)
+    assert len(log.read_text().splitlines()) == 3 * 5  # first call, steady-state step, one repeat

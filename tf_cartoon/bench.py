@@ -65,7 +65,8 @@ reference_ms / ms_per_batch and ``reference_source``:
   (tf_cartoon.reference_timing: own Python and torch, torch.set_num_threads = our intra-op threads, the same
   architecture, warm-up and repeats). Rows add ``reference_peak_rss_gb`` (the child's peak RSS),
   ``reference_threads``, ``reference_first_call_ms``, ``reference_times_ms``, ``reference_d_ms`` /
-  ``reference_g_ms`` (train_step) and ``peak_rss_vs_reference`` (train_step: our peak RSS over its).
+  ``reference_g_ms`` (train_step), ``peak_rss_vs_reference`` (train_step: our peak RSS over its) and
+  ``cpu_speedup_vs_reference`` (the ratio of process CPU times: steadier on a shared machine).
   Our process stays alive (idle) while the child runs: at 256 px train_step both are in memory at once.
 
 Shared machine? ``--wait_idle S`` waits (up to S s per timed round) for the CPU to
@@ -316,6 +317,8 @@ def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
            "cpu_allocator": "bfc" if pooled_cpu_allocator_requested() else "default"}
     out.update(extra)
     out.update(reference_keys(cfg, ms, extra.get("peak_rss_mb")))
+    if "reference_cpu_ms_per_batch" in out and extra.get("cpu_ms_per_batch"):
+        out["cpu_speedup_vs_reference"] = round(out["reference_cpu_ms_per_batch"] / extra["cpu_ms_per_batch"], 3)
     return out
 
 
