@@ -231,6 +231,7 @@ def test_rows_report_precision_and_cpu_bf16():
         assert row["precision"] == precision.resolve(p, gpu=bool(tf.config.list_logical_devices("GPU")))
         assert row["cpu_bf16"] is precision.cpu_has_bf16()
         assert row["cpu_bf16_flags"] == list(precision.cpu_bf16_flags())
+    assert rows["fp32"]["g_params"] == rows["bf16"]["g_params"] > 0  # one architecture, two precisions
     assert rows["fp32"]["compute_dtype"] == rows["fp32"]["output_dtype"] == "float32"
     assert rows["bf16"]["compute_dtype"] == rows["bf16"]["output_dtype"] == "bfloat16"
     # The bf16 model is the fp32 one's weights computing in bfloat16: close images, not equal ones.

@@ -64,7 +64,8 @@ reference_ms / ms_per_batch and ``reference_source``:
   our measurement of each row (once per settings; ``--all``'s rows share it), in a child process
   (tf_cartoon.reference_timing: own Python and torch, torch.set_num_threads = our intra-op threads, the same
   architecture, warm-up and repeats). Rows add ``reference_peak_rss_gb`` (the child's peak RSS),
-  ``reference_threads``, ``reference_first_call_ms``, ``reference_times_ms``, ``reference_d_ms`` /
+  ``reference_threads``, ``reference_g_params`` (equal to our ``g_params``: the same architecture),
+  ``reference_first_call_ms``, ``reference_times_ms``, ``reference_d_ms`` /
   ``reference_g_ms`` (train_step), ``peak_rss_vs_reference`` (train_step: our peak RSS over its) and
   ``cpu_speedup_vs_reference`` (the ratio of process CPU times: steadier on a shared machine).
   Our process stays alive (idle) while the child runs: at 256 px train_step both are in memory at once.
@@ -79,6 +80,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -431,6 +433,12 @@ def build_generator(cfg: Config):
     return g
 
 
+def count_params(model) -> int:
+    """Trainable parameters: the reference's ``sum(p.numel() for p in G.parameters())`` counts the same ones
+    (``g_params`` = ``reference_g_params`` says both built the same architecture)."""
+    return sum(int(math.prod(w.shape)) for w in model.trainable_weights)
+
+
 def bench_g_forward(cfg: Config):
     """Generator forward z -> image (mapping + W+ broadcast + synthesis, stored noise)."""
     import numpy as np
@@ -453,7 +461,7 @@ def bench_g_forward(cfg: Config):
                                     max(cfg.warmup - 1, 0), cfg.wait_idle)
     flops = generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
     return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, first_call_ms=round(first_ms, 1),
-                   compute_dtype=g.compute_dtype, output_dtype=image.dtype.name,
+                   compute_dtype=g.compute_dtype, output_dtype=image.dtype.name, g_params=count_params(g),
                    cpu_ms_per_batch=round(cpu["model"], 1), peak_cpu_ms=round(cpu["peak"], 1),
                    times_ms=[round(t, 1) for t in times["model"]],
                    **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
@@ -519,6 +527,7 @@ def bench_train_step(cfg: Config):
     return [result(cfg, total, flops, ms["peak"], peak_flops, d_ms=round(ms["d"], 1), g_ms=round(ms["g"], 1),
                    sec_per_kimg=round(total / cfg.batch, 1), peak_rss_mb=round(peak_rss_mb, 1),
                    peak_tensor_mb=peak_tensor_mb, recompute=cfg.recompute, compute_dtype=trainer.g.compute_dtype,
+                   g_params=count_params(trainer.g),
                    first_call_ms=round(first_ms, 1), cpu_ms_per_batch=round(cpu["d"] + cpu["g"], 1))]
 
 
