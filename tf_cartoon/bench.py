@@ -48,6 +48,28 @@ conv shapes, each upsampling conv replaced by a 3x3 conv at its input resolution
 (same MACs) followed by a nearest 2x upsample; FLOPs = 2 * those MACs, i.e. the
 same as the generator's 3x3 convs. ``peak_ratio`` = gflops / peak_gflops.
 
+``--precision fp32|bf16|auto`` (default auto: bf16 on a CPU with native bfloat16, i.e. AVX512_BF16 or AMX,
+else fp32; tf_cartoon.precision) builds the networks under that Keras dtype policy (bfloat16 compute, float32
+variables; the train step through TrainConfig.precision; the export stays fp32). Every row reports the
+concrete ``precision``, ``compute_dtype`` (the generator's), ``cpu_bf16`` (whether this CPU computes bfloat16
+natively) and ``cpu_bf16_flags`` (which of its /proc/cpuinfo flags say so). Where the CPU lacks them oneDNN
+emulates bfloat16: slower than fp32, so bf16 rows there show correctness, not speed.
+
+The reference (rosinality/stylegan2-pytorch, fp32): ``g_forward`` and ``export`` rows are compared with its G
+forward, ``train_step`` rows with its D + G step (REFERENCE_WORK): ``reference_ms``, ``speedup_vs_reference`` =
+reference_ms / ms_per_batch and ``reference_source``:
+- ``"recorded"`` (no ``--reference``): REFERENCE_MS, measured earlier on this machine, only for its exact
+  settings (256 px, batch 4, config-f);
+- ``"measured"`` (``--reference DIR``, a checkout of it): the reference is timed in the SAME run, right after
+  our measurement of each row (once per settings; ``--all``'s rows share it), in a child process
+  (tf_cartoon.reference_timing: own Python and torch, torch.set_num_threads = our intra-op threads, the same
+  architecture, warm-up and repeats). Rows add ``reference_peak_rss_gb`` (the child's peak RSS),
+  ``reference_threads``, ``reference_g_params`` (equal to our ``g_params``: the same architecture),
+  ``reference_first_call_ms``, ``reference_times_ms``, ``reference_d_ms`` /
+  ``reference_g_ms`` (train_step), ``peak_rss_vs_reference`` (train_step: our peak RSS over its) and
+  ``cpu_speedup_vs_reference`` (the ratio of process CPU times: steadier on a shared machine).
+  Our process stays alive (idle) while the child runs: at 256 px train_step both are in memory at once.
+
 Shared machine? ``--wait_idle S`` waits (up to S s per timed round) for the CPU to
 be idle and reports the idle fractions seen in ``idle_before_rounds``.
 """
@@ -58,21 +80,24 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
 from absl import app, flags, logging
 
-from tf_cartoon import cli
+from tf_cartoon import cli, precision
 
 # Measured on this (2-core CPU) machine by the project lead with the paper's
 # PyTorch code (rosinality/stylegan2-pytorch Generator, batch 4, 256 px, G forward,
 # float32): about 6900 ms per batch (~52 GFLOP/s).
 REFERENCE_MS = {("g_forward", 256, 4): 6900.0,
-                # one full training iteration (D step + G step, no lazy regularisation), peak RSS 9.1 GB
+                # one full training iteration (D step + G step, no lazy regularisation)
                 ("train_step", 256, 4): 108000.0}
+REFERENCE_PEAK_RSS_GB = {("train_step", 256, 4): 9.1}
 
 SMALL_CHANNELS = 16  # --channels_small: every resolution gets this many channels (tests)
 
@@ -104,6 +129,12 @@ class Config:
     ops_model_size: int = _flag(32, "--what ops: image size of the G forward / train step per impl.")
     ops_models: str = _flag("g_forward,train_step", "--what ops: comma-separated model benchmarks to run with "
                                                     "each impl (g_forward, train_step; empty: none).")
+    precision: str = _flag("auto", "Compute precision of the networks: fp32, bf16 (bfloat16 compute, float32 "
+                                   "variables) or auto (bf16 on a CPU with native bfloat16, else fp32). Rows report "
+                                   "the concrete one and whether the CPU has bf16.")
+    reference: str = _flag("", "A rosinality/stylegan2-pytorch checkout (its model.py): measure the reference's "
+                               "g_forward / train_step in the same run, in a child process right after ours "
+                               "(tf_cartoon.reference_timing; needs torch). Empty: the recorded REFERENCE_MS.")
 
     def channels(self):
         if not self.channels_small:
@@ -265,8 +296,14 @@ def peak_chain(cfg: Config):
     return (lambda: chain(x0)), flops
 
 
+def concrete_precision(cfg: Config) -> str:
+    """``cfg.precision`` as the fp32 / bf16 the networks compute in here (auto: tf_cartoon.precision.resolve)."""
+    import tensorflow as tf
+    return precision.resolve(cfg.precision, gpu=bool(tf.config.list_logical_devices("GPU")))
+
+
 def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
-    """The common keys of one measurement."""
+    """The common keys of one measurement (the reference's: :func:`reference_keys`)."""
     import tensorflow as tf
     from tf_cartoon import pooled_cpu_allocator_requested
     gflops = flops / ms / 1e6
@@ -275,15 +312,100 @@ def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):
            "ms_per_batch": round(ms, 3), "images_per_s": round(cfg.batch / ms * 1e3, 4),
            "gflop_per_batch": round(flops / 1e9, 4), "gflops": round(gflops, 3), "peak_gflops": round(peak, 3),
            "peak_ratio": round(gflops / peak, 4), "peak_ms": round(peak_ms, 3), "layout": "NHWC",
-           "device": device_name(), "onednn": onednn_enabled(), "tf_version": tf.__version__, "repeats": cfg.repeats, "warmup": cfg.warmup,
+           "device": device_name(), "onednn": onednn_enabled(), "tf_version": tf.__version__,
+           "precision": concrete_precision(cfg), "cpu_bf16": precision.cpu_has_bf16(),
+           "cpu_bf16_flags": list(precision.cpu_bf16_flags()), "repeats": cfg.repeats, "warmup": cfg.warmup,
            "load_avg_1m": round(os.getloadavg()[0], 2),
            "cpu_allocator": "bfc" if pooled_cpu_allocator_requested() else "default"}
-    ref = REFERENCE_MS.get((cfg.what, cfg.size, cfg.batch))
-    if ref is not None and not cfg.channels_small and cfg.style_dim == 512 and cfg.n_mlp == 8 \
-            and cfg.channel_multiplier == 2:
-        out["reference_ms"] = ref
-        out["speedup_vs_reference"] = round(ref / ms, 3)
     out.update(extra)
+    out.update(reference_keys(cfg, ms, extra.get("peak_rss_mb")))
+    if "reference_cpu_ms_per_batch" in out and extra.get("cpu_ms_per_batch"):
+        out["cpu_speedup_vs_reference"] = round(out["reference_cpu_ms_per_batch"] / extra["cpu_ms_per_batch"], 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference (rosinality/stylegan2-pytorch): recorded, or measured in the same run
+# ---------------------------------------------------------------------------------------------
+
+# The reference's work each of our benchmarks is compared with (the export serves a G forward).
+REFERENCE_WORK = {"g_forward": "g_forward", "export": "g_forward", "train_step": "train_step"}
+_MEASURED_REFERENCE = {}  # this process's reference measurements, by their settings
+
+
+def intra_op_threads() -> int:
+    """The intra-op threads TF runs with (its default: one per schedulable core)."""
+    import tensorflow as tf
+    return tf.config.threading.get_intra_op_parallelism_threads() or len(os.sched_getaffinity(0))
+
+
+def check_reference_flags(cfg: Config) -> None:
+    """--reference's user errors (before anything runs): a checkout with model.py, torch, comparable work."""
+    from tf_cartoon import reference_timing
+    reference_timing.check_reference(cfg.reference)
+    if cfg.what not in REFERENCE_WORK and cfg.what != "ops":
+        raise cli.UsageError(f"--reference: the reference has no --what {cfg.what} (one of "
+                             f"{', '.join(sorted(REFERENCE_WORK))}, ops)")
+    if cfg.channels_small:
+        raise cli.UsageError("--reference: the reference builds its own channel table; drop --channels_small")
+
+
+def measure_reference(cfg: Config, what: str) -> dict:
+    """The reference's ``what`` (g_forward / train_step) timed by tf_cartoon.reference_timing in a child process
+    (its own Python and torch, torch.set_num_threads = our intra-op threads, the same warm-up and repeats);
+    once per settings in this process (``--all`` rows share it). Its one JSON line, as a dict."""
+    import tf_cartoon
+    from tf_cartoon import reference_timing
+    threads = intra_op_threads()
+    args = reference_timing.argv_for(os.path.abspath(cfg.reference), what, cfg.size, cfg.batch, cfg.style_dim,
+                                     cfg.n_mlp, cfg.channel_multiplier, threads, cfg.repeats, cfg.warmup, cfg.seed)
+    key = tuple(args)
+    if key not in _MEASURED_REFERENCE:
+        # The child imports this very tf_cartoon, whichever copy (checkout or install) the bench runs from.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(tf_cartoon.__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        logging.info("measuring the reference: %s", " ".join(args))
+        proc = subprocess.run([sys.executable, "-m", "tf_cartoon.reference_timing", *args], env=env,
+                              capture_output=True, text=True)
+        lines = proc.stderr.strip().splitlines()
+        for line in lines:
+            logging.info("reference: %s", line)
+        last = lines[-1] if lines else f"exit status {proc.returncode}"
+        if proc.returncode == cli.EXIT_USAGE:
+            raise cli.UsageError(last.removeprefix("error: "))
+        if proc.returncode != 0:
+            raise RuntimeError(f"--reference {cfg.reference}: the reference's timing process failed: {last}")
+        _MEASURED_REFERENCE[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return _MEASURED_REFERENCE[key]
+
+
+def reference_keys(cfg: Config, ms: float, peak_rss_mb: float | None = None) -> dict:
+    """``reference_ms`` (the reference's work of REFERENCE_WORK), ``speedup_vs_reference`` and where the number
+    comes from: ``reference_source`` "measured" (``--reference``: this run, with the reference's peak RSS,
+    threads, first call and timings) or "recorded" (REFERENCE_MS, only for its exact settings). With our and
+    the reference's peak RSS: ``peak_rss_vs_reference``."""
+    what = REFERENCE_WORK.get(cfg.what)
+    if what is None:
+        return {}
+    if cfg.reference:
+        ref = measure_reference(cfg, what)
+        out = {"reference_source": "measured", "reference_what": what, "reference_ms": ref["ms_per_batch"],
+               "reference_peak_rss_gb": ref["peak_rss_gb"], "reference_precision": "fp32",
+               "reference_threads": ref["threads"], "reference_first_call_ms": ref["first_call_ms"],
+               "reference_times_ms": ref["times_ms"], "reference_cpu_ms_per_batch": ref["cpu_ms_per_batch"],
+               "reference_g_params": ref["g_params"], "reference_torch_version": ref["torch_version"],
+               **{f"reference_{k}": ref[k] for k in ("d_ms", "g_ms") if k in ref}}
+    else:
+        key = (what, cfg.size, cfg.batch)
+        if key not in REFERENCE_MS or cfg.channels_small or (cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier) \
+                != (512, 8, 2):
+            return {}
+        out = {"reference_source": "recorded", "reference_what": what, "reference_ms": REFERENCE_MS[key]}
+        if key in REFERENCE_PEAK_RSS_GB:
+            out["reference_peak_rss_gb"] = REFERENCE_PEAK_RSS_GB[key]
+    out["speedup_vs_reference"] = round(out["reference_ms"] / ms, 3)
+    if peak_rss_mb is not None and out.get("reference_peak_rss_gb"):
+        out["peak_rss_vs_reference"] = round(peak_rss_mb / 1024 / out["reference_peak_rss_gb"], 3)
     return out
 
 
@@ -295,17 +417,26 @@ _MODELS = {}
 
 
 def build_generator(cfg: Config):
-    """Seeded random generator (cached per architecture; the fused switch is set per run)."""
+    """Seeded random generator (cached per architecture and precision; the fused switch is set per run),
+    built under the Keras dtype policy of the concrete precision (the same float32 weights in each)."""
     import keras
     from tf_cartoon.networks import Generator
-    key = (cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels_small, cfg.seed)
+    compute = concrete_precision(cfg)
+    key = (cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels_small, cfg.seed, compute)
     if key not in _MODELS:
         keras.utils.set_random_seed(cfg.seed)
-        _MODELS[key] = Generator(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier,
-                                 channels=cfg.channels())
+        with precision.policy(compute):
+            _MODELS[key] = Generator(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier,
+                                     channels=cfg.channels())
     g = _MODELS[key]
     g.fused_modconv = cfg.fused
     return g
+
+
+def count_params(model) -> int:
+    """Trainable parameters: the reference's ``sum(p.numel() for p in G.parameters())`` counts the same ones
+    (``g_params`` = ``reference_g_params`` says both built the same architecture)."""
+    return sum(int(math.prod(w.shape)) for w in model.trainable_weights)
 
 
 def bench_g_forward(cfg: Config):
@@ -320,7 +451,8 @@ def bench_g_forward(cfg: Config):
         return g.synthesis(g.make_wplus(z), randomize_noise=False).image
 
     t0 = time.perf_counter()
-    _to_host(forward(z))  # trace (+ compile)
+    image = forward(z)  # trace (+ compile)
+    _to_host(image)
     first_ms = (time.perf_counter() - t0) * 1e3
     chain, peak_flops = peak_chain(cfg)
     _to_host(chain())  # trace
@@ -329,14 +461,16 @@ def bench_g_forward(cfg: Config):
                                     max(cfg.warmup - 1, 0), cfg.wait_idle)
     flops = generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
     return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, first_call_ms=round(first_ms, 1),
+                   compute_dtype=g.compute_dtype, output_dtype=image.dtype.name, g_params=count_params(g),
                    cpu_ms_per_batch=round(cpu["model"], 1), peak_cpu_ms=round(cpu["peak"], 1),
                    times_ms=[round(t, 1) for t in times["model"]],
                    **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
 
 
 def bench_train_step(cfg: Config):
-    """One training iteration (D step + G step, no lazy R1 / path length) through the real Trainer,
-    from a seeded random checkpoint of the benchmarked architecture; D and G parts reported too."""
+    """One training iteration (D step + G step, no lazy R1 / path length) through the real Trainer in
+    ``--precision`` (TrainConfig.precision), from a seeded random checkpoint of the benchmarked architecture;
+    D and G parts reported too, and the compute dtype of the trainer's G."""
     import gc
     import resource
     import tempfile
@@ -348,7 +482,8 @@ def bench_train_step(cfg: Config):
     from tf_cartoon.training.config import TrainConfig
     from tf_cartoon.training.trainer import Trainer
 
-    g = build_generator(cfg)
+    compute = concrete_precision(cfg)
+    g = build_generator(dataclasses.replace(cfg, precision="fp32"))  # only its float32 weights are written
     d = Discriminator(cfg.size, cfg.channel_multiplier, channels=cfg.channels())
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = store.write_converted(store.Checkpoint(config={"generator": g.get_config(),
@@ -360,8 +495,8 @@ def bench_train_step(cfg: Config):
         gc.collect()
         trainer = Trainer(TrainConfig(ckpt=ckpt, data="synthetic:blobs", workdir=os.path.join(tmp, "run"),
                                       batch=cfg.batch, xla="on" if cfg.xla else "off", fused_modconv=cfg.fused,
-                                      recompute=cfg.recompute, seed=cfg.seed), tf.distribute.get_strategy()
-                          if tf.distribute.has_strategy() else None)
+                                      recompute=cfg.recompute, seed=cfg.seed, precision=compute),
+                          tf.distribute.get_strategy() if tf.distribute.has_strategy() else None)
     real = tf.constant(np.random.default_rng(cfg.seed).uniform(-1, 1, [cfg.batch, cfg.size, cfg.size, 3]),
                        tf.float32)
     dist = trainer.strategy.experimental_distribute_values_from_function(lambda ctx: real)
@@ -391,7 +526,8 @@ def bench_train_step(cfg: Config):
     flops = train_step_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
     return [result(cfg, total, flops, ms["peak"], peak_flops, d_ms=round(ms["d"], 1), g_ms=round(ms["g"], 1),
                    sec_per_kimg=round(total / cfg.batch, 1), peak_rss_mb=round(peak_rss_mb, 1),
-                   peak_tensor_mb=peak_tensor_mb, recompute=cfg.recompute,
+                   peak_tensor_mb=peak_tensor_mb, recompute=cfg.recompute, compute_dtype=trainer.g.compute_dtype,
+                   g_params=count_params(trainer.g),
                    first_call_ms=round(first_ms, 1), cpu_ms_per_batch=round(cpu["d"] + cpu["g"], 1))]
 
 
@@ -413,6 +549,9 @@ def bench_export(cfg: Config):
     from tf_cartoon import export as ex
     from tf_cartoon.ops import dispatch
 
+    if concrete_precision(cfg) != "fp32":  # the export traces float32 signatures
+        logging.warning("--what export: the export runs in fp32, not %s", concrete_precision(cfg))
+        cfg = dataclasses.replace(cfg, precision="fp32")
     g = build_generator(cfg)
     z = tf.constant(np.random.default_rng(cfg.seed).standard_normal([cfg.batch, cfg.style_dim]), tf.float32)
     psi = tf.fill([cfg.batch], 0.7)
@@ -488,7 +627,8 @@ def bench_swap(cfg: Config):
     flops = 3 * generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(),
                                 cfg.batch) - mapping_flops
     return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, swap_layer=layer,
-                   swap_from_w_ms=round(ms["library"], 3), first_call_ms=round(first_ms, 1),
+                   compute_dtype=target.compute_dtype, swap_from_w_ms=round(ms["library"], 3),
+                   first_call_ms=round(first_ms, 1),
                    cpu_ms_per_batch=round(cpu["model"], 1), times_ms=[round(t, 1) for t in times["model"]],
                    **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]
 
@@ -628,7 +768,7 @@ def run(cfg: Config, all_combinations=False, emit=None):
 FLAGS = flags.FLAGS
 # The benchmark's settings (Config's fields, documented there), then the process's own flags.
 cli.define_dataclass_flags(Config, FLAGS, module_name=sys.argv[0] if __name__ == "__main__" else __name__,
-                           choices={"what": list(WHAT)})
+                           choices={"what": list(WHAT), "precision": ["auto", "fp32", "bf16"]})
 flags.DEFINE_boolean("all", False, "Run every xla x fused combination, then a summary line.")
 flags.DEFINE_integer("intra_threads", 0, "tf.config.threading intra-op threads (0: TF's default).")
 flags.DEFINE_integer("inter_threads", 0, "tf.config.threading inter-op threads (0: TF's default).")
@@ -638,6 +778,17 @@ flags.DEFINE_boolean("onednn", None, "Set TF_ENABLE_ONEDNN_OPTS=1 (--onednn) bef
 
 def main(argv):
     del argv
+    cfg = cli.dataclass_from_flags(Config, FLAGS)
+    try:
+        if cfg.reference:
+            check_reference_flags(cfg)
+        _main(cfg)
+    except cli.UsageError as e:
+        cli.report(e)
+        sys.exit(cli.EXIT_USAGE)
+
+
+def _main(cfg: Config):
     if FLAGS.onednn:
         if "tensorflow" in sys.modules:
             raise RuntimeError("--onednn must be applied before TensorFlow is imported")
@@ -653,7 +804,6 @@ def main(argv):
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_threads)
     if FLAGS.inter_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_threads)
-    cfg = cli.dataclass_from_flags(Config, FLAGS)
     run(cfg, FLAGS.all, emit=lambda d: print(json.dumps(d), flush=True))
 
 
