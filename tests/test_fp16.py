@@ -1,0 +1,109 @@
+"""float16 training (--precision fp16): dynamic loss scaling per phase, skipped updates, resume (tiny models, CPU;
+TF's CPU kernels compute float16 too, slowly)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_cartoon.training import loss_scale
+from tf_cartoon.training.config import TrainConfig
+from tf_cartoon.training.loss_scale import DynamicLossScale
+from tf_cartoon.training.trainer import Trainer
+from tests.helpers import event_scalars
+from tests.tiny_models import make_tiny_checkpoint
+
+PHASES = ("D_main", "D_r1", "G_main", "G_path_length")
+
+
+def test_the_scale_halves_on_non_finite_gradients_and_doubles_after_n_finite_steps():
+    s = DynamicLossScale("x", growth_interval=3)
+    assert float(s.scale.numpy()) == loss_scale.INITIAL_SCALE == 2.0 ** 15
+    history = []
+    for finite in (True, True, True, True, False, True, True, False):
+        s.update(tf.constant(finite))
+        history.append((float(s.scale.numpy()), int(s.good_steps.numpy())))
+    assert history == [(2 ** 15, 1), (2 ** 15, 2), (2 ** 16, 0), (2 ** 16, 1), (2 ** 15, 0), (2 ** 15, 1),
+                       (2 ** 15, 2), (2 ** 14, 0)]
+    # Two backward passes (R1, path length): the loss's factor is scale ** 2, at most 2 ** 15 to start with
+    # (2 ** 16 is already beyond float16's largest value, 65504).
+    two = DynamicLossScale("y", passes=2)
+    assert float(two.factor(two.scale).numpy()) == 2.0 ** 14
+    with pytest.raises(ValueError, match="growth_interval"):
+        DynamicLossScale("z", growth_interval=0)
+
+
+def test_all_finite_sees_inf_and_nan_in_any_gradient_and_ignores_none():
+    ok = [tf.ones([2, 2]), None, tf.zeros([3])]
+    assert bool(loss_scale.all_finite(ok))
+    assert not bool(loss_scale.all_finite(ok + [tf.constant([1.0, math.inf])]))
+    assert not bool(loss_scale.all_finite([tf.constant([math.nan], tf.float16)] + ok))
+    assert bool(loss_scale.all_finite([None]))
+
+
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+@pytest.mark.slow
+def test_fp16_training_scales_every_phase_skips_overflows_and_resumes_its_scales(tmp_path):
+    tiny = make_tiny_checkpoint(tmp_path / "tiny", seed=3)
+    cfg = TrainConfig(ckpt=tiny, data="synthetic:blobs", batch=4, iter=3, workdir=str(tmp_path / "run"),
+                      log_every=1, sample_every=1000, ckpt_every=1000, swap_layers="1", seed=1, precision="fp16",
+                      d_reg_every=1, g_reg_every=1)
+    t = Trainer(cfg, loss_scale_growth=2)
+    assert t.g.compute_dtype == "float16" and t.d.compute_dtype == "float16"
+    assert all(v.dtype == tf.float32 for v in t.g.variables + t.d.variables)
+    initial = {name: float(s.scale.numpy()) for name, s in t.loss_scales.items()}
+    assert initial == {"D_main": 2.0 ** 15, "D_r1": 2.0 ** 7, "G_main": 2.0 ** 15, "G_path_length": 2.0 ** 7}
+    metrics = t.fit()
+    for k in ("d_loss", "g_loss", "r1", "path_penalty"):
+        assert k in metrics and math.isfinite(metrics[k]), (k, metrics.get(k))
+
+    # TensorBoard has each phase's scale and skip flag at every step; the scale follows the rule: halved at a
+    # skipped step, doubled after 2 finite steps in a row.
+    scalars = event_scalars(tmp_path / "run" / "tensorboard")
+    for name in PHASES:
+        scale, skipped = scalars[f"loss_scale/{name}"], scalars[f"skipped/{name}"]
+        assert sorted(scale) == sorted(skipped) == [1, 2, 3]
+        want, good = initial[name], 0
+        for step in (1, 2, 3):
+            if skipped[step]:
+                want, good = want / 2, 0
+            else:
+                good += 1
+                if good == 2:
+                    want, good = want * 2, 0
+            assert scale[step] == want, (name, step, scale, skipped)
+    assert sum(scalars["skipped/G_main"].values()) + sum(scalars["skipped/D_main"].values()) < 6
+
+    # Overflow: at a scale of 2 ** 40 the D step's float16 gradients are infinite. The step changes neither D
+    # nor its optimizer, and the scale halves; the G step that follows is not affected.
+    real = next(iter(t.make_data(3)))
+    step = tf.constant(3, tf.int64)
+    t.loss_scales["D_main"].scale.assign(2.0 ** 40)
+    d_before = _values(t.d.variables + t.d_opt.variables)
+    out = t.phase_steps["D_main"](real, step)
+    assert float(out["skipped"]) == 1.0
+    assert float(t.loss_scales["D_main"].scale.numpy()) == 2.0 ** 39
+    assert int(t.loss_scales["D_main"].good_steps.numpy()) == 0
+    for a, v in zip(d_before, t.d.variables + t.d_opt.variables):
+        np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
+    g_before = _values(t.g_train_vars)
+    g_scale = float(t.loss_scales["G_main"].scale.numpy())
+    out = t.phase_steps["G_main"](step)
+    assert float(out["skipped"]) == 0.0 and math.isfinite(float(out["g_loss"]))
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(g_before, t.g_train_vars))
+    assert float(t.loss_scales["G_main"].scale.numpy()) in (g_scale, 2 * g_scale)
+
+    # The scales are checkpointed: a resumed run continues at them.
+    t.save()
+    saved = {name: (float(s.scale.numpy()), int(s.good_steps.numpy())) for name, s in t.loss_scales.items()}
+    assert saved != {name: (v, 0) for name, v in initial.items()}
+    t2 = Trainer(cfg)
+    assert {name: float(s.scale.numpy()) for name, s in t2.loss_scales.items()} == initial  # before restoring
+    assert t2.restore_or_initialise() == 3
+    assert {name: (float(s.scale.numpy()), int(s.good_steps.numpy())) for name, s in t2.loss_scales.items()} == saved
