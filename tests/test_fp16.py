@@ -107,3 +107,25 @@ def test_fp16_training_scales_every_phase_skips_overflows_and_resumes_its_scales
     assert {name: float(s.scale.numpy()) for name, s in t2.loss_scales.items()} == initial  # before restoring
     assert t2.restore_or_initialise() == 3
     assert {name: (float(s.scale.numpy()), int(s.good_steps.numpy())) for name, s in t2.loss_scales.items()} == saved
+
+
+@pytest.mark.slow
+def test_all_replicas_skip_together_when_one_replicas_gradients_are_not_finite(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, subprocess_env
+
+    tiny = make_tiny_checkpoint(tmp_path / "tiny", seed=4)
+    out = tmp_path / "out.json"
+    env = subprocess_env(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    r = subprocess.run([sys.executable, f"{ROOT}/tests/_train_worker.py", "fp16_skip", tiny, str(tmp_path / "run"),
+                        str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["replicas"] == 2
+    assert got["skipped"] == 1.0 and got["unchanged"], got  # replica 0's gradients were finite: it skips too
+    assert got["scale_after_skip"] == got["scale_before"] / 2
+    assert got["applied_skipped"] == 0.0 and got["changed"] and got["replicas_agree"], got
