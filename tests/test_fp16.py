@@ -129,3 +129,30 @@ def test_all_replicas_skip_together_when_one_replicas_gradients_are_not_finite(t
     assert got["skipped"] == 1.0 and got["unchanged"], got  # replica 0's gradients were finite: it skips too
     assert got["scale_after_skip"] == got["scale_before"] / 2
     assert got["applied_skipped"] == 0.0 and got["changed"] and got["replicas_agree"], got
+
+
+@pytest.mark.slow
+def test_unscaled_fp16_gradients_of_every_phase_match_fp32(tmp_path):
+    """The loss scale cancels: each phase's float16 gradients, scaled by scale ** backward_passes and divided by
+    it again (as the distributed step does), point where the float32 gradients of the same step point, with the
+    same length. A wrong power of the scale (R1 and path length carry it squared) would be off by 2 ** 7."""
+    tiny = make_tiny_checkpoint(tmp_path / "tiny", seed=5)
+
+    def trainer(precision):
+        return Trainer(TrainConfig(ckpt=tiny, data="synthetic:blobs", batch=4, iter=1, seed=2, precision=precision,
+                                   workdir=str(tmp_path / precision), swap_layers="1"))
+
+    t32, t16 = trainer("fp32"), trainer("fp16")
+    real = tf.constant(np.random.RandomState(1).uniform(-1, 1, [4, t32.size, t32.size, 3]), tf.float32)
+    step = tf.constant(0, tf.int64)
+    for p32, p16 in zip(t32.phases, t16.phases):
+        args = (real, step) if p32.takes_real else (step,)
+        want = p32.compute(*args)[0]
+        scale = tf.constant(2.0 ** 5)  # small enough never to overflow here (checked: finite below)
+        got = [g / scale ** p16.backward_passes for g in p16.compute(*args, scale)[0]]
+        a = np.concatenate([g.numpy().ravel() for g in want])
+        b = np.concatenate([g.numpy().ravel() for g in got])
+        assert np.isfinite(b).all(), p16.name
+        cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+        assert cosine > 0.99, (p16.name, cosine)
+        assert np.linalg.norm(b) == pytest.approx(np.linalg.norm(a), rel=0.05), p16.name
