@@ -12,7 +12,7 @@ import tensorflow as tf
 from tf_cartoon.training import loss_scale
 from tf_cartoon.training.config import TrainConfig
 from tf_cartoon.training.loss_scale import DynamicLossScale
-from tf_cartoon.training.trainer import Trainer
+from tf_cartoon.training.trainer import Trainer, TrainingDiverged
 from tests.helpers import event_scalars
 from tests.tiny_models import make_tiny_checkpoint
 
@@ -98,6 +98,12 @@ def test_fp16_training_scales_every_phase_skips_overflows_and_resumes_its_scales
     assert float(out["skipped"]) == 0.0 and math.isfinite(float(out["g_loss"]))
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(g_before, t.g_train_vars))
     assert float(t.loss_scales["G_main"].scale.numpy()) in (g_scale, 2 * g_scale)
+
+    # A phase that overflows even at a scale below 1 has diverged: the run stops (train exits 3).
+    t.loss_scales["D_main"].scale.assign(0.5)
+    with pytest.raises(TrainingDiverged, match=r"step 3: D_main's gradients are not finite even at loss scale 0.5"):
+        t._loss_scale_metrics("D_main", {"skipped": tf.constant(1.0)}, 3)
+    t.loss_scales["D_main"].scale.assign(2.0 ** 39)
 
     # The scales are checkpointed: a resumed run continues at them.
     t.save()

@@ -558,7 +558,7 @@ class Trainer:
 
         def apply_if_finite(strategy, bad, grads, extra):
             # The decision is taken in the cross-replica context: the optimizer's update calls merge_call, which
-            # a tf.cond branch in a replica context cannot (as Keras' LossScaleOptimizer does it).
+            # a tf.cond branch in a replica context cannot do (Keras' LossScaleOptimizer decides there too).
             finite = strategy.experimental_local_results(bad)[0] == 0
 
             def finite_step():
