@@ -61,3 +61,35 @@ def decode_mp4(path, exe=None):
                           "rgb24", "pipe:1"], capture_output=True, check=True).stdout
     assert len(raw) % (w * h * 3) == 0
     return np.frombuffer(raw, np.uint8).reshape([-1, h, w, 3]), fps
+
+
+def _summary_values(logdir):
+    """(step, summary value) of every event in a TensorBoard log directory."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in EventFileLoader(path).Load():
+            for v in event.summary.value:
+                yield event.step, v
+
+
+def event_tags(logdir):
+    """{tag: [steps]} of the scalars, and the plugin names, in a TensorBoard log directory."""
+    tags, plugins = {}, set()
+    for step, v in _summary_values(logdir):
+        plugins.add(v.metadata.plugin_data.plugin_name)
+        tags.setdefault(v.tag, []).append(step)
+    return tags, plugins
+
+
+def event_scalars(logdir) -> dict:
+    """{tag: {step: value}} of the scalar summaries in a TensorBoard log directory."""
+    import tensorflow as tf
+
+    out = {}
+    for step, v in _summary_values(logdir):
+        if v.metadata.plugin_data.plugin_name == "scalars":
+            out.setdefault(v.tag, {})[step] = float(tf.make_ndarray(v.tensor))
+    return out

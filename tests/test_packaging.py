@@ -17,7 +17,7 @@ from tests.helpers import ROOT
 
 PACKAGED = ("pyproject.toml", "setup.py", "README.md", "tf_cartoon", "configs", "custom_ops")
 TOOLS = ("train", "generate", "sefa", "export", "project", "styleclip", "evaluate", "convert", "prepare_data",
-         "bench", "align", "toonify", "studio", "compare")
+         "bench", "gpu_bench", "align", "toonify", "studio", "compare")
 
 
 def _pyproject() -> dict:

@@ -13,6 +13,7 @@ from tf_cartoon.training import freeze
 from tf_cartoon.io import store
 from tf_cartoon.training.config import ConfigError, TrainConfig, validate
 from tf_cartoon.training.trainer import Trainer, TrainingDiverged
+from tests.helpers import event_tags
 from tests.tiny_models import make_tiny_checkpoint
 
 # Slow tier: each test runs the trainer's steps end to end (about a minute each).
@@ -368,21 +369,6 @@ def test_sample_grids_pair_source_and_target_through_the_source_mapping_by_defau
     np.testing.assert_array_equal(a[h:2 * h], want)
 
 
-def _event_tags(logdir):
-    """{tag: [steps]} of the scalars, and the plugin names, in a TensorBoard log directory."""
-    import glob
-
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
-    tags, plugins = {}, set()
-    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-        for event in EventFileLoader(path).Load():
-            for v in event.summary.value:
-                plugins.add(v.metadata.plugin_data.plugin_name)
-                tags.setdefault(v.tag, []).append(event.step)
-    return tags, plugins
-
-
 def test_metrics_during_training_reach_tensorboard_and_the_hparams_dashboard(tmp_path):
     """--metrics: the judge's metrics of g_ema at every --metrics_every step and at --iter, equal to what
     evaluate computes from the saved run; the run's flags and metric names in the HParams plugin's records."""
@@ -394,7 +380,7 @@ def test_metrics_during_training_reach_tensorboard_and_the_hparams_dashboard(tmp
                       metrics="structure,domain,judge_fd", metrics_every=2, metrics_n=8)
     metrics = Trainer(cfg).fit()
     assert {"eval/structure_error", "eval/domain_rate", "eval/judge_fd"} <= set(metrics)
-    tags, plugins = _event_tags(workdir / "tensorboard")
+    tags, plugins = event_tags(workdir / "tensorboard")
     for name in ("structure_error", "domain_rate", "judge_fd"):
         assert tags[f"eval/{name}"] == [2, 3]  # every 2 steps and at --iter
     assert "hparams" in plugins and "_hparams_/session_start_info" in tags and "_hparams_/experiment" in tags

@@ -72,6 +72,10 @@ def bench():
     app.run(main)
 
 
+def gpu_bench():
+    _run("gpu_bench")
+
+
 def build_ops():
     from tf_cartoon.ops.build import main
 

@@ -11,9 +11,11 @@ One iteration (rosinality / Cartoon-StyleGAN2 train.py order) runs the phases of
   G_path_length  path length on 1/path_batch_shrink of the batch       g_opt, G's trained     every g_reg_every
                                                                                               (never under freezeG)
 then the EMA of G into g_ema. Each phase is one distributed step (``Trainer._distributed_step``: per-replica
-gradients, the optimizer's update, metrics averaged over replicas). Only the variables that ``freeze.py`` says
-train are given to ``apply_gradients``; the optimizers are built once on all variables (Keras 3 only updates
-variables it was built with).
+gradients, the optimizer's update, metrics averaged over replicas). With ``--precision fp16`` each phase has its
+own dynamic loss scale (``loss_scale.py``: a phase whose gradients are not all finite on some replica is skipped
+on every replica and its scale halves; R1 and path length scale both of their backward passes). Only the
+variables that ``freeze.py`` says train are given to ``apply_gradients``; the optimizers are built once on all
+variables (Keras 3 only updates variables it was built with).
 
 Distribution: every replica computes its share of the GLOBAL batch. Random draws
 (latents, noise maps, mixing decisions) are made for the global batch from a key folded from
@@ -50,10 +52,10 @@ from tf_cartoon.images import make_grid, save_png
 from tf_cartoon.io import integrity, store
 from tf_cartoon.io import reference_keys as rk
 from tf_cartoon.io.errors import CheckpointFormatError, StorageError
-from tf_cartoon.training import adam_states, freeze, losses
+from tf_cartoon.training import adam_states, freeze, loss_scale, losses
 from tf_cartoon.training import strategy as strategy_lib
 from tf_cartoon.training import workdir_lock
-from tf_cartoon.training.config import ConfigError, TrainConfig, check_data, validate
+from tf_cartoon.training.config import TrainConfig, check_data, validate
 
 log = logging.getLogger("tf_cartoon.train")
 
@@ -108,6 +110,7 @@ class Phase:
     variables: list
     every: int  # runs at the steps divisible by it; 0 = never
     takes_real: bool = False
+    backward_passes: int = 1  # 2 where the loss holds a gradient (R1, path length): see loss_scale.py
     after_apply: Callable | None = None
     after_step: Callable | None = None
 
@@ -120,8 +123,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None):
+    def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None,
+                 loss_scale_growth: int = loss_scale.GROWTH_INTERVAL):
+        """``loss_scale_growth``: with --precision fp16, the finite steps of a phase after which its loss scale
+        doubles."""
         self.cfg = cfg
+        self.loss_scale_growth = loss_scale_growth
         self.strategy = strategy or strategy_lib.make_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = strategy_lib.is_chief(self.strategy)
@@ -158,12 +165,12 @@ class Trainer:
         needs_source = cfg.freezeStyle >= 0 or cfg.structure_loss > 0 or cfg.freezeFC
         source_path = cfg.source_ckpt or cfg.ckpt
 
-        # Mixed precision (tf_cartoon.precision): bfloat16 compute, float32 variables and losses. bfloat16 keeps
-        # float32's range, so no loss scaling is needed (float16 would need it for R1 and path length).
-        self.precision = cfg.compute_precision(gpu=bool(tf.config.list_logical_devices("GPU")))
-        if self.precision == "fp16":
-            raise ConfigError("--precision=fp16: float16 training (with loss scaling) is not implemented yet; "
-                              "use bf16 or fp32")
+        # Mixed precision (tf_cartoon.precision): bfloat16 / float16 compute, float32 variables and losses.
+        # bfloat16 keeps float32's range, so it needs no loss scaling; float16 does (loss_scale.py).
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        self.precision = cfg.compute_precision(gpu=gpu)
+        if self.precision == "fp16" and not gpu:
+            log.warning("--precision=fp16 without a GPU: CPUs have no fast float16 convolutions (slower than fp32)")
         with precision.policy(self.precision):
             self._build(cfg, start, gen_cfg, dis_cfg, source_path, needs_source)
         # The loaded checkpoint's networks (copied into ours) are as large as G and D together; Keras
@@ -179,11 +186,20 @@ class Trainer:
         self.g_recompute = True if cfg.recompute else LEAN_RECOMPUTE_G
         self.d_recompute = True if cfg.recompute else LEAN_RECOMPUTE_D
         self.do_path_length = cfg.freezeG < 0 and cfg.path_regularize > 0
+        self.phases = self._phase_table()
+        self.loss_scales = None  # {phase name: DynamicLossScale} with --precision fp16
+        if self.precision == "fp16":
+            with self.strategy.scope():
+                self.loss_scales = {p.name: loss_scale.DynamicLossScale(p.name, p.backward_passes,
+                                                                        self.loss_scale_growth)
+                                    for p in self.phases}
 
         tracked = dict(g=self.g, g_ema=self.g_ema, d=self.d, g_optim=self.g_opt, d_optim=self.d_opt,
                        step=self.step, mean_path_length=self.mean_path_length)
         if self.ada is not None:
             tracked["ada"] = tf.train.Checkpoint(**self.ada.state_variables())
+        if self.loss_scales is not None:  # a resumed fp16 run continues at its scales
+            tracked["loss_scale"] = tf.train.Checkpoint(**{k: v.state() for k, v in self.loss_scales.items()})
         self.checkpoint = tf.train.Checkpoint(**tracked)
         ckpt_dir = os.path.join(cfg.workdir, "checkpoints")
         if not self.chief:  # non-chief workers write to a scratch dir (MultiWorker saving protocol)
@@ -392,7 +408,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # per-replica computations (XLA-compiled when --xla)
     # ------------------------------------------------------------------------------------------
-    def _d_compute(self, real, step):
+    def _scaled(self, loss, scale, passes=1):
+        """``loss`` as the phase differentiates it: divided by the replicas (their gradients are summed), times
+        the loss scale's factor ``scale ** passes`` with --precision fp16 (``scale`` None otherwise)."""
+        loss = loss / self.replicas
+        return loss if scale is None else loss * (scale if passes == 1 else scale ** passes)
+
+    def _d_compute(self, real, step, scale=None):
         b = self.per_replica_batch
         # The logistic loss is a sum of a real and a fake term, so its gradient is the sum of two backward
         # passes. They run one after the other, and the fakes are generated between them (everything below
@@ -402,7 +424,7 @@ class Trainer:
         with tf.GradientTape() as tape:
             real_pred = _f32(self.d(real_aug, recompute=self.d_recompute))
             real_loss = losses.d_logistic_real_term(real_pred)
-            scaled = real_loss / self.replicas  # (inside the tape: the division must be recorded)
+            scaled = self._scaled(real_loss, scale)  # (inside the tape: the division must be recorded)
         real_grads = tape.gradient(scaled, self.d_train_vars)
         with tf.control_dependencies([g for g in real_grads if g is not None]):
             z1, z2, mixed, inject, src_inject = self._latents(step, _D, b)
@@ -412,21 +434,22 @@ class Trainer:
         with tf.GradientTape() as tape:
             fake_pred = _f32(self.d(fake, recompute=self.d_recompute))
             fake_loss = losses.d_logistic_fake_term(fake_pred)
-            scaled = fake_loss / self.replicas
+            scaled = self._scaled(fake_loss, scale)
         fake_grads = tape.gradient(scaled, self.d_train_vars)
         grads = [a if b is None else b if a is None else a + b for a, b in zip(real_grads, fake_grads)]
         loss = real_loss + fake_loss  # = losses.d_logistic_loss(real_pred, fake_pred)
         metrics = {"d_loss": loss, "real_score": tf.reduce_mean(real_pred), "fake_score": tf.reduce_mean(fake_pred)}
         return grads, metrics, real_pred
 
-    def _r1_compute(self, real, step):
+    def _r1_compute(self, real, step, scale=None):
         with tf.GradientTape() as tape:
-            r1, _ = losses.r1_penalty(lambda x: _f32(self.d(self._augment(x, step, _AUG_R1))), real)
-            scaled = self.cfg.r1 / 2 * r1 * self.cfg.d_reg_every / self.replicas
+            r1, _ = losses.r1_penalty(lambda x: _f32(self.d(self._augment(x, step, _AUG_R1))), real,
+                                      inner_scale=scale)
+            scaled = self._scaled(self.cfg.r1 / 2 * r1 * self.cfg.d_reg_every, scale, passes=2)
         grads = _dense_grads(tape.gradient(scaled, self.d_train_vars), self.d_train_vars)
         return grads, {"r1": r1}, None
 
-    def _g_compute(self, step):
+    def _g_compute(self, step, scale=None):
         cfg = self.cfg
         b = self.per_replica_batch
         z1, z2, mixed, inject, src_inject = self._latents(step, _G, b)
@@ -456,11 +479,11 @@ class Trainer:
                 metrics["structure_loss"] = struct
                 metrics.update({f"structure_loss_L{L}": v for L, v in per_layer.items()})
             metrics["g_total"] = total
-            scaled = total / self.replicas
+            scaled = self._scaled(total, scale)
         grads = tape.gradient(scaled, self.g_train_vars)
         return grads, metrics, None
 
-    def _pl_compute(self, step):
+    def _pl_compute(self, step, scale=None):
         cfg = self.cfg
         b = max(1, self.per_replica_batch // cfg.path_batch_shrink)
         z1, z2, mixed, inject, _ = self._latents(step, _PL, b)
@@ -470,8 +493,9 @@ class Trainer:
         with tf.GradientTape() as tape:
             w = _f32(self.g.make_wplus([z1, z2], inject_index=inject))
             pen, path_mean, lengths = losses.path_length_penalty(
-                lambda x: _f32(self.g.synthesis(x, noise).image), w, self.mean_path_length, noise=y)
-            scaled = cfg.path_regularize * cfg.g_reg_every * pen / self.replicas
+                lambda x: _f32(self.g.synthesis(x, noise).image), w, self.mean_path_length, noise=y,
+                inner_scale=scale)
+            scaled = self._scaled(cfg.path_regularize * cfg.g_reg_every * pen, scale, passes=2)
         grads = _dense_grads(tape.gradient(scaled, self.g_train_vars), self.g_train_vars)
         return grads, {"path_penalty": pen, "path_length": tf.reduce_mean(lengths)}, path_mean
 
@@ -483,14 +507,15 @@ class Trainer:
         return (
             Phase("D_main", self._d_compute, self.d_opt, self.d_train_vars, every=1, takes_real=True,
                   after_apply=self._ada_accumulate, after_step=self._ada_update),
-            Phase("D_r1", self._r1_compute, self.d_opt, self.d_train_vars, every=cfg.d_reg_every, takes_real=True),
+            Phase("D_r1", self._r1_compute, self.d_opt, self.d_train_vars, every=cfg.d_reg_every, takes_real=True,
+                  backward_passes=2),
             Phase("G_main", self._g_compute, self.g_opt, self.g_train_vars, every=1),
             Phase("G_path_length", self._pl_compute, self.g_opt, self.g_train_vars,
-                  every=cfg.g_reg_every if self.do_path_length else 0, after_apply=self.mean_path_length.assign),
+                  every=cfg.g_reg_every if self.do_path_length else 0, backward_passes=2,
+                  after_apply=self.mean_path_length.assign),
         )
 
     def _build_step_functions(self):
-        self.phases = self._phase_table()
         self.phase_steps = {phase.name: self._distributed_step(phase) for phase in self.phases}
         g_vars, ema_vars = self.g.trainable_variables, self.g_ema.trainable_variables
         decay = ema_decay(self.cfg.ema_halflife_steps)
@@ -509,19 +534,58 @@ class Trainer:
         # Our code branches on Python values only: autograph would just slow tracing down.
         compute = tf.function(phase.compute, jit_compile=self.use_xla, autograph=False)
         strategy = self.strategy
+        scale = self.loss_scales[phase.name] if self.loss_scales is not None else None
 
-        def replica(*args):
-            grads, metrics, extra = compute(*args)
+        def apply(grads, extra):
             phase.optimizer.apply_gradients(zip(grads, phase.variables))
             if phase.after_apply is not None:
                 phase.after_apply(extra)
+
+        def replica(*args):
+            if scale is None:
+                grads, metrics, extra = compute(*args)
+                apply(grads, extra)
+                return metrics
+            grads, metrics, extra = compute(*args, tf.convert_to_tensor(scale.scale))
+            factor = scale.factor(tf.convert_to_tensor(scale.scale))
+            grads = [None if g is None else g / tf.cast(factor, g.dtype) for g in grads]
+            # Every replica skips together: the flag is reduced over replicas before the decision.
+            ctx = tf.distribute.get_replica_context()
+            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(loss_scale.all_finite(grads), tf.float32))
+            ctx.merge_call(apply_if_finite, args=(bad, grads, extra))
+            metrics["skipped"] = tf.cast(bad > 0, tf.float32)
             return metrics
+
+        def apply_if_finite(strategy, bad, grads, extra):
+            # The decision is taken in the cross-replica context: the optimizer's update calls merge_call, which
+            # a tf.cond branch in a replica context cannot do (Keras' LossScaleOptimizer decides there too).
+            finite = strategy.experimental_local_results(bad)[0] == 0
+
+            def finite_step():
+                strategy.extended.call_for_each_replica(apply, args=(grads, extra))
+
+            tf.cond(finite, finite_step, lambda: None)
+            scale.update(finite)
 
         def step(*args):
             metrics = strategy.run(replica, args=args)
             return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
 
         return tf.function(step, autograph=False)
+
+    def _loss_scale_metrics(self, name: str, values: dict, step: int) -> dict:
+        """A phase's metrics with --precision fp16: ``loss_scale/<phase>`` and ``skipped/<phase>`` (1: its
+        update was skipped); a skipped phase's other metrics are dropped (they may be the overflow itself).
+        Raises TrainingDiverged once the scale falls below loss_scale.MIN_SCALE."""
+        skipped = float(values.pop("skipped").numpy())
+        value = float(self.loss_scales[name].scale.numpy())
+        out = {} if skipped else dict(values)
+        out.update({f"loss_scale/{name}": value, f"skipped/{name}": skipped})
+        if value < loss_scale.MIN_SCALE:
+            raise TrainingDiverged(f"step {step}: {name}'s gradients are not finite even at loss scale {value:g} "
+                                   f"(float16); stopping without saving (the last good checkpoint in "
+                                   f"{self.manager.directory} is intact)")
+        return out
 
     def _ada_accumulate(self, real_pred):
         if self.ada is not None and self.ada.adaptive:
@@ -541,12 +605,15 @@ class Trainer:
         metrics = {}
         for phase in self.phases:
             if phase.runs_at(step):
-                metrics.update(self.phase_steps[phase.name](*((real, s) if phase.takes_real else (s,))))
+                values = self.phase_steps[phase.name](*((real, s) if phase.takes_real else (s,)))
+                if self.loss_scales is not None:
+                    values = self._loss_scale_metrics(phase.name, values, step)
+                metrics.update(values)
                 if phase.after_step is not None:
                     phase.after_step(step)
         self.ema_update()
         self.step.assign(step + 1)
-        out = {k: float(v.numpy()) for k, v in metrics.items()}
+        out = {k: float(v) for k, v in metrics.items()}  # (eager scalars, or floats of the loss scales)
         bad = [k for k, v in out.items() if not math.isfinite(v)]
         if bad:
             raise TrainingDiverged(f"step {step}: {', '.join(f'{k}={out[k]}' for k in bad)} is not finite; "

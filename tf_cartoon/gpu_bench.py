@@ -1,0 +1,355 @@
+"""Training speed on a GPU in seconds per thousand images (s/kimg), one prepared command:
+
+  python -m tf_cartoon.gpu_bench --reference /path/to/stylegan2-pytorch --out results.json
+
+measures our trainer at 256 px config-f (style_dim 512, 8 mapping layers, channel multiplier 2, from scratch)
+in these rows, then the reference PyTorch code (rosinality/stylegan2-pytorch, the paper code's base) on the same
+device:
+
+  row          what
+  fp32         float32, no XLA, the ops' auto paths (on a GPU: the pure-TF FIR / bias ops and one conv op)
+  fp16         float16 compute with dynamic loss scaling (train --precision fp16), no XLA
+  xla          float32, the per-replica forward / backward XLA-compiled (train --xla on)
+  ops_tf       float32, TF_CARTOON_OPS_IMPL=tf,direct: the pure-TF path of every op
+  ops_custom   float32, TF_CARTOON_OPS_IMPL=custom: the compiled CUDA ops (built first if needed); GPU only
+  reference    the reference's train.py iteration in PyTorch (its CUDA ops built by its own op/ loaders)
+
+A training iteration is the trainer's whole ``train_step`` (D, R1 every 16 steps, G, path length every 4
+steps, the EMA) on a fixed real batch already on the device: step 0 (every phase due: tracing, compiling) is
+timed apart as ``first_step_s``; then ``--kimg`` thousand images are timed (steps 1..N, the lazy regularisers
+in their share). The reference's iteration is the same (``reference_step``; its train.py's losses, lazy
+intervals, Adam settings and EMA, without the data loader or logging).
+
+``--smoke`` runs the same rows at CPU size (16 px, tiny channels, batch 4, 2 timed steps) where no GPU exists:
+the rows that need CUDA (ops_custom) say ``"skipped": "no GPU"``, the reference runs on the CPU with its
+native-torch fallbacks, and the rows with auto ops take the paths auto takes on a GPU (``tf,direct``; on a CPU
+auto's fast conv paths compile for minutes). CI runs it (tests/test_gpu_bench.py).
+
+Output: one JSON line per row on stdout, then a Markdown table for the README; ``--out`` also writes the rows
+as a JSON list. Published anchor: StyleGAN2-ADA at 256 px trains at 21.6-24.2 s/kimg on one V100.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from tf_cartoon import cli
+
+ROWS = ("fp32", "fp16", "xla", "ops_tf", "ops_custom", "reference")
+# row -> (precision, xla, TF_CARTOON_OPS_IMPL setting or None for auto, needs CUDA)
+TF_ROWS = {"fp32": ("fp32", False, None, False), "fp16": ("fp16", False, None, False),
+           "xla": ("fp32", True, None, False), "ops_tf": ("fp32", False, "tf,direct", False),
+           "ops_custom": ("fp32", False, "custom", True)}
+CONFIG_F = dict(style_dim=512, n_mlp=8, channel_multiplier=2, channels="")
+SMOKE = dict(size=16, batch=4, steps=2, style_dim=8, n_mlp=2, channel_multiplier=2, channels="4:8,8:6,16:4")
+SMOKE_CPU_AUTO = "tf,direct"  # what the ops' auto picks on a GPU (tf_cartoon.ops.dispatch's preferences)
+# The reference's train.py defaults (and the trainer's): lazy intervals, weights, Adam, EMA, mixing.
+D_REG_EVERY, G_REG_EVERY, R1, PATH_REGULARIZE, PATH_BATCH_SHRINK, LR, MIXING = 16, 4, 10.0, 2.0, 2, 0.002, 0.9
+PUBLISHED_ANCHOR = "StyleGAN2-ADA, 256 px: 21.6-24.2 s/kimg on one V100 (Karras et al. 2020, Table 3)"
+
+
+def gpu_present() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _steps(args) -> int:
+    return args.steps if args.steps else max(1, round(args.kimg * 1000 / args.batch))
+
+
+def _row_base(args, row: str) -> dict:
+    return {"what": "gpu_bench", "row": row, "size": args.size, "batch": args.batch, "smoke": args.smoke}
+
+
+def time_trainer(args, row: str) -> dict:
+    """One of TF_ROWS: build the trainer from scratch, step 0 untimed, then ``_steps`` timed iterations."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_cartoon.ops import dispatch
+    from tf_cartoon.training.config import TrainConfig
+    from tf_cartoon.training.trainer import Trainer
+
+    precision, xla, impl, needs_cuda = TF_ROWS[row]
+    out = {**_row_base(args, row), "precision": precision, "xla": xla, "ops": impl or "auto"}
+    gpu = gpu_present()
+    if needs_cuda and not gpu:
+        return {**out, "skipped": "no GPU"}
+    if impl is None and args.smoke and not gpu:
+        # auto's paths as on a GPU (the pure-TF ops, one conv op): on a CPU auto takes the fast conv paths,
+        # whose nested XLA-compiled passes take minutes to compile in a training step
+        impl = out["ops"] = SMOKE_CPU_AUTO
+    dispatch.set_default_impl(impl)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(size=args.size, batch=args.batch, latent=args.style_dim, n_mlp=args.n_mlp,
+                              channel_multiplier=args.channel_multiplier, channels=args.channels,
+                              data="synthetic:blobs", workdir=os.path.join(tmp, "run"), precision=precision,
+                              xla="on" if xla else "off", seed=args.seed)
+            trainer = Trainer(cfg)
+            try:
+                real = tf.constant(np.random.default_rng(args.seed).uniform(-1, 1, [args.batch, args.size,
+                                                                                    args.size, 3]), tf.float32)
+                dist = trainer.strategy.experimental_distribute_values_from_function(lambda ctx: real)
+                t0 = time.perf_counter()
+                trainer.train_step(dist, 0)  # every phase is due at step 0: all of them traced here
+                first = time.perf_counter() - t0
+                steps = _steps(args)
+                t0 = time.perf_counter()
+                metrics = {}
+                for step in range(1, steps + 1):
+                    metrics = trainer.train_step(dist, step)  # (returns host floats: each step has finished)
+                elapsed = time.perf_counter() - t0
+            finally:
+                trainer.release_workdir()
+    finally:
+        dispatch.set_default_impl(None)
+    images = steps * args.batch
+    out.update(device="GPU" if gpu else "CPU", steps=steps, first_step_s=round(first, 2),
+               sec_per_kimg=round(elapsed * 1000 / images, 3), images_per_s=round(images / elapsed, 2),
+               d_loss=metrics.get("d_loss"), g_loss=metrics.get("g_loss"))
+    if trainer.loss_scales is not None:
+        out["loss_scales"] = {k: float(v.scale.numpy()) for k, v in trainer.loss_scales.items()}
+    return out
+
+
+def time_reference(args) -> dict:
+    """The reference row: this module's ``--reference_child`` mode in its own Python (torch alone there)."""
+    out = {**_row_base(args, "reference"), "precision": "fp32", "xla": False, "ops": "reference"}
+    if not args.reference:
+        return {**out, "skipped": "no --reference"}
+    cmd = [sys.executable, "-m", "tf_cartoon.gpu_bench", "--reference_child", "--reference", args.reference,
+           "--size", str(args.size), "--batch", str(args.batch), "--steps", str(_steps(args)),
+           "--style_dim", str(args.style_dim), "--n_mlp", str(args.n_mlp),
+           "--channel_multiplier", str(args.channel_multiplier), "--seed", str(args.seed)]
+    if args.smoke:
+        out["note"] = "the reference's own channel table (512 up to 64 px): not comparable with the smoke rows"
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        lines = (r.stderr.strip() or r.stdout.strip() or f"exit status {r.returncode}").splitlines()
+        return {**out, "error": lines[-1]}
+    return {**out, **json.loads(r.stdout.strip().splitlines()[-1])}
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference, in the child process
+# ----------------------------------------------------------------------------------------------
+
+def _load_reference(path: str, cuda: bool):
+    """DIR/model.py imported as a module. Without CUDA, torch.utils.cpp_extension.load is stubbed before the
+    import: the reference's op/ modules build their CUDA extensions at import, and on the CPU their functions
+    run native torch code instead (they never call the extension there)."""
+    import importlib.util
+
+    model_py = os.path.join(path, "model.py")
+    if not os.path.isfile(model_py):
+        raise cli.UsageError(f"--reference {path}: no model.py there (expected a rosinality/stylegan2-pytorch "
+                             f"checkout)")
+    if importlib.util.find_spec("torch") is None:
+        raise cli.UsageError("--reference: torch is not installed (the reference is PyTorch code)")
+    import torch.utils.cpp_extension
+
+    if not cuda:
+        torch.utils.cpp_extension.load = lambda name, *a, **k: None
+    sys.path.insert(0, os.path.abspath(path))
+    spec = importlib.util.spec_from_file_location("stylegan2_reference_model", model_py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_step(G, D, G_ema, g_opt, d_opt, real, step: int, state: dict, latent: int):
+    """One iteration of the reference's train.py loop (its order and maths, our code): D logistic loss; R1
+    every D_REG_EVERY; G non-saturating loss; path length every G_REG_EVERY on batch / PATH_BATCH_SHRINK; EMA.
+    Style mixing with probability MIXING as its mixing_noise. ``state`` holds the path-length mean."""
+    import math
+    import random
+
+    import torch
+    import torch.nn.functional as F
+
+    batch, device = real.shape[0], real.device
+
+    def noise(n):
+        if random.random() < MIXING:
+            return list(torch.randn(2, n, latent, device=device).unbind(0))
+        return [torch.randn(n, latent, device=device)]
+
+    def grads_on(model, flag):
+        for p in model.parameters():
+            p.requires_grad = flag
+
+    grads_on(G, False)
+    grads_on(D, True)
+    fake, _ = G(noise(batch))
+    d_loss = F.softplus(-D(real)).mean() + F.softplus(D(fake)).mean()
+    D.zero_grad()
+    d_loss.backward()
+    d_opt.step()
+    if step % D_REG_EVERY == 0:
+        real.requires_grad = True
+        real_pred = D(real)
+        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
+        r1 = grad.pow(2).reshape(batch, -1).sum(1).mean()
+        D.zero_grad()
+        (R1 / 2 * r1 * D_REG_EVERY + 0 * real_pred[0]).backward()
+        d_opt.step()
+        real.requires_grad = False
+    grads_on(G, True)
+    grads_on(D, False)
+    fake, _ = G(noise(batch))
+    g_loss = F.softplus(-D(fake)).mean()
+    G.zero_grad()
+    g_loss.backward()
+    g_opt.step()
+    if step % G_REG_EVERY == 0:
+        n = max(1, batch // PATH_BATCH_SHRINK)
+        fake, latents = G(noise(n), return_latents=True)
+        y = torch.randn_like(fake) / math.sqrt(fake.shape[2] * fake.shape[3])
+        (grad,) = torch.autograd.grad((fake * y).sum(), latents, create_graph=True)
+        lengths = torch.sqrt(grad.pow(2).sum(2).mean(1))
+        mean = state["mean_path_length"] + 0.01 * (lengths.mean() - state["mean_path_length"])
+        penalty = (lengths - mean).pow(2).mean()
+        state["mean_path_length"] = mean.detach()
+        G.zero_grad()
+        (PATH_REGULARIZE * G_REG_EVERY * penalty + 0 * fake[0, 0, 0, 0]).backward()
+        g_opt.step()
+    with torch.no_grad():
+        decay = 0.5 ** (32 / (10 * 1000))
+        for e, p in zip(G_ema.parameters(), G.parameters()):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    return float(d_loss), float(g_loss)
+
+
+def reference_child(args) -> int:
+    """Time the reference's iteration (``reference_step``) on CUDA if torch sees a GPU, else the CPU; print
+    one JSON line."""
+    import copy
+    import random
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    model = _load_reference(args.reference, cuda)
+    device = torch.device("cuda" if cuda else "cpu")
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    G = model.Generator(args.size, args.style_dim, args.n_mlp, channel_multiplier=args.channel_multiplier).to(device)
+    D = model.Discriminator(args.size, channel_multiplier=args.channel_multiplier).to(device)
+    G_ema = copy.deepcopy(G).eval()
+    g_ratio, d_ratio = G_REG_EVERY / (G_REG_EVERY + 1), D_REG_EVERY / (D_REG_EVERY + 1)
+    g_opt = torch.optim.Adam(G.parameters(), lr=LR * g_ratio, betas=(0.0, 0.99 ** g_ratio))
+    d_opt = torch.optim.Adam(D.parameters(), lr=LR * d_ratio, betas=(0.0, 0.99 ** d_ratio))
+    real = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
+    state = {"mean_path_length": 0.0}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    reference_step(G, D, G_ema, g_opt, d_opt, real, 0, state, args.style_dim)
+    sync()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    losses = (None, None)
+    for step in range(1, args.steps + 1):
+        losses = reference_step(G, D, G_ema, g_opt, d_opt, real, step, state, args.style_dim)
+    sync()
+    elapsed = time.perf_counter() - t0
+    images = args.steps * args.batch
+    print(json.dumps({"device": "GPU" if cuda else "CPU", "steps": args.steps, "first_step_s": round(first, 2),
+                      "sec_per_kimg": round(elapsed * 1000 / images, 3), "images_per_s": round(images / elapsed, 2),
+                      "d_loss": losses[0], "g_loss": losses[1], "torch_version": torch.__version__}), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the table, the command line
+# ----------------------------------------------------------------------------------------------
+
+def markdown(rows: list[dict]) -> str:
+    """The README's table of the rows: s/kimg and the ratio to the reference where both were measured (not in
+    --smoke rows: there the reference keeps its own channel table, 512 up to 64 px, ours are tiny)."""
+    ref = next((r.get("sec_per_kimg") for r in rows if r["row"] == "reference" and not r.get("smoke")), None)
+    lines = ["| row | device | precision | XLA | ops | s/kimg | images/s | vs reference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "sec_per_kimg" not in r:
+            lines.append(f"| {r['row']} | | {r.get('precision', '')} | {'on' if r.get('xla') else 'off'} | "
+                         f"{r.get('ops', '')} | {r.get('skipped') or 'error: ' + r.get('error', '?')} | | |")
+            continue
+        ratio = f"{ref / r['sec_per_kimg']:.2f}x" if ref and r["row"] != "reference" else ""
+        lines.append(f"| {r['row']} | {r['device']} | {r['precision']} | {'on' if r['xla'] else 'off'} | "
+                     f"{r['ops']} | {r['sec_per_kimg']:.2f} | {r['images_per_s']:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    p = cli.parser("python -m tf_cartoon.gpu_bench", __doc__)
+    p.add_argument("--size", type=int, default=256, help="image size (config-f: 256)")
+    p.add_argument("--batch", type=int, default=32, help="global batch (StyleGAN2-ADA's 256 px setting: 32)")
+    p.add_argument("--kimg", type=float, default=1.0, help="thousands of images timed per row")
+    p.add_argument("--steps", type=int, default=0, help="timed iterations per row (0: from --kimg)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows among {', '.join(ROWS)}")
+    p.add_argument("--reference", default="", help="a rosinality/stylegan2-pytorch checkout (the reference row)")
+    p.add_argument("--out", default="", help="also write the rows as a JSON list to this file")
+    p.add_argument("--smoke", action="store_true", help="CPU-sized run of the same rows (16 px, tiny channels, "
+                                                        "batch 4, 2 steps); CUDA-only rows say skipped")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference_child", action="store_true", help=argparse_hidden())
+    for name, default in CONFIG_F.items():
+        p.add_argument(f"--{name}", type=type(default), default=default, help=argparse_hidden())
+    args = p.parse_args(argv)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    args.row_list = [r.strip() for r in args.rows.split(",") if r.strip()]
+    bad = [r for r in args.row_list if r not in ROWS]
+    if bad or not args.row_list:
+        raise cli.UsageError(f"--rows={args.rows}: rows are among {', '.join(ROWS)}")
+    for flag in ("size", "batch"):
+        if getattr(args, flag) < 1:
+            raise cli.UsageError(f"--{flag}={getattr(args, flag)}: must be >= 1")
+    if args.kimg <= 0 or args.steps < 0:
+        raise cli.UsageError(f"--kimg={args.kimg} / --steps={args.steps}: need kimg > 0 and steps >= 0")
+    if args.reference and not os.path.isfile(os.path.join(args.reference, "model.py")):
+        raise cli.UsageError(f"--reference {args.reference}: no model.py there (expected a "
+                             f"rosinality/stylegan2-pytorch checkout)")
+    return args
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+@cli.command(setup="train")
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.reference_child:
+        return reference_child(args)
+    # TensorFlow takes GPU memory as it needs it rather than all of it up front: the reference's child process
+    # runs on the same GPU afterwards.
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    rows = []
+    for row in args.row_list:
+        result = time_reference(args) if row == "reference" else time_trainer(args, row)
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+    print(markdown(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
