@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 
-from tf_cartoon import cli
+from tf_cartoon import cli, reference_timing
 
 ROWS = ("fp32", "fp16", "xla", "ops_tf", "ops_custom", "reference")
 # row -> (precision, xla, TF_CARTOON_OPS_IMPL setting or None for auto, needs CUDA)
@@ -141,29 +141,6 @@ def time_reference(args) -> dict:
 # the reference, in the child process
 # ----------------------------------------------------------------------------------------------
 
-def _load_reference(path: str, cuda: bool):
-    """DIR/model.py imported as a module. Without CUDA, torch.utils.cpp_extension.load is stubbed before the
-    import: the reference's op/ modules build their CUDA extensions at import, and on the CPU their functions
-    run native torch code instead (they never call the extension there)."""
-    import importlib.util
-
-    model_py = os.path.join(path, "model.py")
-    if not os.path.isfile(model_py):
-        raise cli.UsageError(f"--reference {path}: no model.py there (expected a rosinality/stylegan2-pytorch "
-                             f"checkout)")
-    if importlib.util.find_spec("torch") is None:
-        raise cli.UsageError("--reference: torch is not installed (the reference is PyTorch code)")
-    import torch.utils.cpp_extension
-
-    if not cuda:
-        torch.utils.cpp_extension.load = lambda name, *a, **k: None
-    sys.path.insert(0, os.path.abspath(path))
-    spec = importlib.util.spec_from_file_location("stylegan2_reference_model", model_py)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def reference_step(G, D, G_ema, g_opt, d_opt, real, step: int, state: dict, latent: int):
     """One iteration of the reference's train.py loop (its order and maths, our code): D logistic loss; R1
     every D_REG_EVERY; G non-saturating loss; path length every G_REG_EVERY on batch / PATH_BATCH_SHRINK; EMA.
@@ -236,7 +213,7 @@ def reference_child(args) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    model = _load_reference(args.reference, cuda)
+    model = reference_timing.load_model_module(args.reference, build_ops=cuda)
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(args.seed)
     random.seed(args.seed)

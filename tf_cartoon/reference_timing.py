@@ -75,12 +75,15 @@ def _no_build(name, *args, **kwargs):
     return _NotBuilt(name)
 
 
-def load_model_module(path: str):
-    """DIR/model.py imported as ``model`` (DIR first on sys.path for its ``op`` package), with
-    torch.utils.cpp_extension.load stubbed so that nothing is compiled."""
+def load_model_module(path: str, build_ops: bool = False):
+    """DIR/model.py imported as ``model`` (DIR first on sys.path for its ``op`` package). Unless ``build_ops``
+    (a CUDA machine, where the reference's op/ loaders build their extensions as in its own runs),
+    torch.utils.cpp_extension.load is stubbed so that nothing is compiled: on the CPU the reference's op
+    functions run native torch code and never call the extension."""
     model_py = check_reference(path)
-    import torch.utils.cpp_extension as cpp_extension
-    cpp_extension.load = _no_build
+    if not build_ops:
+        import torch.utils.cpp_extension as cpp_extension
+        cpp_extension.load = _no_build
     sys.path.insert(0, os.path.abspath(path))
     spec = importlib.util.spec_from_file_location("model", model_py)
     module = importlib.util.module_from_spec(spec)
