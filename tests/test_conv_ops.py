@@ -175,7 +175,7 @@ def test_dispatch_picks_conv_paths(monkeypatch):
         assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"fast"}
         with dispatch.plain_ops():  # each family's export path: plain TF ops only
             assert {f: dispatch.choose(f) for f in CONV_FAMILIES} == {**{f: "direct" for f in CONV_FAMILIES},
-                                                                       "conv3x3": "plain"}
+                                                                       "conv3x3": "plain", "styled_epilogue": "plain"}
             assert dispatch.choose("upfirdn2d") == "tf" and dispatch.choose("bias_act") == "tf"
         assert dispatch.choose("conv3x3") == "fast"
     for bad in ("winograd", "conv3x3=tf", "nope=direct"):
@@ -250,8 +250,10 @@ def test_styled_conv_fused_epilogue_equals_layer_by_layer_path(upsample):
             loss = tf.reduce_sum(tf.square(y))
         return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
-    for a, b in zip(run("fast"), run("direct")):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    want = run("direct")
+    for impl in ("fast", "styled_epilogue=plain"):  # plain: the export's epilogue (TF's own gradients)
+        for a, b in zip(run(impl), want):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

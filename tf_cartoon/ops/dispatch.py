@@ -12,7 +12,7 @@ per device; :func:`choose` picks one path per call:
   conv1x1             direct, fast                           fast / direct      (ops/conv.py)
   conv3x3_down2,      direct, fast                           fast / direct      (ops/phase_conv.py)
   conv3x3_up2
-  styled_epilogue     direct, fast                           fast / direct      (ops/epilogue.py)
+  styled_epilogue     direct, fast, plain                    fast / direct      (ops/epilogue.py)
   ==================  =====================================  =============================================
 
   * ``tf``: plain TF ops, XLA-compilable, differentiable to any order; ``ref``: the reference (the
@@ -20,7 +20,7 @@ per device; :func:`choose` picks one path per call:
   * ``direct``: one TF convolution op (cuDNN / oneDNN); ``fast``: the exact CPU rewrites with their own
     gradients (Winograd, output phases, matmuls, one-pass epilogue), which hold nested XLA clusters;
     ``plain``: a rewrite in plain TF ops only (no XLA cluster) where one measured faster than ``direct``
-    without XLA (Winograd for conv3x3): what exports run.
+    without XLA (Winograd for conv3x3, fewer passes for the epilogue): what exports run.
 
 Every op takes ``impl=`` ("auto" or one of its paths). What ``"auto"`` means for the whole process is set by
 ``TF_CARTOON_OPS_IMPL`` or :func:`set_default_impl`: a comma-separated list whose items are a path name (it
