@@ -154,6 +154,9 @@ def test_export_and_swap_print_json_rows(what):
     single = bench.generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, channels=cfg.channels(), batch=cfg.batch)
     if what == "export":
         assert row["signature"] == "serving_default" and row["export_s"] > 0 and row["load_s"] > 0
+        # the library's forward on the same generator, timed in the same rounds
+        assert row["g_forward_ms"] > 0 and row["g_forward_cpu_ms"] > 0
+        assert row["export_vs_g_forward"] == pytest.approx(row["ms_per_batch"] / row["g_forward_ms"], rel=1e-3)
         flops = single
     else:
         assert row["swap_layer"] == 1  # an 8 px generator has one block

@@ -62,6 +62,38 @@ def test_conv3x3_winograd_path_equals_conv2d():
     _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
 
 
+@pytest.mark.parametrize("n,h,w,ci,co", [(2, 8, 8, 4, 6), (1, 7, 9, 5, 3), (3, 6, 5, 2, 2)])
+def test_winograd_plain_equals_conv2d(n, h, w, ci, co):
+    """The export's Winograd (plain TF ops), odd sizes cropped: values and TF's own gradients, and with the
+    modulated conv's input scale."""
+    _assert_same(W.winograd_plain, lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), (n, h, w, ci), (3, 3, ci, co))
+    rng = np.random.default_rng(1)
+    x, k, s = (tf.constant(rng.normal(size=shape), tf.float32) for shape in ((n, h, w, ci), (3, 3, ci, co), (n, ci)))
+    want = tf.nn.conv2d(x * s[:, None, None, :], k, 1, "SAME")
+    np.testing.assert_allclose(W.winograd_plain(x, k, s).numpy(), want.numpy(), rtol=0,
+                               atol=2e-5 * float(tf.reduce_max(tf.abs(want))))
+
+
+def test_conv3x3_plain_path():
+    """impl="plain": Winograd in plain TF ops where the fast path takes Winograd (float32; a batch unknown at
+    trace time works), oneDNN's conv2d elsewhere and for bfloat16."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(2, 32, 33, 256)), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, 256, 8)) / 48, tf.float32)
+    s = tf.constant(rng.uniform(0.5, 1.5, size=(2, 256)), tf.float32)
+    want = tf.nn.conv2d(x * s[:, None, None, :], k, 1, "SAME")
+    fn = tf.function(lambda x, s: C.conv3x3(x, k, "plain", scale=s),
+                     input_signature=[tf.TensorSpec([None, 32, 33, 256]), tf.TensorSpec([None, 256])])
+    np.testing.assert_allclose(fn(x, s).numpy(), want.numpy(), rtol=0, atol=2e-5 * float(tf.reduce_max(tf.abs(want))))
+    types, xla = _traced_op_types(lambda x: C.conv3x3(x, k, "plain", scale=s), x)
+    assert "BatchMatMulV2" in types and "Conv2D" not in types and not xla, (types, xla)
+    small, _ = _traced_op_types(lambda x: C.conv3x3(x, k[:, :, :8], "plain"), x[..., :8])  # 8 channels: direct
+    assert "Conv2D" in small and "BatchMatMulV2" not in small
+    xb = tf.cast(x, tf.bfloat16)
+    bf16, _ = _traced_op_types(lambda x: C.conv3x3(x, tf.cast(k, tf.bfloat16), "plain"), xb)
+    assert "Conv2D" in bf16 and "BatchMatMulV2" not in bf16
+
+
 def test_winograd_f2x3_odd_size_value():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 7, 5, 3)), tf.float32)
@@ -141,8 +173,9 @@ def test_dispatch_picks_conv_paths(monkeypatch):
     assert dispatch.choose("upfirdn2d") == "ref"
     with _process_impl("fast"):  # wins over the environment
         assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"fast"}
-        with dispatch.plain_ops():
-            assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"direct"}
+        with dispatch.plain_ops():  # each family's export path: plain TF ops only
+            assert {f: dispatch.choose(f) for f in CONV_FAMILIES} == {**{f: "direct" for f in CONV_FAMILIES},
+                                                                       "conv3x3": "plain", "styled_epilogue": "plain"}
             assert dispatch.choose("upfirdn2d") == "tf" and dispatch.choose("bias_act") == "tf"
         assert dispatch.choose("conv3x3") == "fast"
     for bad in ("winograd", "conv3x3=tf", "nope=direct"):
@@ -171,12 +204,13 @@ def test_plain_ops_trace_only_plain_tf_ops():
 
     up, conv, rgb = StyledConv(4, 4, 3, 8, upsample=True), StyledConv(4, 4, 3, 8), ToRGB(4, 8, upsample=False)
     down = ConvLayer(4, 4, 3, downsample=True)
+    wide = StyledConv(256, 4, 3, 8)  # at 32 px the 3x3 conv takes Winograd: the export's is plain TF
 
-    def forward(x, w):
+    def forward(x, w, x_wide):
         y = conv(up(x, w), w)
-        return tf.reduce_sum(rgb(y, w)) + tf.reduce_sum(down(y))
+        return tf.reduce_sum(rgb(y, w)) + tf.reduce_sum(down(y)) + tf.reduce_sum(wide(x_wide, w))
 
-    args = (tf.ones([2, 8, 8, 4]), tf.ones([2, 8]))
+    args = (tf.ones([2, 8, 8, 4]), tf.ones([2, 8]), tf.ones([2, 32, 32, 256]))
     with _process_impl("custom,fast"):
         types, xla = _traced_op_types(forward, *args)
         assert xla  # the rewrites' compiled passes: what plain_ops must remove
@@ -185,6 +219,7 @@ def test_plain_ops_trace_only_plain_tf_ops():
     assert not xla, xla
     assert not {t for t in types if t.startswith("TfCartoon")}, types
     assert {"Conv2D", "Conv2DBackpropInput"} <= types  # the direct convolutions (the transposed one too)
+    assert "BatchMatMulV2" in types  # the wide layer's Winograd products
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -215,8 +250,10 @@ def test_styled_conv_fused_epilogue_equals_layer_by_layer_path(upsample):
             loss = tf.reduce_sum(tf.square(y))
         return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
-    for a, b in zip(run("fast"), run("direct")):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+    want = run("direct")
+    for impl in ("fast", "styled_epilogue=plain"):  # plain: the export's epilogue (TF's own gradients)
+        for a, b in zip(run(impl), want):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -240,6 +240,116 @@ def test_no_custom_ops(setup):
     assert not xla, xla
 
 
+@pytest.fixture(scope="module")
+def bf16(setup):
+    """The same target and source exported in bfloat16 (and saved_model_cli run on it, meanwhile)."""
+    path = ex.export(setup["target"], str(setup["root"] / "cartoon_bf16"), source=setup["source"],
+                     truncation_samples=SAMPLES, seed=SEED, precision="bf16")
+    run = _spawn([_cli(), "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+                  "--input_exprs", f"z={CLI_Z.tolist()};truncation_psi={CLI_PSI.tolist()}",
+                  "--outdir", str(setup["root"] / "cli_out_bf16")])
+    yield dict(path=path, model=tf.saved_model.load(path), run=run)
+    if run.poll() is None:
+        run.kill()
+        run.communicate()
+
+
+# bfloat16 keeps 8 significant bits: each rounding moves a value by up to 2^-9 of itself, i.e. up to half a
+# grey level near |x| = 1 ([-1, 1] -> 255 levels). The tiny generator's ~20 rounded layers (mapping, modulation,
+# convolutions, epilogues) compound that; measured on these seeds (64 images): max 12 levels, mean 0.6, 45% of
+# the values differ. The bounds leave 2x room above that.
+BF16_MAX_LEVELS, BF16_MEAN_LEVELS = 24, 1.5
+
+
+def test_bf16_export_matches_fp32_within_bfloat16_rounding(setup, bf16):
+    model32, model16 = setup["model"], bf16["model"]
+    with open(os.path.join(bf16["path"], "assets.extra", "tf_cartoon_export.json")) as f:
+        meta16 = json.load(f)
+    with open(os.path.join(setup["path"], "assets.extra", "tf_cartoon_export.json")) as f:
+        meta32 = json.load(f)
+    assert (meta32["precision"], meta16["precision"]) == ("fp32", "bf16")
+    assert meta16["signatures"] == meta32["signatures"]
+    # identical signatures: names, input / output names, dtypes and shapes; the stored means stay float32
+    assert set(model16.signatures) == set(model32.signatures)
+    for name, sig in model32.signatures.items():
+        other = model16.signatures[name]
+        assert other.structured_input_signature == sig.structured_input_signature, name
+        assert other.structured_outputs == sig.structured_outputs, name
+    assert [v.dtype for v in model16.mean_latents] == [tf.float32, tf.float32]
+    # the bfloat16 graph computes in bfloat16
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(bf16["path"], "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    conv_types = {n.attr["T"].type for mg in sm.meta_graphs for fn in mg.graph_def.library.function
+                  for n in fn.node_def if n.op == "Conv2D"}
+    assert conv_types == {tf.bfloat16.as_datatype_enum}, conv_types
+
+    rng = np.random.default_rng(5)
+    z = tf.constant(rng.standard_normal([64, setup["g"].style_dim]), tf.float32)
+    psi = tf.constant(rng.uniform(0.5, 1.0, [64]), tf.float32)
+    outs = []
+    for name, kwargs in (("serving_default", {}), ("swap", {"swap_layer": tf.constant(2, tf.int32)})):
+        a = model32.signatures[name](z=z, truncation_psi=psi, **kwargs)
+        b = model16.signatures[name](z=z, truncation_psi=psi, **kwargs)
+        for key in a:
+            assert b[key].dtype == tf.uint8 and b[key].shape == a[key].shape
+            outs.append(np.abs(a[key].numpy().astype(np.int32) - b[key].numpy().astype(np.int32)))
+    diff = np.concatenate([d.ravel() for d in outs])
+    assert diff.max() <= BF16_MAX_LEVELS and diff.mean() <= BF16_MEAN_LEVELS, (diff.max(), diff.mean())
+    assert (diff > 0).mean() > 0.1, "the bf16 export computes exactly as fp32: bfloat16 did not take effect"
+    # saved_model_cli runs it as it runs the fp32 export
+    code, _, err = _finish(bf16["run"])
+    assert code == 0, err[-2000:]
+    got = np.load(setup["root"] / "cli_out_bf16" / "image.npy")
+    want = model16.signatures["serving_default"](z=tf.constant(CLI_Z), truncation_psi=tf.constant(CLI_PSI))
+    np.testing.assert_array_equal(got, want["image"].numpy())
+
+
+def test_bad_precision_is_refused(setup, capsys):
+    with pytest.raises(ex.ExportError, match="--precision must be one of auto, fp32, bf16, got 'fp16'"):
+        ex.export(setup["target"], str(setup["root"] / "never"), precision="fp16")
+    with pytest.raises(SystemExit) as e:
+        ex.main(["--ckpt", setup["target"], "--out", str(setup["root"] / "never"), "--precision", "fp8"])
+    assert e.value.code == 2 and "--precision" in capsys.readouterr().err
+    assert not os.path.exists(setup["root"] / "never")
+
+
+def test_warmup_requests_parse_and_run(setup):
+    """assets.extra/tf_serving_warmup_requests, read with tensorflow-serving-api's own classes (the export
+    writes the wire format itself): one Predict request per signature and per swap layer, each of which the
+    reloaded signature runs."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(setup["path"], "assets.extra", "tf_serving_warmup_requests")
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    asked = [(log.predict_log.request.model_spec.signature_name,
+              int(tf.make_ndarray(log.predict_log.request.inputs["swap_layer"]))
+              if "swap_layer" in log.predict_log.request.inputs else None) for log in records]
+    assert asked == [("serving_default", None), ("from_latent", None), ("png", None), ("swap", 1), ("swap", 2)]
+    with open(os.path.join(setup["path"], "assets.extra", "tf_cartoon_export.json")) as f:
+        meta = json.load(f)
+    assert meta["warmup"]["requests"] == [name for name, _ in asked]
+    g = setup["g"]
+    for log in records:
+        assert log.WhichOneof("log_type") == "predict_log"
+        request = log.predict_log.request
+        assert request.model_spec.name == "cartoon" == meta["warmup"]["model_name"]  # the model base folder
+        signature = setup["model"].signatures[request.model_spec.signature_name]
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        assert set(inputs) == set(signature.structured_input_signature[1])
+        for name, spec in signature.structured_input_signature[1].items():
+            assert inputs[name].dtype == spec.dtype and spec.shape.is_compatible_with(inputs[name].shape), name
+        out = signature(**inputs)
+        assert set(out) == set(signature.structured_outputs)
+        if "image" in out:
+            assert out["image"].shape == (1, g.size, g.size, 3) and out["image"].dtype == tf.uint8
+    # the wplus request is the target's stored mean latent in every row: a valid W+
+    wplus = tf.make_ndarray(records[1].predict_log.request.inputs["wplus"])
+    np.testing.assert_array_equal(wplus[0], np.repeat(setup["model"].mean_latents[0].numpy(), g.n_latent, axis=0))
+
+
 def test_second_export_is_version_2_from_a_reference_checkpoint(setup):
     """The CLI export of the reference .pt target (32 px, written by the reference trainer; no
     source, so no swap) into the same base path became version 2 and matches in-process."""

@@ -541,7 +541,10 @@ def bench_export(cfg: Config):
     tf.saved_model.load and called through its ``serving_default`` signature (z, truncation_psi 0.7 ->
     uint8 images; stored noise, plain TF ops: what TF Serving runs). ``--xla`` wraps the loaded signature
     in a jit_compile tf.function (TF Serving itself runs the graph without XLA); ``--fused`` is the
-    modulated-conv path traced into the export. Extra keys: export_s (trace + write), load_s."""
+    modulated-conv path traced into the export. Extra keys: export_s (trace + write), load_s, and
+    g_forward_ms: the library's own forward (bench_g_forward's computation) on the same generator, timed in
+    the same rounds, with export_vs_g_forward = ms_per_batch / g_forward_ms (the export's cost over the
+    library's; the export adds only truncation and the uint8 conversion)."""
     import tempfile
 
     import numpy as np
@@ -572,12 +575,21 @@ def bench_export(cfg: Config):
         t0 = time.perf_counter()
         _to_host(forward(z, psi))  # (+ compile)
         first_ms = (time.perf_counter() - t0) * 1e3
+
+        @tf.function(jit_compile=cfg.xla, autograph=False)
+        def library(z):  # bench_g_forward's computation, traced outside plain_ops: the library's own paths
+            return g.synthesis(g.make_wplus(z), randomize_noise=False).image
+
+        _to_host(library(z))
         chain, peak_flops = peak_chain(cfg)
         _to_host(chain())
-        ms, times, cpu, idle = time_fns({"model": lambda: forward(z, psi), "peak": chain}, cfg.repeats,
-                                        max(cfg.warmup - 1, 0), cfg.wait_idle)
+        ms, times, cpu, idle = time_fns({"model": lambda: forward(z, psi), "g_forward": lambda: library(z),
+                                         "peak": chain}, cfg.repeats, max(cfg.warmup - 1, 0), cfg.wait_idle)
     flops = generator_flops(cfg.size, cfg.style_dim, cfg.n_mlp, cfg.channel_multiplier, cfg.channels(), cfg.batch)
     return [result(cfg, ms["model"], flops, ms["peak"], peak_flops, signature="serving_default",
+                   g_forward_ms=round(ms["g_forward"], 3),
+                   export_vs_g_forward=round(ms["model"] / ms["g_forward"], 4),
+                   g_forward_cpu_ms=round(cpu["g_forward"], 1),
                    export_s=round(export_s, 2), load_s=round(load_s, 2), first_call_ms=round(first_ms, 1),
                    cpu_ms_per_batch=round(cpu["model"], 1), times_ms=[round(t, 1) for t in times["model"]],
                    **({"idle_before_rounds": [round(i, 2) for i in idle if i is not None]} if idle else {}))]

@@ -1,7 +1,7 @@
 """Export a generator as a TF Serving SavedModel (deterministic signatures, plain TF ops).
 
     python -m tf_cartoon.export --target TARGET [--source SOURCE] --out export/cartoon \
-        [--version N] [--truncation_samples 4096] [--seed 0]
+        [--version N] [--truncation_samples 4096] [--seed 0] [--precision fp32|bf16|auto]
 
 TARGET / SOURCE: anything ``tf_cartoon.load`` reads (a reference .pt, a converted
 directory, a training workdir, builtin:<name>); their ``g_ema`` is exported
@@ -12,8 +12,17 @@ the version defaults to 1 + the largest integer folder already there (or 1). It
 is written into a hidden temporary folder under ``<out>`` and renamed into place,
 so a server watching ``<out>`` never sees half a model; an existing version is
 never overwritten. ``<out>/<version>/assets.extra/tf_cartoon_export.json``
-describes the export (signatures, sizes, checkpoints, conventions). The stages
-(mean latents and tracing, writing) report their times on stderr; ``--quiet`` drops them.
+describes the export (signatures, sizes, checkpoints, conventions, precision), and
+``<out>/<version>/assets.extra/tf_serving_warmup_requests`` holds one request per signature (and per swap
+layer) that TF Serving replays when it loads the version (tf_cartoon.serving_warmup), so that no user's first
+request pays for the model's lazy start. The stages (mean latents and tracing, writing) report their times on
+stderr; ``--quiet`` drops them.
+
+Precision (``--precision``, default fp32): ``bf16`` exports a variant that computes in bfloat16 (the
+generators are built under Keras' mixed_bfloat16 policy: float32 weights, bfloat16 compute), fast on CPUs with
+AVX512_BF16 / AMX; its signatures, input and output dtypes are the fp32 export's (float32 in, uint8 out), and
+its mean latents are stored in float32. ``auto``: bf16 where this machine's CPU computes bfloat16 natively and no
+GPU is visible, else fp32. The metadata's ``precision`` says which.
 
 Signatures (batch size free; every one is deterministic):
 
@@ -59,15 +68,21 @@ import os
 import shutil
 import tempfile
 
-from tf_cartoon import cli, latent
+from tf_cartoon import cli, latent, serving_warmup
 from tf_cartoon.cli import UsageError
 from tf_cartoon.progress import stage
 
 FORMAT = "tf_cartoon_export/1"
+EXPORT_PRECISIONS = ("auto", "fp32", "bf16")  # fp16 is a GPU training precision, not an export's
 METADATA_FILE = "tf_cartoon_export.json"
 METADATA_DIR = "assets.extra"
 
 log = logging.getLogger("tf_cartoon.export")
+
+# The generators' Keras compute dtype -> tf_cartoon.precision's name (what the metadata records).
+COMPUTE_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+WARMUP_BATCH = 1  # rows per warm-up request: the lazy start does not depend on the batch size
+WARMUP_PSI = 0.7
 
 
 class ExportError(UsageError):
@@ -183,12 +198,14 @@ class CartoonServing:
         self.size, self.style_dim, self.z_dim = int(target.size), int(target.style_dim), int(target.z_dim)
         self.n_latent, self.n_blocks = int(target.n_latent), int(target.n_blocks)
         self.truncation_samples, self.seed = int(truncation_samples), int(seed)
-        self.target_mean = tf.Variable(target.mean_latent(self.truncation_samples, seed=self.seed),
-                                       trainable=False, name="target_mean_latent")
+        self.precision = COMPUTE_PRECISION[target.compute_dtype]
+        # float32 whatever the compute precision: the variables' dtype is part of what the export promises
+        self.target_mean = tf.Variable(tf.cast(target.mean_latent(self.truncation_samples, seed=self.seed),
+                                               tf.float32), trainable=False, name="target_mean_latent")
         self.source_mean = None
         if source is not None:
-            self.source_mean = tf.Variable(source.mean_latent(self.truncation_samples, seed=self.seed),
-                                           trainable=False, name="source_mean_latent")
+            self.source_mean = tf.Variable(tf.cast(source.mean_latent(self.truncation_samples, seed=self.seed),
+                                                   tf.float32), trainable=False, name="source_mean_latent")
         # The target's synthesis W+ -> float image, traced once and called by serving_default,
         # from_latent and png (one copy in the graph, a third of the tracing time).
         wplus_spec = tf.TensorSpec([None, self.n_latent, self.style_dim], tf.float32)
@@ -237,8 +254,11 @@ class CartoonServing:
         return g.make_wplus(z, input_is_latent=False, truncation=psi, truncation_latent=mean)
 
     def _image(self, z, truncation_psi):
+        import tensorflow as tf
+
         z, psi = self._check_z(z, truncation_psi)
-        return self._synthesize(self._wplus(self.target, z, psi, self.target_mean))
+        # _synthesize takes float32 W+ (from_latent's input); a bf16 mapping's W+ converts exactly
+        return self._synthesize(tf.cast(self._wplus(self.target, z, psi, self.target_mean), tf.float32))
 
     # -- signatures --------------------------------------------------------------------------------
     def generate(self, z, truncation_psi):
@@ -287,6 +307,25 @@ class CartoonServing:
 
         image = tf.switch_case(index, [branch(L) for L in range(1, n + 1)], name="swap_layer_case")
         return {"image": to_uint8(image), "source_image": to_uint8(src.image)}
+
+    # -- warm-up -----------------------------------------------------------------------------------
+    def warmup_requests(self) -> list:
+        """[(signature_name, {input: numpy array})]: one valid request per signature and, for swap, per swap
+        layer (each layer is its own branch of the graph): z drawn with the export's seed, truncation_psi
+        WARMUP_PSI, wplus the target's mean latent in every row."""
+        import numpy as np
+
+        b = WARMUP_BATCH
+        z = np.random.default_rng(self.seed).standard_normal([b, self.z_dim]).astype(np.float32)
+        psi = np.full([b], WARMUP_PSI, np.float32)
+        wplus = np.broadcast_to(self.target_mean.numpy()[:, None, :], [b, self.n_latent, self.style_dim])
+        out = [("serving_default", {"z": z, "truncation_psi": psi}),
+               ("from_latent", {"wplus": np.ascontiguousarray(wplus, np.float32)}),
+               ("png", {"z": z, "truncation_psi": psi})]
+        if self.source is not None:
+            out += [("swap", {"z": z, "truncation_psi": psi, "swap_layer": np.array(L, np.int32)})
+                    for L in range(1, self.n_blocks + 1)]
+        return out
 
     # -- description -------------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -338,9 +377,11 @@ def build_archive(serving: CartoonServing):
 
 def export(ckpt: str, out: str, source: str | None = None, version: int | None = None,
            truncation_samples: int = 4096, seed: int = 0, target_flag: str = "--target",
-           pairing: str = "shared_w", quiet: bool = True) -> str:
-    """Write ``<out>/<version>/`` (SavedModel + assets.extra/tf_cartoon_export.json); returns its path.
-    ``quiet=False``: the stages (mean latents and tracing, writing) with their times on stderr.
+           pairing: str = "shared_w", quiet: bool = True, precision: str = "fp32") -> str:
+    """Write ``<out>/<version>/`` (SavedModel + assets.extra/tf_cartoon_export.json and
+    tf_serving_warmup_requests); returns its path. ``quiet=False``: the stages (mean latents and tracing,
+    writing) with their times on stderr. ``precision``: fp32, bf16 or auto (tf_cartoon.precision; the
+    generators compute in it, the signatures stay float32 in, uint8 out).
 
     ``ckpt`` / ``source``: checkpoint specs (paths or builtin:<name>). Raises FileExistsError (version
     exists), ExportError (bad arguments) or cli.UsageError (a missing, unreadable or incompatible
@@ -350,6 +391,12 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         raise ExportError(f"--truncation_samples must be >= 1, got {truncation_samples}")
     if version is not None and version < 1:
         raise ExportError(f"--version must be a positive integer, got {version}")
+    from tf_cartoon import precision as prec
+    from tf_cartoon.ops.dispatch import device, plain_ops
+
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
+    concrete = prec.resolve(precision, gpu=device() == "GPU")
     out = os.path.abspath(out)
     set_aside_incomplete(out)  # this writer owns ``out``: a torn version must not be what a server picks up
     if version is None:
@@ -359,11 +406,10 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         raise FileExistsError(f"version {version} already exists at {final}; refusing to overwrite "
                               "(pick another --version or leave it out for the next free one)")
 
-    from tf_cartoon.ops.dispatch import plain_ops
-
     with plain_ops():  # no compiled op, no nested XLA cluster: what stock TF Serving runs
-        target = cli.load_generator(ckpt, target_flag)
-        src = cli.load_generator(source, "--source") if source is not None else None
+        with prec.policy(concrete):  # layers take their compute dtype when they are built
+            target = cli.load_generator(ckpt, target_flag)
+            src = cli.load_generator(source, "--source") if source is not None else None
         if src is not None:
             latent.check_pair(src, target, "all", "--source", same_z=pairing == "own_z")
         with stage(f"mean latents ({truncation_samples} samples) and tracing the signatures", quiet=quiet):
@@ -382,10 +428,11 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
 
                 raise StorageError(f"cannot write the SavedModel version {final} ({one_line(e)}); nothing was "
                                    "left under that name") from None
-            meta = _metadata(serving, ckpt, source, version)
+            meta = _metadata(serving, ckpt, source, version, os.path.basename(out))
             os.makedirs(os.path.join(tmp, METADATA_DIR), exist_ok=True)
             with open(os.path.join(tmp, METADATA_DIR, METADATA_FILE), "w") as f:
                 json.dump(meta, f, indent=2)
+            serving_warmup.write(tmp, os.path.basename(out), serving.warmup_requests())
             os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
             if os.path.exists(final):  # appeared while we were writing
                 raise FileExistsError(f"version {version} already exists at {final}; refusing to overwrite")
@@ -408,7 +455,7 @@ def tf_errors():
     return tf.errors
 
 
-def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: int) -> dict:
+def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: int, model_name: str) -> dict:
     import keras
     import tensorflow as tf
 
@@ -429,6 +476,9 @@ def _metadata(serving: CartoonServing, ckpt: str, source: str | None, version: i
                                       "stored as the variables mean_latents",
                        "truncation_samples": serving.truncation_samples, "seed": serving.seed},
         "noise": "stored noise buffers (deterministic)",
+        "precision": serving.precision,
+        "warmup": {"file": f"{serving_warmup.DIR}/{serving_warmup.FILE}", "model_name": model_name,
+                   "requests": [name for name, _ in serving.warmup_requests()]},
         "image_encoding": "uint8 = clip((x + 1) * 127.5 + 0.5, 0, 255) truncated, x the [-1, 1] NHWC image",
         "signatures": serving.describe(),
         "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -452,16 +502,17 @@ def main(argv=None) -> int:
     p.add_argument("--pairing", choices=("shared_w", "own_z"), default="shared_w",
                    help="the swap signature's target latent: shared_w (default, as the reference's demos): z "
                         "through the source's mapping; own_z: through the target's own")
+    cli.add_precision(p, default="fp32")
     cli.add_quiet(p)
     args = p.parse_args(argv)
 
     path = export(args.target, args.out, source=args.source, version=args.version,
                   truncation_samples=args.truncation_samples, seed=args.seed, target_flag=cli.flag(args, "target"),
-                  pairing=args.pairing, quiet=args.quiet)
+                  pairing=args.pairing, quiet=args.quiet, precision=args.precision)
     with open(os.path.join(path, METADATA_DIR, METADATA_FILE)) as f:
         meta = json.load(f)
     print(f"wrote {path}: signatures {', '.join(meta['signatures'])}; {meta['size']} px, style_dim "
-          f"{meta['style_dim']}, n_latent {meta['n_latent']}")
+          f"{meta['style_dim']}, n_latent {meta['n_latent']}; {meta['precision']}")
     return 0
 
 

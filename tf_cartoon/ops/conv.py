@@ -1,15 +1,17 @@
 """The networks' stride-1 convolutions (3x3 SAME, 1x1), NHWC: a direct path and exact faster CPU rewrites.
 
 Two paths each (dispatch.py families ``conv3x3`` and ``conv1x1``; auto: ``fast`` on CPU, ``direct`` where a
-GPU is visible, as cuDNN already picks Winograd / FFT algorithms itself):
+GPU is visible, as cuDNN already picks Winograd / FFT algorithms itself), and a third for the 3x3 conv:
   * ``direct``: one ``tf.nn.conv2d`` (cuDNN / oneDNN / Eigen).
   * ``fast``: the same maths with hand-written gradients built from forward-speed blocks (ops/conv_grad.py).
     The 3x3 forward pass is Winograd F(2x2, 3x3) (ops/winograd.py) where it measured faster (wide layers),
     else oneDNN's conv2d; the 1x1 conv is a matmul over the pixels.
+  * ``plain`` (conv3x3): the forward pass in plain TF ops, Winograd (winograd.winograd_plain) where the fast
+    path takes it and the input is float32, else oneDNN's conv2d; TF's own gradients. What exports run.
 The stride-2 convolutions of the up- and downsampling layers are in ops/phase_conv.py.
 
 Both paths are exact reformulations (equal up to float rounding); tests compare them, values and gradients to
-second order. Exports use the direct path (dispatch.plain_ops: no nested XLA clusters in a SavedModel that TF
+second order. Exports use the plain paths (dispatch.plain_ops: no nested XLA clusters in a SavedModel that TF
 Serving must run).
 """
 
@@ -19,10 +21,10 @@ import tensorflow as tf
 
 from tf_cartoon.ops.conv_grad import flip_t, phases, scale_grads, scaled, tap_matmuls
 from tf_cartoon.ops.dispatch import choose, register
-from tf_cartoon.ops.winograd import use_winograd, winograd
+from tf_cartoon.ops.winograd import use_winograd, winograd, winograd_plain
 
 # bench (2-core EPYC): TF's CPU filter gradient runs 4-6x below the forward conv's speed; cuDNN needs no help.
-register("conv3x3", ("direct", "fast"), {"CPU": "fast", "GPU": "direct"})
+register("conv3x3", ("direct", "fast", "plain"), {"CPU": "fast", "GPU": "direct"}, export="plain")
 register("conv1x1", ("direct", "fast"), {"CPU": "fast", "GPU": "direct"})
 
 
@@ -73,7 +75,10 @@ def conv3x3(x, w, impl: str = "auto", scale=None):
     scale [N, Ci] (optional): the correlation of x * scale (a modulated conv's input scaling). The fast path
     then keeps x, not x * scale, for the backward pass and recomputes the product there: one image-sized
     tensor less per layer held between the forward and the backward pass."""
-    if choose("conv3x3", impl, unsupported=unknown_hw(x)) == "direct":
+    path = choose("conv3x3", impl, unsupported=unknown_hw(x))
+    if path == "plain" and x.dtype == tf.float32 and use_winograd(x, w):
+        return winograd_plain(x, w, scale)
+    if path != "fast":  # bfloat16 / float16 exports keep oneDNN's own low-precision convolution
         return tf.nn.conv2d(x if scale is None else scaled(x, scale), w, 1, "SAME")
     return _conv3x3_fast(x, w) if scale is None else _conv3x3_scaled_fast(x, scale, w)
 

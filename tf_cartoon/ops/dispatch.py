@@ -8,16 +8,19 @@ per device; :func:`choose` picks one path per call:
   ==================  =====================================  =============================================
   upfirdn2d           tf (alias xla), ref, custom            custom / tf        (ops/upfirdn2d.py)
   bias_act            tf (alias xla), ref, custom            custom / tf        (ops/bias_act.py)
-  conv3x3, conv1x1    direct, fast                           fast / direct      (ops/conv.py)
+  conv3x3             direct, fast, plain                    fast / direct      (ops/conv.py)
+  conv1x1             direct, fast                           fast / direct      (ops/conv.py)
   conv3x3_down2,      direct, fast                           fast / direct      (ops/phase_conv.py)
   conv3x3_up2
-  styled_epilogue     direct, fast                           fast / direct      (ops/epilogue.py)
+  styled_epilogue     direct, fast, plain                    fast / direct      (ops/epilogue.py)
   ==================  =====================================  =============================================
 
   * ``tf``: plain TF ops, XLA-compilable, differentiable to any order; ``ref``: the reference (the
     definition, step by step); ``custom``: the compiled op (custom_ops/, ops/custom.py);
   * ``direct``: one TF convolution op (cuDNN / oneDNN); ``fast``: the exact CPU rewrites with their own
-    gradients (Winograd, output phases, matmuls, one-pass epilogue), which hold nested XLA clusters.
+    gradients (Winograd, output phases, matmuls, one-pass epilogue), which hold nested XLA clusters;
+    ``plain``: a rewrite in plain TF ops only (no XLA cluster) where one measured faster than ``direct``
+    without XLA (Winograd for conv3x3, fewer passes for the epilogue): what exports run.
 
 Every op takes ``impl=`` ("auto" or one of its paths). What ``"auto"`` means for the whole process is set by
 ``TF_CARTOON_OPS_IMPL`` or :func:`set_default_impl`: a comma-separated list whose items are a path name (it
@@ -29,7 +32,8 @@ The compiled op is never used, whatever was asked for by default:
   * inside an XLA-compiled function (``tf.function(jit_compile=True)``, also in functions and branches nested
     in one): XLA has no kernel for it (a per-call ``impl="custom"`` there is an error);
   * while a SavedModel is written (``tf.saved_model.save`` tracing) or inside :func:`plain_ops`.
-Inside :func:`plain_ops` every family's ``auto`` is its plain path: what exports contain.
+Inside :func:`plain_ops` every family's ``auto`` is its export path (``Family.export``: the plain path, or
+``plain`` where a family has one): plain TF ops only, what exports contain.
 
 Which path a family takes is logged once per (family, path, reason) at INFO level.
 """
@@ -52,14 +56,20 @@ _logged: set = set()
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """An op family: its paths (``paths[0]`` is the plain one: exports, fallbacks) and auto's path per device."""
+    """An op family: its paths (``paths[0]`` is the plain one: fallbacks), auto's path per device, and the path
+    auto takes inside :func:`plain_ops` (``export``: plain TF ops only; default the plain path)."""
     name: str
     paths: tuple[str, ...]
     prefer: dict  # device ("CPU" | "GPU") -> path; mutable so that tests can vary it
+    export: str | None = None
 
     @property
     def plain(self) -> str:
         return self.paths[0]
+
+    @property
+    def export_path(self) -> str:
+        return self.export or self.plain
 
 
 FAMILIES: dict[str, Family] = {}
@@ -67,12 +77,13 @@ _DESCRIBE = {"custom": "the compiled op", "tf": "the pure-TF path", "ref": "the 
              "direct": "the direct TF convolution", "fast": "the exact CPU rewrite"}
 
 
-def register(name: str, paths: tuple[str, ...], prefer: dict) -> Family:
-    """Declare op family ``name`` with its ``paths`` (plain path first) and ``prefer``: device -> auto's path."""
-    unknown = set(prefer.values()) - set(paths)
+def register(name: str, paths: tuple[str, ...], prefer: dict, export: str | None = None) -> Family:
+    """Declare op family ``name`` with its ``paths`` (plain path first), ``prefer``: device -> auto's path, and
+    ``export``: the path (plain TF ops only) auto takes inside plain_ops (default: the plain path)."""
+    unknown = (set(prefer.values()) | ({export} if export else set())) - set(paths)
     if unknown:
         raise ValueError(f"{name}: preferred paths {sorted(unknown)} are not among its paths {paths}")
-    FAMILIES[name] = Family(name, tuple(paths), dict(prefer))
+    FAMILIES[name] = Family(name, tuple(paths), dict(prefer), export)
     return FAMILIES[name]
 
 
@@ -120,14 +131,14 @@ def set_default_impl(spec: str | None) -> None:
 
 def default_impl(family: str | None = None) -> str:
     """The process setting: the whole spec, or with ``family`` the path its "auto" means there ("auto": its
-    per-device preference). Inside :func:`plain_ops` a family's setting is its plain path."""
+    per-device preference). Inside :func:`plain_ops` a family's setting is its export path."""
     spec = _default if _default is not None else os.environ.get(ENV, "auto")
     if family is None:
         parse_spec(spec, ENV if _default is None else "ops impl")
         return spec
     fam = FAMILIES[family]
     if _plain_depth > 0:
-        return fam.plain
+        return fam.export_path
     parsed = parse_spec(spec, ENV if _default is None else "ops impl")
     setting = parsed.get(family)
     if setting is None:  # the last global item this family has
@@ -137,8 +148,8 @@ def default_impl(family: str | None = None) -> str:
 
 @contextlib.contextmanager
 def plain_ops():
-    """Within this block (process-wide, nestable), every op family's ``auto`` takes its plain path (plain TF
-    ops, the direct convolutions: no compiled op and no nested XLA cluster), e.g. while an export is traced."""
+    """Within this block (process-wide, nestable), every op family's ``auto`` takes its export path (plain TF
+    ops only: no compiled op and no nested XLA cluster), e.g. while an export is traced."""
     global _plain_depth
     with _plain_lock:
         _plain_depth += 1
