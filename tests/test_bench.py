@@ -142,6 +142,16 @@ def test_discriminator_flops_by_hand_size8():
     assert bench.discriminator_flops(8, channels={4: 8, 8: 4}, batch=3) == 2 * 3 * macs
 
 
+def test_export_row_in_bf16_times_a_bf16_export_and_the_bf16_library():
+    """--what export --precision bf16: the export and the library forward it is compared with both run in bfloat16
+    (float32 signatures); the row says so."""
+    row = bench.run(bench.Config(what="export", precision="bf16", **TINY))[0]
+    assert row["precision"] == "bf16" and row["signature"] == "serving_default"
+    assert row["ms_per_batch"] > 0 and row["g_forward_ms"] > 0
+    g = bench.build_generator(bench.Config(precision="bf16", **TINY))
+    assert g.compute_dtype == "bfloat16"
+
+
 @pytest.mark.parametrize("what", ["export", "swap"])
 def test_export_and_swap_print_json_rows(what):
     """--what export (reloaded SavedModel's serving_default) and --what swap (layer-swapping forward)."""
