@@ -121,6 +121,7 @@ def test_every_training_flag_is_documented_once_in_its_field():
     import subprocess
     import sys
 
+    from tf_cartoon.precision import PRECISIONS
     from tf_cartoon.training.config import help_of
 
     fields = dataclasses.fields(TrainConfig)
@@ -132,6 +133,8 @@ def test_every_training_flag_is_documented_once_in_its_field():
     squeezed = "".join(out.stdout.split())  # absl wraps the help text at any space
     for f in fields:
         switch = f"--[no]{f.name}:" if isinstance(f.default, bool) else f"--{f.name}:"
+        if f.name == "precision":  # an enum flag: absl lists its values before the help
+            switch += "<" + "|".join(PRECISIONS) + ">:"
         assert switch + "".join(help_of(f).split()) in squeezed, f"--{f.name}'s help is not in train --help"
     config_py = os.path.join(ROOT, "tf_cartoon", "training", "config.py")
     texts, names = set(helps.values()), set(helps)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import itertools
 
 from tf_cartoon import cli as _cli  # imports neither numpy nor TensorFlow
@@ -81,7 +82,11 @@ def policy(precision: str):
     """Keras' global dtype policy for ``precision`` (concrete: fp32 / bf16 / fp16) while models are built.
 
     Layers take their compute dtype when they are created, so build (or load) the networks inside this
-    block; the previous global policy comes back on exit."""
+    block; the previous global policy comes back on exit. fp32 before Keras is imported needs nothing (the
+    default policy is float32): reading a file that turns out bad then starts no TensorFlow."""
+    if precision == "fp32" and "keras" not in sys.modules:
+        yield
+        return
     import keras
 
     previous = keras.mixed_precision.global_policy()
