@@ -49,7 +49,6 @@ CONFIG_F = dict(style_dim=512, n_mlp=8, channel_multiplier=2, channels="")
 SMOKE = dict(size=16, batch=4, steps=2, style_dim=8, n_mlp=2, channel_multiplier=2, channels="4:8,8:6,16:4")
 SMOKE_CPU_AUTO = "tf,direct"  # what the ops' auto picks on a GPU (tf_cartoon.ops.dispatch's preferences)
 # The reference's train.py defaults (and the trainer's): lazy intervals, weights, Adam, EMA, mixing.
-D_REG_EVERY, G_REG_EVERY, R1, PATH_REGULARIZE, PATH_BATCH_SHRINK, LR, MIXING = 16, 4, 10.0, 2.0, 2, 0.002, 0.9
 PUBLISHED_ANCHOR = "StyleGAN2-ADA, 256 px: 21.6-24.2 s/kimg on one V100 (Karras et al. 2020, Table 3)"
 
 
@@ -141,67 +140,19 @@ def time_reference(args) -> dict:
 # the reference, in the child process
 # ----------------------------------------------------------------------------------------------
 
-def reference_step(G, D, G_ema, g_opt, d_opt, real, step: int, state: dict, latent: int):
-    """One iteration of the reference's train.py loop (its order and maths, our code): D logistic loss; R1
-    every D_REG_EVERY; G non-saturating loss; path length every G_REG_EVERY on batch / PATH_BATCH_SHRINK; EMA.
-    Style mixing with probability MIXING as its mixing_noise. ``state`` holds the path-length mean."""
-    import math
-    import random
+def reference_step(torch, G, D, G_ema, g_opt, d_opt, real, step: int, state: dict, latent: int, rng):
+    """One iteration of the reference's train.py loop (tf_cartoon.reference_timing's steps): D, R1 every
+    D_REG_EVERY, G, path length every G_REG_EVERY, EMA. ``state`` holds the path-length mean."""
+    rt = reference_timing
 
-    import torch
-    import torch.nn.functional as F
+    def noise(n=real.shape[0]):
+        return rt.mixing_noise(torch, n, latent, rng, device=real.device)
 
-    batch, device = real.shape[0], real.device
-
-    def noise(n):
-        if random.random() < MIXING:
-            return list(torch.randn(2, n, latent, device=device).unbind(0))
-        return [torch.randn(n, latent, device=device)]
-
-    def grads_on(model, flag):
-        for p in model.parameters():
-            p.requires_grad = flag
-
-    grads_on(G, False)
-    grads_on(D, True)
-    fake, _ = G(noise(batch))
-    d_loss = F.softplus(-D(real)).mean() + F.softplus(D(fake)).mean()
-    D.zero_grad()
-    d_loss.backward()
-    d_opt.step()
-    if step % D_REG_EVERY == 0:
-        real.requires_grad = True
-        real_pred = D(real)
-        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
-        r1 = grad.pow(2).reshape(batch, -1).sum(1).mean()
-        D.zero_grad()
-        (R1 / 2 * r1 * D_REG_EVERY + 0 * real_pred[0]).backward()
-        d_opt.step()
-        real.requires_grad = False
-    grads_on(G, True)
-    grads_on(D, False)
-    fake, _ = G(noise(batch))
-    g_loss = F.softplus(-D(fake)).mean()
-    G.zero_grad()
-    g_loss.backward()
-    g_opt.step()
-    if step % G_REG_EVERY == 0:
-        n = max(1, batch // PATH_BATCH_SHRINK)
-        fake, latents = G(noise(n), return_latents=True)
-        y = torch.randn_like(fake) / math.sqrt(fake.shape[2] * fake.shape[3])
-        (grad,) = torch.autograd.grad((fake * y).sum(), latents, create_graph=True)
-        lengths = torch.sqrt(grad.pow(2).sum(2).mean(1))
-        mean = state["mean_path_length"] + 0.01 * (lengths.mean() - state["mean_path_length"])
-        penalty = (lengths - mean).pow(2).mean()
-        state["mean_path_length"] = mean.detach()
-        G.zero_grad()
-        (PATH_REGULARIZE * G_REG_EVERY * penalty + 0 * fake[0, 0, 0, 0]).backward()
-        g_opt.step()
-    with torch.no_grad():
-        decay = 0.5 ** (32 / (10 * 1000))
-        for e, p in zip(G_ema.parameters(), G.parameters()):
-            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
-    return float(d_loss), float(g_loss)
+    d_loss = rt.reference_d_step(torch, G, D, d_opt, real, noise, r1_due=step % rt.D_REG_EVERY == 0)
+    g_loss = rt.reference_g_step(torch, G, D, g_opt, noise, real.shape[0],
+                                 path_state=state if step % rt.G_REG_EVERY == 0 else None)
+    rt.reference_ema(torch, G_ema, G)
+    return d_loss, g_loss
 
 
 def reference_child(args) -> int:
@@ -216,13 +167,11 @@ def reference_child(args) -> int:
     model = reference_timing.load_model_module(args.reference, build_ops=cuda)
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(args.seed)
-    random.seed(args.seed)
     G = model.Generator(args.size, args.style_dim, args.n_mlp, channel_multiplier=args.channel_multiplier).to(device)
     D = model.Discriminator(args.size, channel_multiplier=args.channel_multiplier).to(device)
     G_ema = copy.deepcopy(G).eval()
-    g_ratio, d_ratio = G_REG_EVERY / (G_REG_EVERY + 1), D_REG_EVERY / (D_REG_EVERY + 1)
-    g_opt = torch.optim.Adam(G.parameters(), lr=LR * g_ratio, betas=(0.0, 0.99 ** g_ratio))
-    d_opt = torch.optim.Adam(D.parameters(), lr=LR * d_ratio, betas=(0.0, 0.99 ** d_ratio))
+    g_opt, d_opt = reference_timing.reference_optimizers(torch, G, D)
+    rng = random.Random(args.seed)
     real = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
     state = {"mean_path_length": 0.0}
 
@@ -231,13 +180,13 @@ def reference_child(args) -> int:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    reference_step(G, D, G_ema, g_opt, d_opt, real, 0, state, args.style_dim)
+    reference_step(torch, G, D, G_ema, g_opt, d_opt, real, 0, state, args.style_dim, rng)
     sync()
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     losses = (None, None)
     for step in range(1, args.steps + 1):
-        losses = reference_step(G, D, G_ema, g_opt, d_opt, real, step, state, args.style_dim)
+        losses = reference_step(torch, G, D, G_ema, g_opt, d_opt, real, step, state, args.style_dim, rng)
     sync()
     elapsed = time.perf_counter() - t0
     images = args.steps * args.batch

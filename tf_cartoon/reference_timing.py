@@ -45,8 +45,12 @@ import time
 from tf_cartoon import cli
 
 WHAT = ("g_forward", "train_step")
-MIXING = 0.9  # train.py's --mixing default (the trainer's too)
-G_REG_EVERY, D_REG_EVERY, LR = 4, 16, 0.002  # train.py's defaults: its Adam settings depend on them
+# train.py's defaults (the trainer's too): mixing probability, lazy-regularisation intervals (its Adam settings
+# depend on them), R1 and path-length weights, the path-length batch shrink, the learning rate.
+MIXING = 0.9
+G_REG_EVERY, D_REG_EVERY, LR = 4, 16, 0.002
+R1, PATH_REGULARIZE, PATH_BATCH_SHRINK = 10.0, 2.0, 2
+EMA_DECAY = 0.5 ** (32 / (10 * 1000))  # train.py's accumulate(): batch 32's half-life of 10k images
 
 
 def check_reference(path: str) -> str:
@@ -100,10 +104,73 @@ def _requires_grad(module, flag):
         p.requires_grad = flag
 
 
-def _styles(torch, rng: random.Random, gen, batch, style_dim):
+def mixing_noise(torch, batch, style_dim, rng: random.Random, gen=None, device=None):
     """train.py's mixing_noise: two latents with probability MIXING, else one."""
     n = 2 if rng.random() < MIXING else 1
-    return list(torch.randn(n, batch, style_dim, generator=gen).unbind(0))
+    return list(torch.randn(n, batch, style_dim, generator=gen, device=device).unbind(0))
+
+
+def reference_optimizers(torch, g, d):
+    """train.py's Adam pair: learning rate and betas scaled for the lazy-regularisation intervals."""
+    g_ratio, d_ratio = G_REG_EVERY / (G_REG_EVERY + 1), D_REG_EVERY / (D_REG_EVERY + 1)
+    return (torch.optim.Adam(g.parameters(), lr=LR * g_ratio, betas=(0.0, 0.99 ** g_ratio)),
+            torch.optim.Adam(d.parameters(), lr=LR * d_ratio, betas=(0.0, 0.99 ** d_ratio)))
+
+
+def reference_d_step(torch, g, d, d_optim, real, noise, r1_due: bool = False) -> float:
+    """train.py's D step (its order and maths, our code): the logistic loss on real and fake images, then, when
+    ``r1_due``, its lazy R1 step (weight R1 / 2 * D_REG_EVERY). ``noise()`` draws the styles."""
+    F = torch.nn.functional
+    _requires_grad(g, False)
+    _requires_grad(d, True)
+    fake = g(noise())[0]
+    loss = F.softplus(-d(real)).mean() + F.softplus(d(fake)).mean()
+    d.zero_grad()
+    loss.backward()
+    d_optim.step()
+    if r1_due:
+        real.requires_grad = True
+        real_pred = d(real)
+        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
+        r1 = grad.pow(2).reshape(real.shape[0], -1).sum(1).mean()
+        d.zero_grad()
+        (R1 / 2 * r1 * D_REG_EVERY + 0 * real_pred[0]).backward()
+        d_optim.step()
+        real.requires_grad = False
+    return float(loss.detach())
+
+
+def reference_g_step(torch, g, d, g_optim, noise, batch: int, path_state: dict | None = None) -> float:
+    """train.py's G step: the non-saturating loss, then, with ``path_state`` (holding ``mean_path_length``), its
+    lazy path-length step on batch / PATH_BATCH_SHRINK (weight PATH_REGULARIZE * G_REG_EVERY).
+    ``noise(n)`` draws the styles of n images."""
+    F = torch.nn.functional
+    _requires_grad(g, True)
+    _requires_grad(d, False)
+    fake = g(noise(batch))[0]
+    loss = F.softplus(-d(fake)).mean()
+    g.zero_grad()
+    loss.backward()
+    g_optim.step()
+    if path_state is not None:
+        fake, latents = g(noise(max(1, batch // PATH_BATCH_SHRINK)), return_latents=True)
+        y = torch.randn_like(fake) / (fake.shape[2] * fake.shape[3]) ** 0.5
+        (grad,) = torch.autograd.grad((fake * y).sum(), latents, create_graph=True)
+        lengths = torch.sqrt(grad.pow(2).sum(2).mean(1))
+        mean = path_state["mean_path_length"] + 0.01 * (lengths.mean() - path_state["mean_path_length"])
+        penalty = (lengths - mean).pow(2).mean()
+        path_state["mean_path_length"] = mean.detach()
+        g.zero_grad()
+        (PATH_REGULARIZE * G_REG_EVERY * penalty + 0 * fake[0, 0, 0, 0]).backward()
+        g_optim.step()
+    return float(loss.detach())
+
+
+def reference_ema(torch, g_ema, g) -> None:
+    """train.py's accumulate(g_ema, g, EMA_DECAY)."""
+    with torch.no_grad():
+        for e, p in zip(g_ema.parameters(), g.parameters()):
+            e.mul_(EMA_DECAY).add_(p.detach(), alpha=1 - EMA_DECAY)
 
 
 def _g_forward(torch, model, a):
@@ -118,39 +185,19 @@ def _g_forward(torch, model, a):
 
 
 def _train_step(torch, model, a):
-    import torch.nn.functional as F
-
+    """One D step and one G step without lazy regularisation or EMA (what bench's train_step times of ours)."""
     g = model.Generator(a.size, a.style_dim, a.n_mlp, channel_multiplier=a.channel_multiplier)
     d = model.Discriminator(a.size, channel_multiplier=a.channel_multiplier)
-    g_ratio, d_ratio = G_REG_EVERY / (G_REG_EVERY + 1), D_REG_EVERY / (D_REG_EVERY + 1)
-    g_optim = torch.optim.Adam(g.parameters(), lr=LR * g_ratio, betas=(0.0, 0.99 ** g_ratio))
-    d_optim = torch.optim.Adam(d.parameters(), lr=LR * d_ratio, betas=(0.0, 0.99 ** d_ratio))
+    g_optim, d_optim = reference_optimizers(torch, g, d)
     gen = torch.Generator().manual_seed(a.seed)
     rng = random.Random(a.seed)
     real = torch.rand(a.batch, 3, a.size, a.size, generator=gen) * 2 - 1
 
-    def d_step():
-        _requires_grad(g, False)
-        _requires_grad(d, True)
-        fake = g(_styles(torch, rng, gen, a.batch, a.style_dim))[0]
-        fake_pred = d(fake)
-        loss = F.softplus(-d(real)).mean() + F.softplus(fake_pred).mean()
-        d.zero_grad()
-        loss.backward()
-        d_optim.step()
-        return loss
+    def noise(n=a.batch):
+        return mixing_noise(torch, n, a.style_dim, rng, gen)
 
-    def g_step():
-        _requires_grad(g, True)
-        _requires_grad(d, False)
-        fake = g(_styles(torch, rng, gen, a.batch, a.style_dim))[0]
-        loss = F.softplus(-d(fake)).mean()
-        g.zero_grad()
-        loss.backward()
-        g_optim.step()
-        return loss
-
-    return g, {"d": d_step, "g": g_step}
+    return g, {"d": lambda: reference_d_step(torch, g, d, d_optim, real, noise),
+               "g": lambda: reference_g_step(torch, g, d, g_optim, noise, a.batch)}
 
 
 def measure(a) -> dict:
