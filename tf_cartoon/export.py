@@ -407,9 +407,8 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
                               "(pick another --version or leave it out for the next free one)")
 
     with plain_ops():  # no compiled op, no nested XLA cluster: what stock TF Serving runs
-        with prec.policy(concrete):  # layers take their compute dtype when they are built
-            target = cli.load_generator(ckpt, target_flag)
-            src = cli.load_generator(source, "--source") if source is not None else None
+        target = cli.load_generator(ckpt, target_flag, precision=concrete)  # built computing in ``concrete``
+        src = cli.load_generator(source, "--source", precision=concrete) if source is not None else None
         if src is not None:
             latent.check_pair(src, target, "all", "--source", same_z=pairing == "own_z")
         with stage(f"mean latents ({truncation_samples} samples) and tracing the signatures", quiet=quiet):
