@@ -298,8 +298,7 @@ def peak_chain(cfg: Config):
 
 def concrete_precision(cfg: Config) -> str:
     """``cfg.precision`` as the fp32 / bf16 the networks compute in here (auto: tf_cartoon.precision.resolve)."""
-    import tensorflow as tf
-    return precision.resolve(cfg.precision, gpu=bool(tf.config.list_logical_devices("GPU")))
+    return precision.resolve(cfg.precision)
 
 
 def result(cfg: Config, ms, flops, peak_ms, peak_flops, **extra):

@@ -159,13 +159,8 @@ def add_quiet(p: argparse.ArgumentParser) -> argparse.Action:
 def _concrete_precision(requested: str, flag_name: str) -> str:
     from tf_cartoon import precision
 
-    gpu = False
-    if requested == "auto":  # only auto needs to know about GPUs (and so starts TensorFlow)
-        import tensorflow as tf
-
-        gpu = bool(tf.config.list_logical_devices("GPU"))
     try:
-        return precision.resolve(requested, gpu=gpu)
+        return precision.resolve(requested)
     except ValueError as e:
         raise UsageError(f"{flag_name} {e}") from None
 

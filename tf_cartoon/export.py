@@ -69,6 +69,7 @@ import shutil
 import tempfile
 
 from tf_cartoon import cli, latent, serving_warmup
+from tf_cartoon import precision as prec
 from tf_cartoon.cli import UsageError
 from tf_cartoon.progress import stage
 
@@ -79,8 +80,6 @@ METADATA_DIR = "assets.extra"
 
 log = logging.getLogger("tf_cartoon.export")
 
-# The generators' Keras compute dtype -> tf_cartoon.precision's name (what the metadata records).
-COMPUTE_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 WARMUP_BATCH = 1  # rows per warm-up request: the lazy start does not depend on the batch size
 WARMUP_PSI = 0.7
 
@@ -198,7 +197,7 @@ class CartoonServing:
         self.size, self.style_dim, self.z_dim = int(target.size), int(target.style_dim), int(target.z_dim)
         self.n_latent, self.n_blocks = int(target.n_latent), int(target.n_blocks)
         self.truncation_samples, self.seed = int(truncation_samples), int(seed)
-        self.precision = COMPUTE_PRECISION[target.compute_dtype]
+        self.precision = prec.of_layer(target)
         # float32 whatever the compute precision: the variables' dtype is part of what the export promises
         self.target_mean = tf.Variable(tf.cast(target.mean_latent(self.truncation_samples, seed=self.seed),
                                                tf.float32), trainable=False, name="target_mean_latent")
@@ -391,12 +390,11 @@ def export(ckpt: str, out: str, source: str | None = None, version: int | None =
         raise ExportError(f"--truncation_samples must be >= 1, got {truncation_samples}")
     if version is not None and version < 1:
         raise ExportError(f"--version must be a positive integer, got {version}")
-    from tf_cartoon import precision as prec
-    from tf_cartoon.ops.dispatch import device, plain_ops
+    from tf_cartoon.ops.dispatch import plain_ops
 
     if precision not in EXPORT_PRECISIONS:
         raise ExportError(f"--precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
-    concrete = prec.resolve(precision, gpu=device() == "GPU")
+    concrete = prec.resolve(precision)
     out = os.path.abspath(out)
     set_aside_incomplete(out)  # this writer owns ``out``: a torn version must not be what a server picks up
     if version is None:

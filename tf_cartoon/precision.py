@@ -58,15 +58,20 @@ def cpu_has_bf16() -> bool:
     return bool(cpu_bf16_flags())
 
 
-def resolve(precision: str, gpu: bool = False, cpu_bf16: bool | None = None) -> str:
+def resolve(precision: str, gpu: bool | None = None, cpu_bf16: bool | None = None) -> str:
     """``precision`` (one of PRECISIONS) as the concrete ``fp32`` / ``bf16`` / ``fp16`` it runs in.
 
-    ``gpu``: whether the computation runs on a GPU; ``cpu_bf16``: the CPU's native bfloat16 (default: this
+    ``gpu``: whether the computation runs on a GPU (default: whether TensorFlow sees one; asked only for
+    ``auto``, so the other names start no TensorFlow); ``cpu_bf16``: the CPU's native bfloat16 (default: this
     CPU's, :func:`cpu_has_bf16`). Raises ValueError for an unknown name (callers name their flag)."""
     if precision not in PRECISIONS:
         raise ValueError(f"must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision != "auto":
         return precision
+    if gpu is None:
+        import tensorflow as tf
+
+        gpu = bool(tf.config.list_logical_devices("GPU"))
     if gpu:
         return "fp32"
     return "bf16" if (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16) else "fp32"
