@@ -367,7 +367,7 @@ def test_band_count_is_capped():
     assert len(matmuls) == -(-70 // -(-70 // conv_grad.MAX_BANDS))  # rows per band = ceil(70 / 32) = 3 -> 24 bands
 
 
-@pytest.mark.parametrize("band_bytes", [1, 16 * 4 * 18 * 256 * 4 * 3])  # 2-row bands; 6-row bands
+@pytest.mark.parametrize("band_bytes", [1, 36 * 2 * 9 * 256 * 4 * 2])  # 4-row bands; 8-row bands
 @pytest.mark.slow
 def test_winograd_in_row_bands_equals_conv2d(monkeypatch, band_bytes):
     """Large Winograd convs run band by band (one compiled call per band of rows, a halo row each side);
@@ -376,8 +376,37 @@ def test_winograd_in_row_bands_equals_conv2d(monkeypatch, band_bytes):
     x_shape, w_shape = (2, 33, 35, 256), (3, 3, 256, 4)
     assert W.use_winograd(tf.zeros(x_shape), tf.zeros(w_shape))
     graph = tf.function(W.winograd).get_concrete_function(tf.zeros(x_shape), tf.zeros(w_shape)).graph
-    assert len([op for op in graph.get_operations() if op.type == "BatchMatMulV2"]) > 2  # one per band
+    matmuls = len([op for op in graph.get_operations() if op.type == "MatMul"])
+    assert matmuls % 36 == 0 and matmuls // 36 == -(-33 // (4 if band_bytes == 1 else 8))  # 36 per band
     _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_winograd_matrices_compute_a_1d_correlation(m):
+    """A^T [(G g) * (B^T d)] = the correlation of d (m + 2 values) with g (3 taps), in float64: the
+    constants of each tile size, checked against the definition."""
+    bt, g, at = (np.asarray(a, np.float64) for a in W._MATRICES[m])
+    rng = np.random.default_rng(m)
+    for _ in range(5):
+        d, k = rng.normal(size=m + 2), rng.normal(size=3)
+        want = [d[i: i + 3] @ k for i in range(m)]
+        np.testing.assert_allclose(at @ ((g @ k) * (bt @ d)), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,m,tol", [(tf.float32, 4, 2e-5), (tf.bfloat16, 2, 2e-2)])
+def test_winograd_tile_size_per_dtype(dtype, m, tol):
+    """float32 takes F(4x4, 3x3) (36 products), bfloat16 F(2x2, 3x3) (16): each within its dtype's rounding of
+    the float64 convolution, relative to the largest output, with the input scale and odd sizes."""
+    assert W.tile_size(dtype) == m
+    rng = np.random.default_rng(4)
+    x, k, s = (rng.normal(size=shape) for shape in ((2, 33, 35, 256), (3, 3, 256, 6), (2, 256)))
+    k, s = k / 48, np.abs(s) + 0.5
+    cast = lambda a: tf.constant(a, dtype)  # noqa: E731
+    graph = tf.function(W.winograd).get_concrete_function(cast(x), cast(k), cast(s)).graph
+    assert len([op for op in graph.get_operations() if op.type == "MatMul"]) == (m + 2) ** 2
+    want = tf.nn.conv2d(x * s[:, None, None, :], k, 1, "SAME").numpy()
+    got = tf.cast(W.winograd(cast(x), cast(k), cast(s)), tf.float64).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * np.abs(want).max())
 
 
 @pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
