@@ -94,7 +94,7 @@ def test_conv3x3_plain_path():
     assert "Conv2D" in bf16 and "BatchMatMulV2" not in bf16
 
 
-def test_winograd_f2x3_odd_size_value():
+def test_winograd_odd_size_value():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 7, 5, 3)), tf.float32)
     w = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
@@ -139,6 +139,29 @@ def test_fast_paths_trace_inside_tf_function():
     f = tf.function(lambda x, k: C.conv3x3(x, k, "fast") + 0.0)
     x, k = tf.ones([2, 8, 8, 3]), tf.ones([3, 3, 3, 2])
     np.testing.assert_allclose(f(x, k).numpy(), tf.nn.conv2d(x, k, 1, "SAME").numpy(), atol=1e-5)
+
+
+def test_generator_with_a_winograd_layer_equals_its_direct_convolutions():
+    """A generator whose 32 px block has 128 channels (Winograd F(4x4) in float32): its images through the
+    CPU's fast paths and through the export's plain paths equal those of the direct TF convolutions."""
+    from tf_cartoon.networks import Generator
+
+    g = Generator(32, style_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 128, 32: 128})
+    assert W.use_winograd(tf.zeros([1, 32, 32, 128]), tf.zeros([3, 3, 128, 128]))
+    z = tf.constant(np.random.default_rng(5).normal(size=(2, 32)), tf.float32)
+
+    def image():
+        return tf.function(lambda z: g.synthesis(g.make_wplus(z), randomize_noise=False).image)(z).numpy()
+
+    fast = image()
+    with _process_impl("direct"):
+        direct = image()
+    with dispatch.plain_ops():
+        plain = image()
+    scale = np.abs(direct).max()
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(plain, direct, rtol=0, atol=1e-4 * scale)
+    assert np.abs(fast - direct).max() > 0  # a different computation: Winograd ran
 
 
 CONV_FAMILIES = ("conv3x3", "conv1x1", "conv3x3_down2", "conv3x3_up2", "styled_epilogue")
