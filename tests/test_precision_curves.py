@@ -155,7 +155,7 @@ def test_curves_of_a_tiny_run_in_both_precisions(tmp_path, capsys):
 
     # the curves are the event files' numbers, at the same steps for both runs
     events = {p: event_scalars(out / p / "tensorboard") for p in pc.RUNS}
-    assert {"d_loss", "g_loss", "r1", "structure_loss"} <= set(saved["metrics"])
+    assert set(pc.LOSSES) <= set(saved["metrics"])
     assert set(saved["metrics"]) == {t for t in set(events["fp32"]) & set(events["bf16"]) if pc.compared(t)}
     for tag, m in saved["metrics"].items():
         assert m["steps"] == [1, 2, 3], tag
@@ -165,9 +165,9 @@ def test_curves_of_a_tiny_run_in_both_precisions(tmp_path, capsys):
     # would give the fp32 numbers exactly)
     d1 = {p: saved["metrics"]["d_loss"][p][0] for p in pc.RUNS}
     assert d1["bf16"] == pytest.approx(d1["fp32"], rel=0.05) and d1["bf16"] != d1["fp32"]
-    assert printed["panels"] == ["d_loss", "g_loss", "r1", "structure_loss"]
+    assert printed["panels"] == ["d_loss", "g_loss", "r1", "path_penalty", "structure_loss"]  # path length is on
     with Image.open(out / "curves.png") as im:
-        assert im.size == (PANEL_WIDTH, 4 * PANEL_HEIGHT)
+        assert im.size == (PANEL_WIDTH, 5 * PANEL_HEIGHT)
 
     # a rerun reuses both finished runs (nothing trains again) and writes the same curves
     before = (out / "curves.json").read_text()
