@@ -50,17 +50,6 @@ def test_rows_group_evaluate_output_by_swap_layer():
     assert rows[1].label == "m l=2"
 
 
-def test_figures_have_one_band_per_row_and_draw_every_point():
-    images = np.full((3, 8, 8, 3), 200, np.uint8)
-    fig = compare.labelled_rows([("a", images), ("b", images)], scale=2, label_width=50)
-    assert fig.shape == (2 * (16 + 2), 50 + 3 * (16 + 2), 3)
-    assert (fig[0:16, 50:66] == 200).all()  # first tile, enlarged
-    plot = compare.scatter([("p", 1.0, 2.0), ("q", 3.0, 0.5)], "x", "y", size=(300, 200))
-    assert plot.shape == (200, 300, 3)
-    red = (plot[..., 0] == 200) & (plot[..., 1] == 40)
-    assert red.sum() > 20  # both markers drawn
-
-
 @pytest.mark.parametrize("argv, flag", [(["--methods", "freezeX"], "--methods"), (["--steps", "0"], "--steps"),
                                         (["--figure_seeds", "x"], "--figure_seeds")])
 def test_bad_flags_are_one_line_and_status_2(argv, flag, tmp_path, capsys):

@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-from tf_cartoon import cli
+from tf_cartoon import cli, train
+from tf_cartoon.plots import labelled_rows, scatter
 
 SOURCE = "builtin:source_synthetic"
 DATA = "synthetic:cartoon"
@@ -62,90 +62,29 @@ def budget_flags(steps: int, batch: int, seed: int) -> list[str]:
             f"--ckpt_every={steps}", "--keep_checkpoints=1"]
 
 
+def train_flags(method: Method, workdir: str, steps: int, batch: int, seed: int) -> list[str]:
+    return [*budget_flags(steps, batch, seed), *method.flags, f"--workdir={workdir}"]
+
+
 def train_command(method: Method, workdir: str, steps: int, batch: int, seed: int) -> list[str]:
-    return [sys.executable, "-m", "tf_cartoon.train", *budget_flags(steps, batch, seed), *method.flags,
-            f"--workdir={workdir}"]
+    return train.command(train_flags(method, workdir, steps, batch, seed))
 
 
 def train_all(methods, out: str, steps: int, batch: int, seed: int, log=print) -> dict[str, str]:
-    """One subprocess per method (one tf.distribute strategy per process); its output goes to
-    ``runs/<method>.log``. Returns {method: workdir}; a failed run stops the comparison with one error line
-    naming its log (the finished runs stay: a rerun skips them)."""
+    """One subprocess per method (tf_cartoon.train.run_logged); its output goes to ``runs/<method>.log``. Returns
+    {method: workdir}; a failed run stops the comparison with one error line naming its log (the finished runs
+    stay: a rerun skips them)."""
     workdirs = {}
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     for i, m in enumerate(methods):
         workdir = os.path.join(out, "runs", m.name)
         log_path = workdir + ".log"
-        cmd = train_command(m, workdir, steps, batch, seed)
-        log(f"[{i + 1}/{len(methods)}] training {m.name}: {' '.join(cmd[1:])} (log: {log_path})")
-        start = time.time()
-        with open(log_path, "ab") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if rc != 0:
-            raise cli.UsageError(f"training {m.name} failed with status {rc}; see {log_path}")
-        log(f"    done in {time.time() - start:.0f} s")
+        flags = train_flags(m, workdir, steps, batch, seed)
+        log(f"[{i + 1}/{len(methods)}] training {m.name}: {' '.join(train.command(flags)[1:])} (log: {log_path})")
+        seconds = train.run_logged(flags, log_path, m.name)
+        log(f"    done in {seconds:.0f} s")
         workdirs[m.name] = workdir
     return workdirs
-
-
-# ---------------------------------------------------------------------------
-# Figures (Pillow only: the package draws its own plots)
-# ---------------------------------------------------------------------------
-
-def _font():
-    from PIL import ImageFont
-
-    return ImageFont.load_default()
-
-
-def labelled_rows(rows: list[tuple[str, np.ndarray]], scale: int = 3, label_width: int = 200) -> np.ndarray:
-    """One row per (label, images [N, H, W, 3] uint8): the label on the left, the images side by side,
-    enlarged ``scale`` times (nearest neighbour, so pixels stay visible)."""
-    from PIL import Image, ImageDraw
-
-    n, h, w = rows[0][1].shape[:3]
-    cell_h, cell_w, pad = h * scale, w * scale, 2
-    canvas = Image.new("RGB", (label_width + n * (cell_w + pad), len(rows) * (cell_h + pad)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, images) in enumerate(rows):
-        y = r * (cell_h + pad)
-        draw.text((4, y + cell_h // 2 - 6), label, fill="black", font=_font())
-        for c, image in enumerate(images):
-            tile = Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST)
-            canvas.paste(tile, (label_width + c * (cell_w + pad), y))
-    return np.asarray(canvas)
-
-
-def scatter(points: list[tuple[str, float, float]], x_label: str, y_label: str, size=(720, 480)) -> np.ndarray:
-    """A labelled scatter plot of (label, x, y) with axes from 0 to the largest value (plus a margin)."""
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    left, right, top, bottom = 70, 30, 20, 50
-    canvas = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(canvas)
-    font = _font()
-    x_max = max(p[1] for p in points) * 1.15 or 1.0
-    y_max = max(p[2] for p in points) * 1.15 or 1.0
-
-    def at(x, y):
-        return (left + x / x_max * (width - left - right), height - bottom - y / y_max * (height - top - bottom))
-
-    draw.line([at(0, 0), at(x_max, 0)], fill="black")
-    draw.line([at(0, 0), at(0, y_max)], fill="black")
-    for i in range(5):
-        fx, fy = x_max * i / 4, y_max * i / 4
-        px, py = at(fx, 0)
-        draw.text((px - 10, py + 6), f"{fx:.3g}", fill="black", font=font)
-        px, py = at(0, fy)
-        draw.text((4, py - 6), f"{fy:.3g}", fill="black", font=font)
-    draw.text((width // 2 - 40, height - 20), x_label, fill="black", font=font)
-    draw.text((4, 2), y_label, fill="black", font=font)
-    for label, x, y in points:
-        px, py = at(x, y)
-        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=(200, 40, 40))
-        draw.text((px + 6, py - 6), label, fill=(40, 40, 40), font=font)
-    return np.asarray(canvas)
 
 
 # ---------------------------------------------------------------------------

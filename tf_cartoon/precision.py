@@ -18,6 +18,10 @@ grey-level difference and PSNR, and the judge's view of both sets (tf_cartoon.me
 
     python -m tf_cartoon.precision --ckpt builtin:source_synthetic --seeds 0-15 [--target CKPT]
 
+and the loss curves of the same short fine-tuning run in fp32 and in bf16 (tf_cartoon.precision_curves):
+
+    python -m tf_cartoon.precision curves --flagfile=configs/quickstart.cfg --iter=300 --out runs/precision_curves
+
 This module imports neither TensorFlow nor Keras at import time (the command-line layer reads it before TF
 starts); :func:`policy` imports Keras when it is entered.
 """
@@ -141,7 +145,8 @@ def judge_comparison(judge, fp32, bf16, other=None) -> dict:
 
 def _report_parser():
     p = _cli.parser("python -m tf_cartoon.precision", "The bf16 quality report: the same seeds rendered in fp32 and "
-                   "in bf16, compared (one JSON line on stdout).")
+                   "in bf16, compared (one JSON line on stdout). 'python -m tf_cartoon.precision curves --help': the "
+                   "loss curves of one fine-tuning run in fp32 and in bf16.")
     p.add_argument("--ckpt", required=True, help="generator to render (any checkpoint spec, e.g. "
                                                  "builtin:source_synthetic)")
     _cli.add_role(p, "target", default=None, help="also a fine-tuned generator, rendering --ckpt's w of each seed "
@@ -171,6 +176,11 @@ def _render(spec, flag_name, target_spec, seeds, args, precision):
 def main(argv=None) -> int:
     import json
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["curves"]:
+        from tf_cartoon import precision_curves
+
+        return precision_curves.main(argv[1:])
     args = _report_parser().parse_args(argv)
     with _cli.user_input():
         from tf_cartoon.images import parse_seeds

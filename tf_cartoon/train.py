@@ -87,6 +87,26 @@ def main(argv=None) -> int:
     return 0
 
 
+def command(argv) -> list[str]:
+    """The command line of a training run with the flags ``argv`` in its own Python process."""
+    return [sys.executable, "-m", "tf_cartoon.train", *argv]
+
+
+def run_logged(argv, log_path: str, label: str, log=print) -> float:
+    """Train with the flags ``argv`` in a subprocess (one tf.distribute strategy per process), its output appended
+    to ``log_path``; returns the seconds it took. A failed run raises a UsageError naming ``label`` and the log
+    (a rerun of the same flags resumes it, or says it is finished)."""
+    import subprocess
+    import time
+
+    start = time.time()
+    with open(log_path, "ab") as f:
+        rc = subprocess.call(command(argv), stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    if rc != 0:
+        raise cli.UsageError(f"training {label} failed with status {rc}; see {log_path}")
+    return time.time() - start
+
+
 def summary(trainer) -> str:
     """Where the run stands and where each output is (printed at the end of every run)."""
     cfg = trainer.cfg

@@ -173,6 +173,8 @@ class Trainer:
             log.warning("--precision=fp16 without a GPU: CPUs have no fast float16 convolutions (slower than fp32)")
         with precision.policy(self.precision):
             self._build(cfg, start, gen_cfg, dis_cfg, source_path, needs_source)
+        log.info("G and D compute in %s (%s); variables, losses and optimizer state in float32",
+                 self.precision, self.g.compute_dtype)
         # The loaded checkpoint's networks (copied into ours) are as large as G and D together; Keras
         # models hold reference cycles, so without a collection they would stay through training.
         del start
@@ -784,9 +786,14 @@ class Trainer:
             raise StorageError(self._write_failed(f"the run's settings in {cfg.workdir}", e,
                                                   self.manager.latest_checkpoint)) from None
 
+        # What the networks computed in (``compute_dtype``: G's and D's Keras compute dtypes), beside the flags
+        # that asked for it: tf_cartoon.precision_curves reads it back to show each run's precision.
+        compute_json = json.dumps({"g": self.g.compute_dtype, "d": self.d.compute_dtype}, sort_keys=True)
+
         def flags_text():
             with writer.as_default():
                 tf.summary.text("flags", flags_json, step=start)
+                tf.summary.text("compute_dtype", compute_json, step=start)
 
         self._soft_write("TensorBoard summaries", flags_text)
         self._soft_write("TensorBoard summaries", lambda: self._write_hparams(writer))
