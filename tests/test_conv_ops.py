@@ -404,6 +404,28 @@ def test_winograd_in_row_bands_equals_conv2d(monkeypatch, band_bytes):
     _assert_same(lambda x, k: C.conv3x3(x, k, "fast"), lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), x_shape, w_shape)
 
 
+def test_winograd_weights_wait_for_the_layer_input():
+    """The transformed weights (2.25x the kernel) are computed once the layer's input is ready: every op reading
+    the kernel waits for x (a control dependency), so a training step does not compute all layers' at its start
+    and hold them until their layers run."""
+    def layer(x, w):
+        return W.winograd(tf.nn.relu(x, name="layer_input"), w)  # x computed in the graph, as in a network
+
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec([1, 32, 32, 128]),
+                                                     tf.TensorSpec([3, 3, 128, 8])).graph
+    x_op, w_op = graph.get_operation_by_name("layer_input"), graph.inputs[1].op
+    readers = [op for op in graph.get_operations() if any(t.op is w_op for t in op.inputs)]
+
+    def waits_for_x(op, seen=None):  # x's op among op's data or control ancestors
+        seen = set() if seen is None else seen
+        if op is x_op:
+            return True
+        seen.add(op)
+        return any(waits_for_x(a, seen) for a in [t.op for t in op.inputs] + list(op.control_inputs) if a not in seen)
+
+    assert readers and all(waits_for_x(op) for op in readers), [op.type for op in readers]
+
+
 @pytest.mark.parametrize("m", [2, 4])
 def test_winograd_matrices_compute_a_1d_correlation(m):
     """A^T [(G g) * (B^T d)] = the correlation of d (m + 2 values) with g (3 taps), in float64: the
