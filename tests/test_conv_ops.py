@@ -197,8 +197,8 @@ def test_dispatch_picks_conv_paths(monkeypatch):
     with _process_impl("fast"):  # wins over the environment
         assert {dispatch.choose(f) for f in CONV_FAMILIES} == {"fast"}
         with dispatch.plain_ops():  # each family's export path: plain TF ops only
-            assert {f: dispatch.choose(f) for f in CONV_FAMILIES} == {**{f: "direct" for f in CONV_FAMILIES},
-                                                                       "conv3x3": "plain", "styled_epilogue": "plain"}
+            export_paths = {f: dispatch.choose(f) for f in CONV_FAMILIES}
+            assert export_paths == {**{f: "plain" for f in CONV_FAMILIES}, "conv3x3_down2": "direct"}
             assert dispatch.choose("upfirdn2d") == "tf" and dispatch.choose("bias_act") == "tf"
         assert dispatch.choose("conv3x3") == "fast"
     for bad in ("winograd", "conv3x3=tf", "nope=direct"):
@@ -241,7 +241,7 @@ def test_plain_ops_trace_only_plain_tf_ops():
             types, xla = _traced_op_types(forward, *args)
     assert not xla, xla
     assert not {t for t in types if t.startswith("TfCartoon")}, types
-    assert {"Conv2D", "Conv2DBackpropInput"} <= types  # the direct convolutions (the transposed one too)
+    assert {"Conv2D", "DepthToSpace"} <= types  # the direct convs; the small up layer's phases, interleaved
     assert "BatchMatMulV2" in types  # the wide layer's Winograd products
 
 
@@ -456,10 +456,16 @@ def test_winograd_tile_size_per_dtype(dtype, m, tol):
 
 @pytest.mark.parametrize("n,h,w,ci,co", SHAPES)
 def test_conv1x1_scaled_fast_equals_conv2d_of_scaled_input(n, h, w, ci, co):
-    """ToRGB's modulated 1x1 conv keeps x, not x * scale: values and gradients to second order."""
+    """ToRGB's modulated 1x1 conv, the scale folded into per-sample weights (fast: keeping x, not x * scale;
+    plain: TF's own gradients): values and gradients to second order; neither writes x * scale."""
     x, s, k = _xsw(n, h, w, ci, co)
-    _assert_same_n(lambda x, s, k: C.conv1x1(x, k, impl="fast", scale=s),
-                   lambda x, s, k: tf.nn.conv2d(x * s[:, None, None, :], k, 1, "VALID"), [x, s, k[1:2, 1:2]])
+    for impl in ("fast", "plain"):
+        _assert_same_n(lambda x, s, k: C.conv1x1(x, k, impl=impl, scale=s),
+                       lambda x, s, k: tf.nn.conv2d(x * s[:, None, None, :], k, 1, "VALID"), [x, s, k[1:2, 1:2]])
+        graph = tf.function(lambda x: C.conv1x1(x, k[1:2, 1:2], impl=impl, scale=s)).get_concrete_function(x).graph
+        image_sized = [op for op in graph.get_operations() if op.type == "Mul"
+                       and op.outputs[0].shape.num_elements() == x.shape.num_elements()]
+        assert not image_sized, image_sized
 
 
 @pytest.mark.parametrize("noise_batch", [3, 1])
@@ -513,3 +519,35 @@ def test_phase_fir_equals_upfirdn2d_of_the_interleaved_image(h, w, fir_shape, pa
     _assert_same_n(lambda *p: tf.square(P.phase_fir(p, taps, pads)),
                    lambda *p: tf.square(upfirdn2d(_interleave_by_zero_insertion(p), fir, pad=(px0, px1, py0, py1),
                                                   impl="ref")), ph)
+
+
+@pytest.mark.parametrize("h,w,pad", [(8, 8, (1, 1)), (5, 7, (2, 1, 1, 2)), (3, 4, (0, 0))])
+def test_up2_blur_plain_equals_direct(h, w, pad):
+    """The export's upsampling conv (phase convolutions interleaved by depth_to_space, plain TF ops, TF's own
+    gradients) against the transposed conv, with and without the input scale, to second order; above
+    PLAIN_PHASES_MAX_HW it is the transposed conv itself."""
+    _assert_same(lambda x, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "plain"),
+                 lambda x, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "direct"), (2, h, w, 3), (3, 3, 3, 4))
+    _assert_same_n(lambda x, s, k: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "plain", scale=s),
+                   lambda x, s, k: P.conv_transpose3x3_up2_blur(x * s[:, None, None, :], k, FIR_UP, pad, "direct"),
+                   _xsw(2, h, w, 3, 4))
+    x, k = tf.ones([1, h, w, 3]), tf.ones([3, 3, 3, 4])
+    small, xla = _traced_op_types(lambda x: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "plain"), x)
+    assert {"Conv2D", "DepthToSpace"} <= small and "Conv2DBackpropInput" not in small and not xla, small
+    big = P.PLAIN_PHASES_MAX_HW + 1
+    x = tf.ones([1, big, big, 3])
+    large, _ = _traced_op_types(lambda x: P.conv_transpose3x3_up2_blur(x, k, FIR_UP, pad, "plain"), x)
+    assert "Conv2DBackpropInput" in large and "DepthToSpace" not in large, large
+
+
+@pytest.mark.parametrize("noise_batch", [2, 1])
+def test_styled_epilogue_plain_equals_formula(noise_batch):
+    """The export's epilogue (one noise-and-bias term where the noise map is shared by the batch) against the
+    formula, values and TF's gradients to second order."""
+    rng = np.random.default_rng(6)
+    inputs = [tf.constant(rng.normal(size=(2, 6, 5, 4)), tf.float32),
+              tf.constant(rng.uniform(0.5, 2, size=(2, 4)), tf.float32),
+              tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
+              tf.constant([0.3], tf.float32),
+              tf.constant(rng.normal(size=(4,)), tf.float32)]
+    _assert_same_n(_epilogue("plain"), _epilogue_formula, inputs)

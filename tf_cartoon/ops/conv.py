@@ -6,8 +6,9 @@ GPU is visible, as cuDNN already picks Winograd / FFT algorithms itself), and a 
   * ``fast``: the same maths with hand-written gradients built from forward-speed blocks (ops/conv_grad.py).
     The 3x3 forward pass is Winograd F(2x2, 3x3) (ops/winograd.py) where it measured faster (wide layers),
     else oneDNN's conv2d; the 1x1 conv is a matmul over the pixels.
-  * ``plain`` (conv3x3): the forward pass in plain TF ops, Winograd (winograd.winograd_plain) where the fast
-    path takes it and the input is float32, else oneDNN's conv2d; TF's own gradients. What exports run.
+  * ``plain``: the forward pass in plain TF ops with TF's own gradients, what exports run. conv3x3: Winograd
+    (winograd.winograd_plain) where the fast path takes it and the input is float32, else oneDNN's conv2d;
+    conv1x1: the fast path's matmuls.
 The stride-2 convolutions of the up- and downsampling layers are in ops/phase_conv.py.
 
 Both paths are exact reformulations (equal up to float rounding); tests compare them, values and gradients to
@@ -25,7 +26,7 @@ from tf_cartoon.ops.winograd import use_winograd, winograd, winograd_plain
 
 # bench (2-core EPYC): TF's CPU filter gradient runs 4-6x below the forward conv's speed; cuDNN needs no help.
 register("conv3x3", ("direct", "fast", "plain"), {"CPU": "fast", "GPU": "direct"}, export="plain")
-register("conv1x1", ("direct", "fast"), {"CPU": "fast", "GPU": "direct"})
+register("conv1x1", ("direct", "fast", "plain"), {"CPU": "fast", "GPU": "direct"}, export="plain")
 
 
 def unknown_hw(x) -> str | None:
@@ -38,25 +39,37 @@ def conv1x1(x, w, stride: int = 1, impl: str = "auto", scale=None):
     matmul over the (subsampled) pixels: its gradients are matmuls too, where TF's CPU filter gradient
     of a 1x1 convolution over a large image is slow.
 
-    scale [N, Ci] (optional, stride 1): the convolution of x * scale (ToRGB's modulation); the fast path keeps
-    x, not x * scale, for the backward pass (see conv3x3)."""
-    if choose("conv1x1", impl, unsupported=unknown_hw(x)) == "direct" or stride not in (1, 2):
+    scale [N, Ci] (optional, stride 1): the convolution of x * scale (ToRGB's modulation). The fast and plain
+    paths fold the scale into per-sample weights (one [Ci, Co] matrix per image, a few KB) instead of writing
+    the image-sized x * scale; the fast path keeps x, not x * scale, for the backward pass (see conv3x3), the
+    plain one (exports) takes TF's own gradients."""
+    path = choose("conv1x1", impl, unsupported=unknown_hw(x))
+    if path == "direct" or stride not in (1, 2):
         return tf.nn.conv2d(x if scale is None else scaled(x, scale), w, stride, "VALID")
     if scale is not None:
         if stride != 1:
             raise ValueError("conv1x1: scale needs stride 1")
-        return _conv1x1_scaled_fast(x, scale, w)
+        return _conv1x1_scaled_forward(x, scale, w) if path == "plain" else _conv1x1_scaled_fast(x, scale, w)
     if stride == 2:
         x = phases(x)[(0, 0)]
     y = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.reshape(w, w.shape[2:]))
     return tf.reshape(y, [-1, x.shape[1], x.shape[2], w.shape[-1]])
 
 
+def _conv1x1_scaled_forward(x, scale, w):
+    """x * scale times the 1x1 kernel w as one matmul per image with the scale in its weights: [N, H W, Ci] x
+    [N, Ci, Co]. The image is read once; x * scale would be written and read again (at 256 px a ToRGB's input
+    is 134 MB for 4 images)."""
+    h, wd, ci, co = x.shape[1], x.shape[2], x.shape[3], w.shape[-1]
+    per_sample = scale[:, :, None] * tf.reshape(w, [1, ci, co])
+    return tf.reshape(tf.matmul(tf.reshape(x, [-1, h * wd, ci]), per_sample), [-1, h, wd, co])
+
+
 @tf.custom_gradient
 def _conv1x1_scaled_fast(x, scale, w):
     h, wd, ci, co = x.shape[1], x.shape[2], x.shape[3], w.shape[-1]
     w2 = tf.reshape(w, [ci, co])
-    y = tf.reshape(tf.matmul(tf.reshape(scaled(x, scale), [-1, ci]), w2), [-1, h, wd, co])
+    y = _conv1x1_scaled_forward(x, scale, w)
 
     def grad(dy):
         dxs = tf.reshape(tf.matmul(tf.reshape(dy, [-1, co]), w2, transpose_b=True), [-1, h, wd, ci])

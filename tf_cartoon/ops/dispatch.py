@@ -9,9 +9,9 @@ per device; :func:`choose` picks one path per call:
   upfirdn2d           tf (alias xla), ref, custom            custom / tf        (ops/upfirdn2d.py)
   bias_act            tf (alias xla), ref, custom            custom / tf        (ops/bias_act.py)
   conv3x3             direct, fast, plain                    fast / direct      (ops/conv.py)
-  conv1x1             direct, fast                           fast / direct      (ops/conv.py)
-  conv3x3_down2,      direct, fast                           fast / direct      (ops/phase_conv.py)
-  conv3x3_up2
+  conv1x1             direct, fast, plain                    fast / direct      (ops/conv.py)
+  conv3x3_down2       direct, fast                           fast / direct      (ops/phase_conv.py)
+  conv3x3_up2         direct, fast, plain                    fast / direct      (ops/phase_conv.py)
   styled_epilogue     direct, fast, plain                    fast / direct      (ops/epilogue.py)
   ==================  =====================================  =============================================
 
@@ -20,7 +20,8 @@ per device; :func:`choose` picks one path per call:
   * ``direct``: one TF convolution op (cuDNN / oneDNN); ``fast``: the exact CPU rewrites with their own
     gradients (Winograd, output phases, matmuls, one-pass epilogue), which hold nested XLA clusters;
     ``plain``: a rewrite in plain TF ops only (no XLA cluster) where one measured faster than ``direct``
-    without XLA (Winograd for conv3x3, fewer passes for the epilogue): what exports run.
+    without XLA (Winograd for conv3x3, matmuls with the scale in the weights for conv1x1, phase convolutions
+    for the small upsampling layers, fewer passes for the epilogue): what exports run.
 
 Every op takes ``impl=`` ("auto" or one of its paths). What ``"auto"`` means for the whole process is set by
 ``TF_CARTOON_OPS_IMPL`` or :func:`set_default_impl`: a comma-separated list whose items are a path name (it

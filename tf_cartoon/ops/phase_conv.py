@@ -5,7 +5,7 @@ transposed 3x3 convolution (output 2H+1) followed by the FIR blur ``upfirdn2d(y,
 ``conv3x3_down2(x, w)``: the discriminator's stride-2 "VALID" 3x3 convolution (after its blur).
 
 Two paths each (dispatch.py families ``conv3x3_up2`` and ``conv3x3_down2``; auto: ``fast`` on CPU, ``direct``
-where a GPU is visible):
+where a GPU is visible), and a third for the upsampling conv:
   * ``direct``: ``tf.nn.conv2d_transpose`` then the blur; ``tf.nn.conv2d`` with stride 2.
   * ``fast``: the transposed convolution split into its four output phases, each an ordinary stride-1
     convolution at the INPUT resolution with the kernel taps that reach it (2x2, 2x1, 1x2, 1x1 taps: 9 in
@@ -13,6 +13,9 @@ where a GPU is visible):
     interleaved, blurred image in one compiled pass (``phase_fir``): the 2H+1 image is never built.
     The stride-2 conv is the adjoint: four stride-1 convs of its input's phases. Their gradients are written
     with the same blocks (ops/conv_grad.py).
+  * ``plain`` (up2): what exports run, plain TF ops only (no XLA cluster); TF's own gradients. Up to
+    PLAIN_PHASES_MAX_HW input pixels the four phase convolutions, interleaved by one concat and
+    depth_to_space, then the blur; above it the direct path, which measured faster without XLA.
 Both are exact reformulations (equal up to float rounding), tested against the direct path to second order.
 """
 
@@ -30,7 +33,7 @@ from tf_cartoon.ops.upfirdn2d import upfirdn2d
 
 # bench (2-core EPYC): TF's CPU transposed / strided convolutions lose 2-3x at large sizes, and their filter
 # gradients 4-6x; cuDNN needs no help.
-register("conv3x3_up2", ("direct", "fast"), {"CPU": "fast", "GPU": "direct"})
+register("conv3x3_up2", ("direct", "fast", "plain"), {"CPU": "fast", "GPU": "direct"}, export="plain")
 register("conv3x3_down2", ("direct", "fast"), {"CPU": "fast", "GPU": "direct"})
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +264,14 @@ def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto", scale=None):
     backward pass instead of keeping it (see conv3x3). The fast path never builds the 2H+1 image: the blur
     reads the transposed conv's four phases and writes the interleaved result (phase_fir).
     """
-    if choose("conv3x3_up2", impl, unsupported=unknown_hw(x)) == "direct":
+    path = choose("conv3x3_up2", impl, unsupported=unknown_hw(x))
+    (px0, px1), (py0, py1) = _pads(pad)
+    if path == "plain" and max(x.shape[1], x.shape[2]) <= PLAIN_PHASES_MAX_HW:
+        # the interleaved image has one zero row and column more than the transposed conv's (2H+2): one
+        # less padding at the end gives the same blur
+        y = _interleave(_up2_convs(x if scale is None else scaled(x, scale), w))
+        return upfirdn2d(y, fir, pad=(px0, px1 - 1, py0, py1 - 1))
+    if path != "fast":
         if scale is not None:
             x = scaled(x, scale)
         shape = tf.shape(x)
@@ -272,9 +282,25 @@ def conv_transpose3x3_up2_blur(x, w, fir, pad, impl: str = "auto", scale=None):
             y = tf.ensure_shape(y, [x.shape[0], 2 * x.shape[1] + 1, 2 * x.shape[2] + 1, co])
         return upfirdn2d(y, fir, pad=pad)
     ph = _up2_fast(x, w) if scale is None else _up2_scaled_fast(x, scale, w)
-    (px0, px1), (py0, py1) = _pads(pad)
     taps = tuple(tuple(float(v) for v in row) for row in np.asarray(fir, np.float32)[::-1, ::-1])
     return phase_fir(ph, taps, (py0, py1, px0, px1))
+
+
+# The plain path's phase convolutions against TF's transposed conv, both followed by the plain blur (bench, quiet
+# 2-core EPYC, 4 images, float32, 512 channels, best of 11, ms, transposed / phases): 8 px 22 / 12, 16 px 70-74 /
+# 38-44, 32 px 167-175 / 152-164; at 64 px (512 -> 256 channels) 258-285 / 300-315, so larger inputs stay direct.
+PLAIN_PHASES_MAX_HW = 32
+
+
+def _interleave(ph):
+    """The image [N, 2H+2, 2W+2, C] whose phases are ph (a dict, shapes as above; the row and column past the
+    transposed conv's 2H+1 are zero): the three smaller phases zero-padded to [H+1, W+1], one concat on the
+    channels, one depth_to_space (channel block 2a + b -> pixel offset (a, b))."""
+    def pad(a, rows, cols):
+        return tf.pad(a, [[0, 0], [0, rows], [0, cols], [0, 0]])
+
+    blocks = [ph[(0, 0)], pad(ph[(0, 1)], 0, 1), pad(ph[(1, 0)], 1, 0), pad(ph[(1, 1)], 1, 1)]
+    return tf.nn.depth_to_space(tf.concat(blocks, axis=-1), 2)
 
 
 def _pads(pad):

@@ -169,7 +169,8 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0), impl: str = "auto"):
     h, w = x.shape[1], x.shape[2]
     kh, kw = kernel.shape
     if h is not None and h * upy + py0 + py1 < kh or w is not None and w * upx + px0 + px1 < kw:
-        raise ValueError(f"upfirdn2d: padded input {x.shape} (up={up}, pad={pad}) is smaller than the kernel {kernel.shape}")
+        raise ValueError(f"upfirdn2d: padded input {x.shape} (up={up}, pad={pad}) is smaller than the kernel "
+                         f"{kernel.shape}")
     args = (x, kernel, upx, upy, downx, downy, px0, px1, py0, py1)
     path = choose("upfirdn2d", impl, x.dtype,
                   None if h is not None and w is not None else f"H or W unknown at trace time (x {x.shape})")
