@@ -337,16 +337,21 @@ def _epilogue_formula(y, demod, noise, strength, bias):
     return tf.nn.leaky_relu(y * demod[:, None, None, :] + strength * noise + bias, 0.2) * np.sqrt(2.0)
 
 
+def _epilogue_inputs(n, noise_batch, seed):
+    """(y [n, 6, 5, 4], demod [n, 4], noise [noise_batch, 6, 5, 1], strength [1], bias [4])."""
+    rng = np.random.default_rng(seed)
+    return [tf.constant(rng.normal(size=(n, 6, 5, 4)), tf.float32),
+            tf.constant(rng.uniform(0.5, 2, size=(n, 4)), tf.float32),
+            tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
+            tf.constant([0.3], tf.float32),
+            tf.constant(rng.normal(size=(4,)), tf.float32)]
+
+
 @pytest.mark.parametrize("noise_batch", [2, 1])
 def test_styled_epilogue_fast_gradient_equals_direct(noise_batch):
     """The epilogue's hand-written backward pass (from the output's sign, not the pre-activation) against
     TF's gradients of the direct formula, to second order, incl. a noise map broadcast over the batch."""
-    rng = np.random.default_rng(5)
-    inputs = [tf.constant(rng.normal(size=(2, 6, 5, 4)), tf.float32),      # y
-              tf.constant(rng.uniform(0.5, 2, size=(2, 4)), tf.float32),    # demod
-              tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
-              tf.constant([0.3], tf.float32),                               # strength
-              tf.constant(rng.normal(size=(4,)), tf.float32)]               # bias
+    inputs = _epilogue_inputs(2, noise_batch, seed=5)
     _assert_same_n(_epilogue("fast"), _epilogue_formula, inputs)
     _assert_same_n(_epilogue("direct"), _epilogue_formula, inputs)
 
@@ -473,12 +478,7 @@ def test_styled_epilogue_backward_per_image_equals_direct(monkeypatch, noise_bat
     """Above epilogue.GRAD_SPLIT_BYTES the epilogue's reductions run one image at a time: same values and
     gradients to second order as TF's gradients of the direct formula."""
     monkeypatch.setattr(E, "GRAD_SPLIT_BYTES", 0)
-    rng = np.random.default_rng(6)
-    inputs = [tf.constant(rng.normal(size=(3, 6, 5, 4)), tf.float32),
-              tf.constant(rng.uniform(0.5, 2, size=(3, 4)), tf.float32),
-              tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
-              tf.constant([0.3], tf.float32),
-              tf.constant(rng.normal(size=(4,)), tf.float32)]
+    inputs = _epilogue_inputs(3, noise_batch, seed=6)
     graph = tf.function(lambda *a: tf.gradients(_epilogue("fast")(*a), a)).get_concrete_function(*inputs).graph
     calls = [op for op in graph.get_operations() if op.type in ("StatefulPartitionedCall", "PartitionedCall")]
     assert len(calls) >= 1 + 3 + 1  # forward, one reduction call per image, dy
@@ -544,10 +544,5 @@ def test_up2_blur_plain_equals_direct(h, w, pad):
 def test_styled_epilogue_plain_equals_formula(noise_batch):
     """The export's epilogue (one noise-and-bias term where the noise map is shared by the batch) against the
     formula, values and TF's gradients to second order."""
-    rng = np.random.default_rng(6)
-    inputs = [tf.constant(rng.normal(size=(2, 6, 5, 4)), tf.float32),
-              tf.constant(rng.uniform(0.5, 2, size=(2, 4)), tf.float32),
-              tf.constant(rng.normal(size=(noise_batch, 6, 5, 1)), tf.float32),
-              tf.constant([0.3], tf.float32),
-              tf.constant(rng.normal(size=(4,)), tf.float32)]
+    inputs = _epilogue_inputs(2, noise_batch, seed=6)
     _assert_same_n(_epilogue("plain"), _epilogue_formula, inputs)
