@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tf_cartoon import bench
@@ -155,7 +156,7 @@ def test_export_row_in_bf16_times_a_bf16_export_and_the_bf16_library():
 @pytest.mark.parametrize("what", ["export", "swap"])
 def test_export_and_swap_print_json_rows(what):
     """--what export (reloaded SavedModel's serving_default) and --what swap (layer-swapping forward)."""
-    cfg = bench.Config(what=what, **TINY)
+    cfg = bench.Config(what=what, **{**TINY, "repeats": 3 if what == "export" else 1})
     lines = []
     rows = bench.run(cfg, emit=lambda d: lines.append(json.dumps(d)))
     assert len(rows) == len(lines) == 1
@@ -167,6 +168,11 @@ def test_export_and_swap_print_json_rows(what):
         # the library's forward on the same generator, timed in the same rounds
         assert row["g_forward_ms"] > 0 and row["g_forward_cpu_ms"] > 0
         assert row["export_vs_g_forward"] == pytest.approx(row["ms_per_batch"] / row["g_forward_ms"], rel=1e-3)
+        times = list(zip(row["times_ms"], row["g_forward_times_ms"]))  # round by round, rounded to 0.1 ms
+        assert len(times) == cfg.repeats
+        rounding = max(0.05 / m + 0.05 / g for m, g in times) + 1e-4
+        paired = float(np.median([m / g for m, g in times]))
+        assert row["export_vs_g_forward_paired"] == pytest.approx(paired, rel=rounding)
         flops = single
     else:
         assert row["swap_layer"] == 1  # an 8 px generator has one block
