@@ -4,8 +4,8 @@ Two paths each (dispatch.py families ``conv3x3`` and ``conv1x1``; auto: ``fast``
 GPU is visible, as cuDNN already picks Winograd / FFT algorithms itself), and a third for the 3x3 conv:
   * ``direct``: one ``tf.nn.conv2d`` (cuDNN / oneDNN / Eigen).
   * ``fast``: the same maths with hand-written gradients built from forward-speed blocks (ops/conv_grad.py).
-    The 3x3 forward pass is Winograd F(2x2, 3x3) (ops/winograd.py) where it measured faster (wide layers),
-    else oneDNN's conv2d; the 1x1 conv is a matmul over the pixels.
+    The 3x3 forward pass is Winograd (ops/winograd.py: F(4x4, 3x3) in float32, F(2x2, 3x3) otherwise) where
+    it measured faster (wide layers), else oneDNN's conv2d; the 1x1 conv is a matmul over the pixels.
   * ``plain``: the forward pass in plain TF ops with TF's own gradients, what exports run. conv3x3: Winograd
     (winograd.winograd_plain) where the fast path takes it and the input is float32, else oneDNN's conv2d;
     conv1x1: the fast path's matmuls.
