@@ -72,7 +72,7 @@ def winograd(x, w, scale=None):
     # weights only: without this dependency TF computes every layer's at the start of a step and keeps them
     # all alive until their layers run (+165 MB at the peak of a 64 px training step).
     with tf.control_dependencies([x]):
-        u = _weights(w, m)
+        u = tf.unstack(_weights(w, m))  # one node; indexing per band would add 36 slices (+ 3 consts each) per band
     bands, last = [], []
     for r0 in range(0, h, rows):
         r1 = min(r0 + rows, h)
