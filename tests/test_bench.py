@@ -240,6 +240,14 @@ def test_malloc_arena_cap_applies_on_glibc():
 # --precision: the rows say what ran
 # ---------------------------------------------------------------------------------------------
 
+def test_peak_chain_runs_in_the_rows_compute_dtype():
+    """peak_gflops, the yardstick of peak_ratio, times oneDNN's convolution in the row's own compute dtype."""
+    for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+        chain, flops = bench.peak_chain(bench.Config(precision=p, **TINY))
+        out = chain()
+        assert out.dtype.name == dtype and flops > 0 and np.isfinite(np.asarray(out, np.float32)).all()
+
+
 def test_rows_report_precision_and_cpu_bf16():
     import numpy as np
     import tensorflow as tf

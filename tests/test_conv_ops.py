@@ -75,8 +75,8 @@ def test_winograd_plain_equals_conv2d(n, h, w, ci, co):
 
 
 def test_conv3x3_plain_path():
-    """impl="plain": Winograd in plain TF ops where the fast path takes Winograd (float32; a batch unknown at
-    trace time works), oneDNN's conv2d elsewhere and for bfloat16."""
+    """impl="plain": Winograd in plain TF ops where the fast path takes Winograd (float32 and bfloat16; a batch
+    unknown at trace time works), oneDNN's conv2d elsewhere and for float16."""
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(2, 32, 33, 256)), tf.float32)
     k = tf.constant(rng.normal(size=(3, 3, 256, 8)) / 48, tf.float32)
@@ -89,9 +89,15 @@ def test_conv3x3_plain_path():
     assert "BatchMatMulV2" in types and "Conv2D" not in types and not xla, (types, xla)
     small, _ = _traced_op_types(lambda x: C.conv3x3(x, k[:, :, :8], "plain"), x[..., :8])  # 8 channels: direct
     assert "Conv2D" in small and "BatchMatMulV2" not in small
-    xb = tf.cast(x, tf.bfloat16)
-    bf16, _ = _traced_op_types(lambda x: C.conv3x3(x, tf.cast(k, tf.bfloat16), "plain"), xb)
-    assert "Conv2D" in bf16 and "BatchMatMulV2" not in bf16
+    xb, kb = tf.cast(x, tf.bfloat16), tf.cast(k, tf.bfloat16)
+    bf16, _ = _traced_op_types(lambda x: C.conv3x3(x, kb, "plain"), xb)
+    assert "BatchMatMulV2" in bf16 and "Conv2D" not in bf16  # F(2x2) at 256 channels
+    got = tf.cast(C.conv3x3(xb, kb, "plain"), tf.float32)
+    want_bf16 = tf.nn.conv2d(tf.cast(xb, tf.float32), tf.cast(kb, tf.float32), 1, "SAME")
+    np.testing.assert_allclose(got.numpy(), want_bf16.numpy(), rtol=0, atol=2e-2 * float(tf.reduce_max(tf.abs(want))))
+    xh = tf.cast(x, tf.float16)
+    fp16, _ = _traced_op_types(lambda x: C.conv3x3(x, tf.cast(k, tf.float16), "plain"), xh)
+    assert "Conv2D" in fp16 and "BatchMatMulV2" not in fp16
 
 
 def test_winograd_odd_size_value():

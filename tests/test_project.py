@@ -276,7 +276,7 @@ def test_cli_end_to_end_on_fixtures(tmp_path, capsys):
     out = tmp_path / "out"
     rc = pj.main([str(tmp_path / "face.png"), str(tmp_path / "grey.jpg"), "--source", SOURCE_PT, "--target",
                   TARGET_PT, "--swap_layer", "1,2", "--out", str(out), "--step", "20", "--n_mean_latent", "256",
-                  "--batch", "1", "--log_every", "10"])
+                  "--batch", "1", "--log_every", "10", "--precision", "fp32"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "MSE only" in err and "mse" in err

@@ -61,8 +61,8 @@ def test_draw_is_what_generate_writes(studio, ckpts, tmp_path):
     src, tgt = ckpts
     out = tmp_path / "gen"
     assert gen.main(["--target", tgt, "--source", src, "--seeds", "3", "--truncation", "0.6", "--swap_layer", "1",
-                     "--truncation_samples", str(N_MEAN), "--out", str(out)]) == 0
-    panels = studio.draw(3, 0.6, 1)
+                     "--truncation_samples", str(N_MEAN), "--out", str(out), "--precision", "fp32"]) == 0
+    panels = studio.draw(3, 0.6, 1)  # the studio's generators compute in float32 (the fixture)
     assert [label for label, _ in panels] == ["source", "target", "swapped (l=1, 8 px)"]
     for (_, image), path in zip(panels, ["source/seed0003.png", "seed0003.png", "swap_l1/seed0003.png"]):
         assert image.dtype == np.uint8 and image.shape == (16, 16, 3)
@@ -75,7 +75,7 @@ def test_sefa_is_what_sefa_renders(studio, ckpts, tmp_path):
     src, tgt = ckpts
     assert sefa.main(["--source", src, "--render", "--target", tgt, "--index", "2", "--degrees", "4", "--steps", "3",
                       "--seeds", "5", "--truncation", "0.7", "--truncation_samples", str(N_MEAN), "--swap_layer", "2",
-                      "--out", str(tmp_path / "f.npz"), "--out_dir", str(tmp_path)]) == 0
+                      "--out", str(tmp_path / "f.npz"), "--out_dir", str(tmp_path), "--precision", "fp32"]) == 0
     grid = _png(tmp_path / "direction_002.png")  # one row; columns -4, 0, +4; each cell source | target | swap
     assert grid.shape == (16, 3 * 3 * 16, 3)
     for col, strength in enumerate([-4.0, 0.0, 4.0]):

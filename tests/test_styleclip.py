@@ -149,7 +149,8 @@ def test_cli_end_to_end_on_reference_checkpoints(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--source", SOURCE_PT, "--target", TARGET_PT, "--text", "a smiling face", "--clip", clip_dir,
             "--seed", "5", "--steps", "4", "--alpha", "2", "--n_alpha", "3", "--swap_layer", "1",
-            "--truncation_samples", str(N_MEAN), "--out", str(out), "--log_every", "2"]
+            "--truncation_samples", str(N_MEAN), "--out", str(out), "--log_every", "2",
+            "--precision", "fp32"]  # compared below with the float32 library calls
     assert sc.main(argv) == 0
     text = capsys.readouterr().out
     assert "step 1/4" in text and "wrote" in text

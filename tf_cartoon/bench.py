@@ -50,7 +50,8 @@ same as the generator's 3x3 convs. ``peak_ratio`` = gflops / peak_gflops.
 
 ``--precision fp32|bf16|auto`` (default auto: bf16 on a CPU with native bfloat16, i.e. AVX512_BF16 or AMX,
 else fp32; tf_cartoon.precision) builds the networks under that Keras dtype policy (bfloat16 compute, float32
-variables; the train step through TrainConfig.precision; the export stays fp32). Every row reports the
+variables; the train step through TrainConfig.precision; the export computes in it behind float32 / uint8
+signatures; the bare conv chain of ``peak_gflops`` runs in its compute dtype). Every row reports the
 concrete ``precision``, ``compute_dtype`` (the generator's), ``cpu_bf16`` (whether this CPU computes bfloat16
 natively) and ``cpu_bf16_flags`` (which of its /proc/cpuinfo flags say so). Where the CPU lacks them oneDNN
 emulates bfloat16: slower than fp32, so bf16 rows there show correctness, not speed.
@@ -276,12 +277,14 @@ def device_name():
 
 
 def peak_chain(cfg: Config):
-    """(fn, FLOPs): plain NHWC 3x3 conv chain of the generator's shapes, tf.function, no XLA."""
+    """(fn, FLOPs): plain NHWC 3x3 conv chain of the generator's shapes, tf.function, no XLA, in the compute
+    dtype of the row's precision (a bf16 row's yardstick is oneDNN's bfloat16 convolution)."""
     import tensorflow as tf
+    dtype = precision.COMPUTE_DTYPE[concrete_precision(cfg)]
     shapes = conv_chain_shapes(cfg.size, cfg.channel_multiplier, cfg.channels())
     rng = tf.random.Generator.from_seed(cfg.seed + 1)
-    kernels = [rng.normal([3, 3, cin, cout]) / (3.0 * cin ** 0.5) for _, cin, cout, _ in shapes]
-    x0 = rng.normal([cfg.batch, 4, 4, shapes[0][1]])
+    kernels = [tf.cast(rng.normal([3, 3, cin, cout]) / (3.0 * cin ** 0.5), dtype) for _, cin, cout, _ in shapes]
+    x0 = tf.cast(rng.normal([cfg.batch, 4, 4, shapes[0][1]]), dtype)
 
     @tf.function(jit_compile=False, autograph=False)
     def chain(x):

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_cartoon.ops.compiled import compiled
+
 
 def flip_t(w):
     """The adjoint's kernel: spatially flipped, in/out channels swapped."""
@@ -122,7 +124,7 @@ def scaled(x, scale):
     return x * scale[:, None, None, :]
 
 
-@tf.function(jit_compile=True, autograph=False)
+@compiled
 def scale_grads(dxs, x, scale):
     """Gradients of x * scale from the gradient dxs of the product: (d x, d scale [N, Ci]), in one compiled
     pass (no image-sized dxs * x temporary)."""

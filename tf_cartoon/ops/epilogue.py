@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cartoon.ops.bias_act import bias_act
+from tf_cartoon.ops.compiled import compiled
 from tf_cartoon.ops.dispatch import choose, register
 
 register("styled_epilogue", ("direct", "fast", "plain"), {"CPU": "fast", "GPU": "direct"}, export="plain")
@@ -54,7 +55,7 @@ def _plain(y, demod, noise_term, bias):
     return tf.nn.leaky_relu(tf.nn.bias_add(z + noise_term * g, tf.cast(bias, y.dtype) * g), 0.2)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@compiled
 def _forward(y, demod, noise_term, bias):
     z = y * demod[:, None, None, :] + noise_term + bias
     return tf.nn.leaky_relu(z, 0.2) * tf.cast(_GAIN, z.dtype)
@@ -70,7 +71,7 @@ def _fast(y, demod, noise_term, bias):
     return out, grad
 
 
-@tf.function(jit_compile=True, autograph=False)
+@compiled
 def _grad(dout, out, demod, noise_term, bias):
     """(dy, ddemod, dnoise_term, dbias) from the output only (see _reductions)."""
     dy = _dy(dout, out, demod)
@@ -103,8 +104,8 @@ def _reductions(dout, out, demod, noise_term, bias):
     return ddemod, dnoise, dbias
 
 
-_dy_xla = tf.function(_dy, jit_compile=True, autograph=False)
-_reductions_xla = tf.function(_reductions, jit_compile=True, autograph=False)
+_dy_xla = compiled(_dy)
+_reductions_xla = compiled(_reductions)
 
 # XLA's CPU backend materialises each reduced product (dz, dz * y) as a full map: 0.4 GB at 256 px for 4
 # images. Above this many bytes per map the reductions go one image at a time (one compiled call per image,

@@ -26,6 +26,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
+from tf_cartoon.ops.compiled import compiled
 from tf_cartoon.ops.conv import unknown_hw
 from tf_cartoon.ops.conv_grad import phases, scale_grads, scaled, tap_matmuls, window
 from tf_cartoon.ops.dispatch import choose, register
@@ -139,8 +140,8 @@ def _phase_fir_op(taps, pads, rows_cols):
     """The custom-gradient op of phase_fir for one (taps, pads, phase (0, 0) size): forward and adjoint are
     each other's gradients, so it is differentiable to any order."""
     plan = _phase_fir_plan(taps, pads, rows_cols)
-    forward = tf.function(functools.partial(_phase_fir_forward, plan), jit_compile=True, autograph=False)
-    adjoint = tf.function(functools.partial(_phase_fir_adjoint, plan), jit_compile=True, autograph=False)
+    forward = compiled(functools.partial(_phase_fir_forward, plan))
+    adjoint = compiled(functools.partial(_phase_fir_adjoint, plan))
 
     @tf.custom_gradient
     def op(ee, eo, oe, oo):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_cartoon.ops.compiled import compiled
 from tf_cartoon.ops.conv_grad import MAX_BANDS
 
 # Y = A^T [(G g G^T) * (B^T d B)] A for a 3x3 kernel g and an (m + 2) x (m + 2) input tile d (stride m), giving
@@ -114,7 +115,7 @@ def _weights(w, m):
     return tf.cast(tf.reshape(u, [t * t, ci, co]), w.dtype)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@compiled
 def _input(x, scale, lo, rows, pads, th, m):
     """B^T d B of the (m + 2)^2 input tiles (stride m) of th tile rows: a tuple of (m + 2)^2 [N * th * tw, Ci]
     (k = (m + 2) * row + column). They read rows lo .. lo + rows - 1 of x, zero-padded by pads (top, bottom),
@@ -133,7 +134,7 @@ def _input(x, scale, lo, rows, pads, th, m):
     return tuple(tf.reshape(a, [-1, ci]) for a in d)
 
 
-@tf.function(jit_compile=True, autograph=False)
+@compiled
 def _output(products, th, tw, m):
     """A^T M A of the (m + 2)^2 products (a tuple of [N * th * tw, Co], k = (m + 2) * row + column) -> the
     output rows [N, m th, m tw, Co]."""
