@@ -10,7 +10,8 @@ the fast paths step aside for cuDNN) keeps computing in float16: its loss-scaled
 they are (tests/test_fp16.py).
 
 `python -m tf_cartoon.bench --what g_forward --precision bf16` (256 px, batch 4, a CPU with AVX512_BF16) went
-from 1205-1276 to 895 ms with it, `--what train_step` from 17.9 to 14.8 s (README, "Speed").
+from 1205-1276 to 895-999 ms with it (two runs each), `--what train_step` from 17.9 to 14.8-17.1 s (README,
+"bf16 speed").
 """
 
 from __future__ import annotations
