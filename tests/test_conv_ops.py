@@ -385,20 +385,51 @@ def test_filter_gradient_in_row_bands_equals_direct(monkeypatch, n, h, w, ci, co
                  (n, h, w, ci), (3, 3, ci, co))
 
 
+def _band_calls(graph):
+    """Bands of a traced filter gradient: calls of the shared band function (or, inlined, k = 1 matmuls)."""
+    return [op for op in graph.get_operations()
+            if op.type in ("MatMul", "BatchMatMulV2", "PartitionedCall", "StatefulPartitionedCall")]
+
+
 def test_band_count_is_capped():
     """Huge images still make at most _MAX_BANDS bands (graph size), each covering whole rows."""
     x, dy = tf.zeros([1, 70, 3, 1]), tf.zeros([1, 70, 3, 1])
     graph = tf.function(lambda a, b: conv_grad.tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
-    matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
-    assert len(matmuls) == 1  # 70 rows of 12 bytes: one band under the default budget
+    assert len(_band_calls(graph)) == 1  # 70 rows of 12 bytes: one band under the default budget
     old = conv_grad.FILTER_GRAD_BAND_BYTES
     try:
         conv_grad.FILTER_GRAD_BAND_BYTES = 1
         graph = tf.function(lambda a, b: conv_grad.tap_matmuls(a, b, 1, 1)).get_concrete_function(x, dy).graph
     finally:
         conv_grad.FILTER_GRAD_BAND_BYTES = old
-    matmuls = [op for op in graph.get_operations() if op.type in ("MatMul", "BatchMatMulV2")]
-    assert len(matmuls) == -(-70 // -(-70 // conv_grad.MAX_BANDS))  # rows per band = ceil(70 / 32) = 3 -> 24 bands
+    # rows per band = ceil(70 / 32) = 3 -> 24 bands
+    assert len(_band_calls(graph)) == -(-70 // -(-70 // conv_grad.MAX_BANDS))
+
+
+def test_equal_bands_share_one_traced_body(monkeypatch):
+    """Outside XLA, the bands of a filter gradient call one out-of-line function per band shape: 4 equal
+    bands of a 3x3 stride-1 gradient trace 9 tap matmuls once, not 36; inside XLA they are traced in place.
+    Both give the inline computation's value."""
+    n, h, w, ci, co = 2, 8, 5, 3, 4
+    x = tf.random.stateless_normal([n, h, w, ci], [1, 2])
+    dy = tf.random.stateless_normal([n, h, w, co], [3, 4])
+    monkeypatch.setattr(conv_grad, "FILTER_GRAD_BAND_BYTES", 2 * (n * (w + 2) * ci * 4))  # two rows per band
+    fn = tf.function(lambda a, b: conv_grad.tap_matmuls(a, b, 3, 1, pad=1))
+    graph = fn.get_concrete_function(x, dy).graph
+    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    assert len(calls) == 4
+    library = graph.as_graph_def().library.function
+    assert len({op.get_attr("f").name for op in calls}) == 1 and len(library) == 1
+    assert sum(node.op == "MatMul" for node in library[0].node_def) == 9
+    assert library[0].attr["_noinline"].b
+    kernel = tf.zeros([3, 3, ci, co])
+    with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        y = tf.nn.conv2d(x, kernel, 1, "SAME")
+    expected = tape.gradient(y, kernel, output_gradients=dy)  # TF's own filter gradient
+    xla = tf.function(lambda a, b: conv_grad.tap_matmuls(a, b, 3, 1, pad=1), jit_compile=True)
+    for got in (fn(x, dy), xla(x, dy)):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("band_bytes", [1, 36 * 2 * 9 * 256 * 4 * 2])  # 4-row bands; 8-row bands

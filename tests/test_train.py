@@ -90,6 +90,21 @@ def test_no_freeze_trains_everything_with_path_length_freezefc_rgb_structure_and
     assert t.g.convs[0].compute_dtype == "bfloat16" and t.d.convs[1].compute_dtype == "bfloat16"
     assert all(v.dtype == "float32" for v in t.g.variables + t.d.variables)
     assert keras.mixed_precision.global_policy().name == "float32"  # the process-wide policy is restored
+    # The frozen source stores its weights as the bfloat16 values its layers compute with: the --ckpt's
+    # g_ema rounded once, so it computes what a float32-stored copy under the mixed policy computes.
+    import tf_cartoon
+    from tf_cartoon import precision
+
+    with precision.policy("bf16"):
+        mixed = tf_cartoon.load(cfg.ckpt).g_ema
+    assert t.source.compute_dtype == "bfloat16" and all(v.dtype == "bfloat16" for v in t.source.variables)
+    for a, b in zip(mixed.variables, t.source.variables):
+        assert np.array_equal(tf.cast(a, tf.bfloat16).numpy(), b.numpy())
+    z = tf.random.stateless_normal([2, mixed.style_dim], [5, 6])
+    w_a, w_b = mixed.make_wplus([z]), t.source.make_wplus([z])
+    assert np.array_equal(w_a.numpy(), w_b.numpy())
+    img_a = mixed.synthesis(w_a, randomize_noise=False).image  # the stored noise buffers
+    assert np.array_equal(img_a.numpy(), t.source.synthesis(w_b, randomize_noise=False).image.numpy())
     g0, d0 = _values(t.g.trainable_variables), _values(t.d.trainable_variables)
     e0 = _values(t.g_ema.trainable_variables)
     metrics = t.fit()

@@ -87,19 +87,22 @@ def of_layer(layer) -> str:
 
 
 @contextlib.contextmanager
-def policy(precision: str):
+def policy(precision: str, frozen: bool = False):
     """Keras' global dtype policy for ``precision`` (concrete: fp32 / bf16 / fp16) while models are built.
 
     Layers take their compute dtype when they are created, so build (or load) the networks inside this
     block; the previous global policy comes back on exit. fp32 before Keras is imported needs nothing (the
-    default policy is float32): reading a file that turns out bad then starts no TensorFlow."""
+    default policy is float32): reading a file that turns out bad then starts no TensorFlow.
+    frozen: variables in the compute dtype too (Keras' plain "bfloat16" / "float16" policy), for networks
+    that never train: every layer casts its weights to the compute dtype where it reads them, so storing
+    them rounded computes the same values in half the memory."""
     if precision == "fp32" and "keras" not in sys.modules:
         yield
         return
     import keras
 
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(KERAS_POLICY[precision])
+    keras.mixed_precision.set_global_policy(COMPUTE_DTYPE[precision] if frozen else KERAS_POLICY[precision])
     try:
         yield
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_cartoon.ops.compiled import compiled
+from tf_cartoon.ops.dispatch import in_xla_context
 
 
 def flip_t(w):
@@ -75,7 +76,7 @@ def tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
     """
     phased = isinstance(big, dict)
     first = big[(0, 0)] if phased else big
-    n, ho, wo = small.shape[0], small.shape[1], small.shape[2]
+    n, ho = small.shape[0], small.shape[1]
     row_bytes = (n or 1) * stride * (stride * first.shape[2] if phased else first.shape[2] + 2 * pad) \
         * first.shape[-1] * first.dtype.size
     band = max(1, FILTER_GRAD_BAND_BYTES // row_bytes, -(-ho // MAX_BANDS))
@@ -84,27 +85,31 @@ def tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
         r1 = min(r0 + band, ho)
         # Each band (and each tap's window copy below) waits for the previous matmul: in a graph all copies
         # would otherwise be ready at once and live together; the matmuls use every core anyway.
+        band_fn = _band_taps if in_xla_context() or tf.executing_eagerly() else _shared_band_taps
         with tf.control_dependencies(last):
             if phased:  # a phase's tap offsets are 0 .. (k - 1) // 2 rows
                 big_b = big if (r0, r1) == (0, ho) else {p: v[:, r0: r1 + (k - 1) // 2] for p, v in big.items()}
             else:
                 big_b = _rows(big, stride * r0 - pad, stride * (r1 - 1) + k - pad, pad)
             small_b = small if (r0, r1) == (0, ho) else small[:, r0:r1]
-        if scale is not None:
-            if big_is_input:
-                big_b = {p: scaled(v, scale) for p, v in big_b.items()} if phased else scaled(big_b, scale)
-            else:
-                small_b = scaled(small_b, scale)
-        taps, last = _band_taps(big_b, small_b, k, stride, big_is_input, r1 - r0, wo, last)
+            taps = band_fn(big_b, small_b, scale, k, stride, big_is_input)
+        last = [taps]
         total = taps if total is None else total + taps
     return total
 
 
-def _band_taps(big, small, k, stride, big_is_input, ho, wo, last):
+def _band_taps(big, small, scale, k, stride, big_is_input):
+    """One band's k * k tap matmuls, stacked [k, k, Ci, Co]; the scale multiplied in first."""
+    if scale is not None:
+        if big_is_input:
+            big = {p: scaled(v, scale) for p, v in big.items()} if isinstance(big, dict) else scaled(big, scale)
+        else:
+            small = scaled(small, scale)
+    ho, wo = small.shape[1], small.shape[2]
     small2 = tf.reshape(small, [-1, small.shape[-1]])
     ph = big if isinstance(big, dict) else phases(big) if stride == 2 else None
     channels = (ph[(0, 0)] if ph else big).shape[-1]
-    taps = []
+    taps, last = [], []
     for a in range(k):
         for b in range(k):
             with tf.control_dependencies(last):
@@ -116,7 +121,16 @@ def _band_taps(big, small, k, stride, big_is_input, ho, wo, last):
             taps.append(tf.matmul(part, small2, transpose_a=True) if big_is_input
                         else tf.matmul(small2, part, transpose_a=True))
             last = [taps[-1]]
-    return tf.reshape(tf.stack(taps), [k, k, *taps[0].shape]), last
+    return tf.reshape(tf.stack(taps), [k, k, *taps[0].shape])
+
+
+# Outside XLA each band runs as a call of one function per band shape, kept out of line (_noinline): a layer's
+# equal bands, its real and fake passes and the D and G steps share one body instead of each tracing its own
+# ~70 nodes (slices, reshapes, matmuls, their constants), and every traced node stays in memory (the traced
+# graph, its FunctionDef copies, the executor). A 256 px training step: the D step's graph 19.5k -> 16.9k
+# nodes, the heap 24 MB smaller, the first D step traced 4 s sooner. Inside XLA (which inlines everything) and
+# eagerly the body runs in place.
+_shared_band_taps = tf.function(_band_taps, autograph=False, experimental_attributes={"_noinline": True})
 
 
 def scaled(x, scale):
