@@ -415,3 +415,15 @@ def test_metrics_flags_are_checked_before_training(kw, flag, tmp_path):
     base = dict(ckpt="builtin:source_synthetic", data="synthetic:cartoon", workdir=str(tmp_path / "w"))
     with pytest.raises(ConfigError, match=flag):
         validate(TrainConfig(**{**base, **kw}))
+
+
+def test_one_replica_traces_each_phase_into_one_graph(tiny, tmp_path):
+    """On one replica without XLA a phase's gradient computation is traced into its step function (no nested
+    function whose graph would be kept once more); with --xla on it is an XLA-compiled function of its own."""
+    for xla in ("off", "on"):
+        t = Trainer(_cfg(tiny, tmp_path / f"run_{xla}", xla=xla))
+        real = tf.zeros([4, t.size, t.size, 3])
+        step = t.phase_steps["D_main"].get_concrete_function(real, tf.constant(1, tf.int64))
+        names = [f.signature.name for f in step.graph.as_graph_def().library.function]
+        nested = [n for n in names if "_d_compute" in n]
+        assert (nested == []) if xla == "off" else (len(nested) == 1), (xla, names)
