@@ -80,12 +80,12 @@ def tap_matmuls(big, small, k, stride, big_is_input=True, pad=0, scale=None):
     row_bytes = (n or 1) * stride * (stride * first.shape[2] if phased else first.shape[2] + 2 * pad) \
         * first.shape[-1] * first.dtype.size
     band = max(1, FILTER_GRAD_BAND_BYTES // row_bytes, -(-ho // MAX_BANDS))
+    band_fn = _band_taps if in_xla_context() or tf.executing_eagerly() else _shared_band_taps
     total, last = None, []
     for r0 in range(0, ho, band):
         r1 = min(r0 + band, ho)
-        # Each band (and each tap's window copy below) waits for the previous matmul: in a graph all copies
+        # Each band (and each tap's window copy in it) waits for the previous matmul: in a graph all copies
         # would otherwise be ready at once and live together; the matmuls use every core anyway.
-        band_fn = _band_taps if in_xla_context() or tf.executing_eagerly() else _shared_band_taps
         with tf.control_dependencies(last):
             if phased:  # a phase's tap offsets are 0 .. (k - 1) // 2 rows
                 big_b = big if (r0, r1) == (0, ho) else {p: v[:, r0: r1 + (k - 1) // 2] for p, v in big.items()}
