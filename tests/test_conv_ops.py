@@ -100,6 +100,47 @@ def test_conv3x3_plain_path():
     assert "Conv2D" in fp16 and "BatchMatMulV2" not in fp16
 
 
+def test_plain_winograd_folds_both_scales_into_per_sample_weights():
+    """winograd_plain(x, w, scale, out_scale) = conv(x * scale) * out_scale, the scales folded into per-sample
+    transformed weights (float32 and bfloat16, a batch unknown at trace time). In an export a StyledConv takes
+    it (its modulated conv returns epilogue.FOLDED, demodulation and gain applied) where folding_pays, and
+    computes what the library computes; elsewhere the demodulation stays the epilogue's."""
+    from tf_cartoon.layers import StyledConv
+    from tf_cartoon.ops.epilogue import FOLDED
+    from tf_cartoon.ops.modulated_conv import modulated_conv2d
+
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, 32, 33, 256)), tf.float32)
+    k = tf.constant(rng.normal(size=(3, 3, 256, 8)) / 48, tf.float32)
+    s = tf.constant(rng.uniform(0.5, 1.5, size=(2, 256)), tf.float32)
+    d = tf.constant(rng.uniform(0.5, 1.5, size=(2, 8)), tf.float32)
+    want = tf.nn.conv2d(x * s[:, None, None, :], k, 1, "SAME") * d[:, None, None, :]
+    fn = tf.function(lambda x, s, d: W.winograd_plain(x, k, s, d), input_signature=[
+        tf.TensorSpec([None, 32, 33, 256]), tf.TensorSpec([None, 256]), tf.TensorSpec([None, 8])])
+    np.testing.assert_allclose(fn(x, s, d).numpy(), want.numpy(), rtol=0,
+                               atol=2e-5 * float(tf.reduce_max(tf.abs(want))))
+    bf16 = [tf.cast(t, tf.bfloat16) for t in (x, k, s, d)]
+    got = tf.cast(W.winograd_plain(*bf16[:2], *bf16[2:]), tf.float32)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-2 * float(tf.reduce_max(tf.abs(want))))
+
+    assert W.folding_pays(tf.zeros([1, 128, 128, 128]), tf.zeros([3, 3, 128, 128]))
+    assert not W.folding_pays(tf.zeros([1, 64, 64, 512]), tf.zeros([3, 3, 512, 512]))
+    layer = StyledConv(128, 128, 3, 16, name="styled")
+    layer.noise.strength.assign([0.3])
+    layer.activate.bias.assign(rng.normal(size=128).astype(np.float32))
+    w = tf.constant(rng.normal(size=(2, 16)), tf.float32)
+    noise = tf.constant(rng.normal(size=(1, 128, 128, 1)), tf.float32)
+    for size, folds in ((128, True), (32, False)):
+        xs = tf.constant(rng.normal(size=(2, size, size, 128)), tf.float32)
+        with dispatch.plain_ops():
+            _, demod = modulated_conv2d(xs, layer.conv.kernel * layer.conv.scale, layer.conv.modulation(w),
+                                        defer_demod=True)
+            got = layer(xs, w, noise=noise[:, :size, :size])
+        assert (isinstance(demod, str) and demod == FOLDED) == folds, (size, demod)
+        want = layer(xs, w, noise=noise[:, :size, :size])  # the library's paths
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5 * float(tf.reduce_max(tf.abs(want))))
+
+
 def test_winograd_odd_size_value():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 7, 5, 3)), tf.float32)

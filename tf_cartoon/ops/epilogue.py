@@ -21,11 +21,17 @@ from tf_cartoon.ops.dispatch import choose, register
 
 register("styled_epilogue", ("direct", "fast", "plain"), {"CPU": "fast", "GPU": "direct"}, export="plain")
 
-_GAIN = np.sqrt(2.0)
+GAIN = np.sqrt(2.0)
+# styled_epilogue's demod where the convolution has applied the demodulation and the gain already (an export's
+# plain Winograd with folded per-sample weights, modulated_conv2d): what is left is lrelu(y + (noise + bias) g).
+FOLDED = "demodulation and gain folded into y"
 
 
 def styled_epilogue(y, demod, noise_term, bias, impl: str = "auto"):
-    """lrelu(y * demod + noise_term + bias, 0.2) * sqrt(2) (shapes in the module docstring)."""
+    """lrelu(y * demod + noise_term + bias, 0.2) * sqrt(2) (shapes in the module docstring); demod FOLDED: y is
+    y * demod * sqrt(2) already."""
+    if isinstance(demod, str) and demod == FOLDED:
+        return _plain(y, None, noise_term, bias)
     unsupported = None
     if demod is None:
         unsupported = "no demodulation to fuse"
@@ -48,8 +54,8 @@ def _plain(y, demod, noise_term, bias):
     the bias are added as one [1, H, W, C] term, made once per call where the batch needs it N times.
     Measured (quiet 2-core EPYC, [4, 256, 256, 128] float32, best of 15, ms): that form 47, the noise and the
     bias added apart 56, the compiled one-pass 29."""
-    g = tf.cast(_GAIN, y.dtype)
-    z = y * (demod * g)[:, None, None, :]
+    g = tf.cast(GAIN, y.dtype)
+    z = y if demod is None else y * (demod * g)[:, None, None, :]  # None: y carries demod * g (FOLDED)
     if noise_term.shape[0] == 1:
         return tf.nn.leaky_relu(z + (noise_term + tf.cast(bias, y.dtype)) * g, 0.2)
     return tf.nn.leaky_relu(tf.nn.bias_add(z + noise_term * g, tf.cast(bias, y.dtype) * g), 0.2)
@@ -58,7 +64,7 @@ def _plain(y, demod, noise_term, bias):
 @compiled
 def _forward(y, demod, noise_term, bias):
     z = y * demod[:, None, None, :] + noise_term + bias
-    return tf.nn.leaky_relu(z, 0.2) * tf.cast(_GAIN, z.dtype)
+    return tf.nn.leaky_relu(z, 0.2) * tf.cast(GAIN, z.dtype)
 
 
 @tf.custom_gradient
@@ -80,7 +86,7 @@ def _grad(dout, out, demod, noise_term, bias):
 
 def _dz(dout, out):
     # out > 0 exactly where the pre-activation z > 0 (leaky ReLU keeps the sign)
-    return tf.where(out > 0, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(_GAIN, dout.dtype)
+    return tf.where(out > 0, dout, dout * tf.cast(0.2, dout.dtype)) * tf.cast(GAIN, dout.dtype)
 
 
 def _dy(dout, out, demod):
@@ -94,7 +100,7 @@ def _reductions(dout, out, demod, noise_term, bias):
     per styled conv."""
     dz = _dz(dout, out)
     f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731
-    z = f32(out) * tf.where(out > 0, np.float32(1.0 / _GAIN), np.float32(1.0 / (0.2 * _GAIN)))
+    z = f32(out) * tf.where(out > 0, np.float32(1.0 / GAIN), np.float32(1.0 / (0.2 * GAIN)))
     y = (z - f32(noise_term) - f32(bias)) / f32(demod)[:, None, None, :]
     ddemod = tf.cast(tf.reduce_sum(f32(dz) * y, axis=[1, 2]), demod.dtype)
     dnoise = tf.reduce_sum(dz, axis=-1, keepdims=True)

@@ -17,10 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cartoon.ops import dispatch
-from tf_cartoon.ops.conv import conv1x1, conv3x3
+from tf_cartoon.ops.conv import conv1x1, conv3x3, unknown_hw
+from tf_cartoon.ops.epilogue import FOLDED, GAIN
 from tf_cartoon.ops.conv_grad import scaled
 from tf_cartoon.ops.phase_conv import conv_transpose3x3_up2_blur
 from tf_cartoon.ops.upfirdn2d import upfirdn2d
+from tf_cartoon.ops.winograd import folding_pays, use_winograd, winograd_plain
 
 
 def demodulation(weight, styles):
@@ -34,15 +36,27 @@ def modulated_conv2d(x, weight, styles, demodulate=True, upsample=None, fused=Fa
 
     defer_demod: return (y, demod) with the demodulation coefficients [N, out] not yet applied, for a caller
     that fuses them into its epilogue (ops/epilogue.py); demod is None where nothing is left to apply (no
-    demodulation, or the fused form, which folds it into the weights)."""
+    demodulation, or the fused form, which folds it into the weights), and ``epilogue.FOLDED`` where an export's
+    plain Winograd folded the style, the demodulation and the epilogue's gain into per-sample weights (a 3x3
+    conv without upsampling where that pays, winograd.folding_pays): y is then styled_epilogue's input as is."""
     if fused:
         y = _fused(x, weight, styles, demodulate, upsample)
         return (y, None) if defer_demod else y
+    if defer_demod and demodulate and weight.shape[0] == 3 and upsample is None and _folds(x, weight):
+        out_scale = demodulation(weight, styles) * tf.cast(GAIN, x.dtype)
+        return winograd_plain(x, weight, styles, out_scale), FOLDED
     y = _scaled_conv(x, weight, styles, upsample)
     demod = demodulation(weight, styles) if demodulate else None
     if defer_demod or demod is None:  # a per-channel scale: commutes with the (linear, depthwise) blur
         return (y, demod) if defer_demod else y
     return y * demod[:, None, None, :]
+
+
+def _folds(x, weight) -> bool:
+    """Whether conv3x3 takes its plain Winograd here (exports) and folding the scales into it pays."""
+    if unknown_hw(x) or dispatch.choose("conv3x3", unsupported=unknown_hw(x)) != "plain":
+        return False
+    return x.dtype in (tf.float32, tf.bfloat16) and use_winograd(x, weight) and folding_pays(x, weight)
 
 
 def _scaled_conv(x, weight, styles, upsample):

@@ -158,24 +158,44 @@ def _output(products, th, tw, m):
 # ---------------------------------------------------------------------------------------------
 
 
-def winograd_plain(x, w, scale=None):
+def winograd_plain(x, w, scale=None, out_scale=None):
     """SAME 3x3 correlation of x (of x * scale [N, Ci] when given) by Winograd F(m x m, 3x3), m = tile_size, in
-    plain TF ops: no XLA cluster, and a dynamic batch size works (H and W must be static)."""
+    plain TF ops: no XLA cluster, and a dynamic batch size works (H and W must be static).
+
+    out_scale [N, Co] (with scale): the result times out_scale, both scales folded into per-sample transformed
+    weights [(m + 2)^2, N, Ci, Co] (one batched matmul per sample) instead of a pass over the input and one over
+    the output; it pays where those weights are small beside the maps (:func:`folding_pays`)."""
     _, h, wd, ci = x.shape
     co = w.shape[-1]
     m = tile_size(x.dtype)
     t, at = m + 2, _MATRICES[m][2]
     th, tw = -(-h // m), -(-wd // m)
-    if scale is not None:
+    if scale is not None and out_scale is None:
         x = x * scale[:, None, None, :]
     d = _plain_input(x, th, tw, m)  # [t^2, T, Ci], k = t * kc + kr
-    products = tf.matmul(d, _weights(w, m))  # [t^2, T, Co]
+    if out_scale is None:
+        products = tf.matmul(d, _weights(w, m))  # [t^2, T, Co]
+    else:  # computed in float32, rounded once to x's dtype
+        f32 = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+        u = f32(_weights(w, m))[:, None] * f32(scale)[None, :, :, None] * f32(out_scale)[None, :, None, :]
+        products = tf.matmul(tf.reshape(d, [t * t, -1, th * tw, ci]), tf.cast(u, x.dtype))  # [t^2, N, T / N, Co]
+        products = tf.reshape(products, [t * t, -1, co])
     # output pixel (p, q) of a tile: sum_k A^T[p, kr] A^T[q, kc] M_k
     out_pq_k = np.einsum("pr,qc->pqcr", at, at).reshape(m * m, t * t)
     y = tf.matmul(tf.constant(out_pq_k, x.dtype), tf.reshape(products, [t * t, -1]))  # [(p, q), T * Co]
     y = tf.transpose(tf.reshape(y, [m, m, -1, th, tw, co]), [2, 3, 0, 4, 1, 5])  # [N, th, p, tw, q, Co]
     y = tf.reshape(y, [-1, m * th, m * tw, co])
     return y[:, :h, :wd] if (m * th != h or m * tw != wd) else y
+
+
+def folding_pays(x, w) -> bool:
+    """Whether winograd_plain's folded per-sample weights (out_scale) beat the two passes over the maps they
+    replace: the weights [(m + 2)^2, Ci, Co] per sample at most half the elements of an input and an output
+    map. Measured (one 256 px StyledConv's conv and plain epilogue, 4 images, float32, best / median of 11, ms,
+    passes / folded): 256 px 128 -> 128 channels 442 / 491 -> 389 / 412, 128 px 256 -> 256 227 / 243 -> 214 /
+    233, 64 px 512 -> 512 155 / 164 -> 167 / 172 (not folded)."""
+    t, ci, co = tile_size(x.dtype) + 2, w.shape[2], w.shape[3]
+    return 2 * t * t * ci * co <= x.shape[1] * x.shape[2] * (ci + co)
 
 
 def _plain_input(x, th, tw, m):
