@@ -83,6 +83,11 @@ def _conv1x1_scaled_fast(x, scale, w):
     return y, grad
 
 
+def plain_winograd(x, w) -> bool:
+    """Whether conv3x3's plain path computes x by w with Winograd (float32 / bfloat16, where use_winograd)."""
+    return x.dtype in (tf.float32, tf.bfloat16) and use_winograd(x, w)
+
+
 def conv3x3(x, w, impl: str = "auto", scale=None):
     """SAME stride-1 3x3 correlation; x [N, H, W, Ci], w [3, 3, Ci, Co] -> [N, H, W, Co].
 
@@ -90,7 +95,7 @@ def conv3x3(x, w, impl: str = "auto", scale=None):
     then keeps x, not x * scale, for the backward pass and recomputes the product there: one image-sized
     tensor less per layer held between the forward and the backward pass."""
     path = choose("conv3x3", impl, unsupported=unknown_hw(x))
-    if path == "plain" and x.dtype in (tf.float32, tf.bfloat16) and use_winograd(x, w):
+    if path == "plain" and plain_winograd(x, w):
         return winograd_plain(x, w, scale)
     if path != "fast":  # float16 exports (GPUs) keep the convolution op
         return tf.nn.conv2d(x if scale is None else scaled(x, scale), w, 1, "SAME")

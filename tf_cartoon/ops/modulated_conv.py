@@ -17,12 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_cartoon.ops import dispatch
-from tf_cartoon.ops.conv import conv1x1, conv3x3, unknown_hw
+from tf_cartoon.ops.conv import conv1x1, conv3x3, plain_winograd, unknown_hw
 from tf_cartoon.ops.epilogue import FOLDED, GAIN
 from tf_cartoon.ops.conv_grad import scaled
 from tf_cartoon.ops.phase_conv import conv_transpose3x3_up2_blur
 from tf_cartoon.ops.upfirdn2d import upfirdn2d
-from tf_cartoon.ops.winograd import folding_pays, use_winograd, winograd_plain
+from tf_cartoon.ops.winograd import folding_pays, winograd_plain
 
 
 def demodulation(weight, styles):
@@ -54,9 +54,9 @@ def modulated_conv2d(x, weight, styles, demodulate=True, upsample=None, fused=Fa
 
 def _folds(x, weight) -> bool:
     """Whether conv3x3 takes its plain Winograd here (exports) and folding the scales into it pays."""
-    if unknown_hw(x) or dispatch.choose("conv3x3", unsupported=unknown_hw(x)) != "plain":
+    if unknown_hw(x) or dispatch.choose("conv3x3") != "plain":
         return False
-    return x.dtype in (tf.float32, tf.bfloat16) and use_winograd(x, weight) and folding_pays(x, weight)
+    return plain_winograd(x, weight) and folding_pays(x, weight)
 
 
 def _scaled_conv(x, weight, styles, upsample):
